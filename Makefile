@@ -1,0 +1,43 @@
+# Each target sets itself up first: a .venv with torch pinned by constraints.txt.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+FMNIST := /usr/share/datasets/fashion-mnist
+
+.PHONY: demo test test-fast bench data models-table lint clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,export]'
+	touch $(STAMP)
+
+# Fashion-MNIST from Debian's package where apt is at hand; otherwise classicnets
+# downloads it (with checksums) on first use.
+data:
+	@if [ ! -d $(FMNIST) ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; fi
+
+# The main job: the `quick` recipe on a CPU (minutes on 2 cores), the full d2l recipe on a GPU.
+demo: $(STAMP) data
+	$(BIN)/classicnets models
+	$(BIN)/classicnets train --model auto-demo --dataset fashion-mnist --recipe auto-demo --out runs/demo
+
+test: $(STAMP) data
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
+
+bench: $(STAMP) data
+	$(BIN)/python benchmarks/run_all.py
+
+models-table: $(STAMP)
+	$(BIN)/python -m classicnets.tools.readme_tables --write README.md
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache runs

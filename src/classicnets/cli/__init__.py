@@ -1,0 +1,61 @@
+"""The `classicnets` command: argument parsing and wiring only; each command is a thin call into the API.
+
+Every command lives in its own module here with two functions, ``add_parser(subparsers)`` and
+``run(args) -> int``. User errors (:class:`classicnets.errors.ClassicnetsError`) print one clear
+message on stderr and exit 2, with no traceback; `--traceback` shows it when debugging.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib import import_module
+
+from ..errors import ClassicnetsError
+
+# subcommand -> module in this package, in the order `--help` lists them
+COMMANDS = {
+    "models": "models",
+    "summary": "summary",
+    "train": "train",
+    "eval": "evaluate",
+    "predict": "predict",
+    "export": "export",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="classicnets",
+        description="AlexNet and the classic CNNs: inspect, train, evaluate, predict, export.",
+    )
+    parser.add_argument("--traceback", action="store_true", help="show the full traceback of an error")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command, module_name in COMMANDS.items():
+        module = _command_module(module_name)
+        if module is not None:
+            module.add_parser(sub, command)
+    return parser
+
+
+def _command_module(module_name: str):
+    try:
+        return import_module(f".{module_name}", __name__)
+    except ModuleNotFoundError as error:
+        if error.name == f"{__name__}.{module_name}":
+            return None  # a command not built yet
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except ClassicnetsError as error:
+        if args.traceback:
+            raise
+        print(f"classicnets {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"classicnets {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,24 @@
+"""Errors a user can act on. The CLI prints their message and exits non-zero, without a traceback."""
+
+
+class ClassicnetsError(Exception):
+    """Base of every error caused by input (a name, a file, a flag) rather than by a bug.
+
+    The message names the input, what was expected, what was found and what to do.
+    """
+
+
+class ConfigError(ClassicnetsError, ValueError):
+    """A setting that cannot be used (unknown key, wrong type, out of range)."""
+
+
+class InputShapeError(ClassicnetsError, ValueError):
+    """A tensor whose shape the model cannot take; the message names the expected shape."""
+
+
+class DatasetError(ClassicnetsError):
+    """A dataset that is missing, truncated, corrupt or inconsistent."""
+
+
+class CheckpointError(ClassicnetsError):
+    """A checkpoint that is missing, corrupt, unsafe or for another model."""

@@ -1,0 +1,148 @@
+"""The model registry: builders keyed by name, each with the metadata the CLI, inspector and trainer read.
+
+A family module registers each builder with ``@register_model(ModelInfo(...))``; users call
+``create_model("alexnet", num_classes=10, in_channels=1)`` and ``list_models("resnet*")``.
+Unknown names and unknown options fail with the close matches, so a typo never builds the wrong net.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import torch.nn as nn
+
+from .errors import ClassicnetsError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class UnknownModelError(ClassicnetsError, KeyError):
+    """An unknown model name; the message lists the close matches."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class ModelOptionError(ClassicnetsError, TypeError):
+    """An option the model's builder does not take; the message lists the ones it does."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model is and what it expects. Sizes are (channels, height, width) for 3 input channels."""
+
+    paper: str
+    year: int
+    default_input: tuple[int, int, int] = (3, 224, 224)
+    min_input: tuple[int, int, int] = (3, 224, 224)
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    family: str = ""
+    deviations: tuple[str, ...] = ()  # where and why the net differs from the paper
+    name: str = ""  # filled in by register_model
+
+    def for_channels(self, in_channels: int) -> ModelInfo:
+        """The same info for another number of input channels (mean/std repeated or averaged)."""
+        if in_channels == self.default_input[0]:
+            return self
+        mean = _fit_stats(self.mean, in_channels)
+        std = _fit_stats(self.std, in_channels)
+        return replace(
+            self,
+            default_input=(in_channels, *self.default_input[1:]),
+            min_input=(in_channels, *self.min_input[1:]),
+            mean=mean,
+            std=std,
+        )
+
+
+def _fit_stats(stats: tuple[float, ...], channels: int) -> tuple[float, ...]:
+    if len(stats) == channels:
+        return stats
+    if channels == 1:
+        return (sum(stats) / len(stats),)
+    return tuple(stats[i % len(stats)] for i in range(channels))
+
+
+@dataclass(frozen=True)
+class _Entry:
+    builder: Callable[..., nn.Module]
+    info: ModelInfo
+    options: frozenset[str] = field(default_factory=frozenset)
+
+
+_REGISTRY: dict[str, _Entry] = {}
+
+
+def register_model(info: ModelInfo) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register ``builder`` under its function name. Duplicate names are a programming error."""
+
+    def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        name = builder.__name__
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        params = inspect.signature(builder).parameters.values()
+        options = frozenset(p.name for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD)
+        _REGISTRY[name] = _Entry(builder, replace(info, name=name), options)
+        return builder
+
+    return decorator
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a shell-style pattern, sorted."""
+    _ensure_zoo_loaded()
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
+
+
+def model_info(name: str) -> ModelInfo:
+    """The metadata of a registered model."""
+    return _entry(name).info
+
+
+def create_model(name: str, num_classes: int = 1000, in_channels: int = 3, **options) -> nn.Module:
+    """Build a registered model on the CPU in float32.
+
+    The model carries its metadata as ``model.info`` (a :class:`ModelInfo` for its ``in_channels``).
+    """
+    entry = _entry(name)
+    unknown = sorted(set(options) - entry.options)
+    if unknown:
+        raise ModelOptionError(_unknown_option_message(name, unknown, entry.options))
+    model = entry.builder(num_classes=num_classes, in_channels=in_channels, **options)
+    model.info = entry.info.for_channels(in_channels)
+    return model
+
+
+def _entry(name: str) -> _Entry:
+    _ensure_zoo_loaded()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, _REGISTRY, n=5, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise UnknownModelError(
+            f"unknown model {name!r}{hint} (`classicnets models` lists all {len(_REGISTRY)})"
+        ) from None
+
+
+def _unknown_option_message(name: str, unknown: list[str], known: frozenset[str]) -> str:
+    parts = []
+    for option in unknown:
+        close = difflib.get_close_matches(option, known, n=3, cutoff=0.5)
+        parts.append(f"{option!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+    accepted = ", ".join(sorted(known - {"num_classes", "in_channels"}))
+    return f"model {name!r} has no option {', '.join(parts)}; it accepts: {accepted}"
+
+
+def _ensure_zoo_loaded() -> None:
+    # The family modules register on import; importing here keeps `registry` free of a
+    # static dependency on `models` (models import registry, not the other way round).
+    import importlib
+
+    importlib.import_module("classicnets.models")

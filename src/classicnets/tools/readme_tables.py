@@ -1,0 +1,35 @@
+"""Regenerate the README's generated blocks: `python -m classicnets.tools.readme_tables --write README.md`.
+
+A block sits between `<!-- BEGIN name -->` and `<!-- END name -->`; tests fail when the README
+and the generator disagree, so the tables cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from ..zoo_table import zoo_rows, zoo_table_markdown
+
+GENERATORS = {
+    "models": lambda: zoo_table_markdown(zoo_rows()),
+}
+
+
+def render_blocks(text: str) -> str:
+    for name, generate in GENERATORS.items():
+        pattern = re.compile(rf"(<!-- BEGIN {name} -->\n).*?(\n<!-- END {name} -->)", re.S)
+        text = pattern.sub(lambda m, body=generate(): m.group(1) + body + m.group(2), text)
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--write", type=Path, required=True, help="the Markdown file to update in place")
+    path = parser.parse_args().write
+    path.write_text(render_blocks(path.read_text()))
+
+
+if __name__ == "__main__":
+    main()

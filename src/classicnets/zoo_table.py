@@ -1,0 +1,37 @@
+"""The model zoo as rows: what `classicnets models` prints and the README's model table is generated from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .registry import create_model, list_models, model_info
+
+
+@dataclass(frozen=True)
+class ZooRow:
+    name: str
+    parameters: int
+    default_input: str
+    year: int
+    paper: str
+
+
+def zoo_rows(pattern: str = "*") -> list[ZooRow]:
+    return [_row(name) for name in list_models(pattern)]
+
+
+def _row(name: str) -> ZooRow:
+    info = model_info(name)
+    # Built on the meta device: shapes without memory or init, so the whole zoo takes a second.
+    with torch.device("meta"):
+        model = create_model(name)
+    parameters = sum(p.numel() for p in model.parameters())
+    return ZooRow(name, parameters, "x".join(map(str, info.default_input)), info.year, info.paper)
+
+
+def zoo_table_markdown(rows: list[ZooRow]) -> str:
+    lines = ["| model | parameters | default input | year | paper |", "|---|---:|---:|---:|---|"]
+    lines += [f"| `{r.name}` | {r.parameters:,} | {r.default_input} | {r.year} | {r.paper} |" for r in rows]
+    return "\n".join(lines)
