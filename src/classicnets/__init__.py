@@ -23,8 +23,9 @@ _EXPORTS = {
     "summarize": "inspect",
     "TrainConfig": "train.config",
     "train": "experiment",
-    "evaluate": "experiment",
-    "predict": "experiment",
+    "evaluate": "inference",
+    "predict": "inference",
+    "export": "inference",
     "load_dataset": "data",
 }
 
