@@ -1,0 +1,255 @@
+"""Distributed data-parallel training on PyTorch's own engine: torch.distributed, DDP and torchrun.
+
+One process per device. The launcher (``torchrun``, or SLURM's ``srun``) starts the processes and tells
+each one who it is through environment variables; :func:`init_distributed` reads them, picks the backend
+by device (NCCL for CUDA, gloo for CPU) and joins the process group. Without those variables it returns a
+single-process context and creates no process group, so the same training code runs either way.
+
+    ctx = init_distributed("auto")
+    model = wrap_model(model.to(ctx.device), ctx, sync_batchnorm=True)
+    ...
+    all_reduce_(loss_sum, ctx)          # sums over ranks, on ctx.device
+    if ctx.is_main: save_checkpoint(unwrap_model(model), ...)
+    shutdown_distributed(ctx)
+
+The process group is created with a bounded timeout: when a rank dies, the others stop at their next
+collective within that time with an error that names the timeout, instead of waiting forever. Under
+torchrun the launcher also notices the dead worker at once, tears the group down and (with
+``--max-restarts``) starts it again, and the trainer resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..errors import ConfigError
+
+# How long a collective may wait for a missing rank before every other rank fails with an error.
+# Long enough for rank 0 to write a checkpoint or evaluate while the others wait at a barrier;
+# short enough that a dead rank never leaves a job hanging for torch's 10-minute (NCCL: 30-minute) default.
+DEFAULT_TIMEOUT_S = 300.0
+TIMEOUT_ENV = "CLASSICNETS_DIST_TIMEOUT"  # seconds; overrides DEFAULT_TIMEOUT_S (tests use a few seconds)
+
+_REDUCE_OPS = {
+    "sum": dist.ReduceOp.SUM,
+    "max": dist.ReduceOp.MAX,
+    "min": dist.ReduceOp.MIN,
+    "product": dist.ReduceOp.PRODUCT,
+}
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Who this process is in the job, and the device it computes on."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str | None  # "nccl" or "gloo"; None when running as a single process
+
+    @property
+    def is_main(self) -> bool:
+        """The rank that prints, plots and writes checkpoints."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def launcher_env(env: dict[str, str] | None = None) -> dict[str, int] | None:
+    """Rank, world size and local rank from torchrun's or SLURM's variables; None if neither set them.
+
+    torchrun's variables win when both are present (torchrun started inside a SLURM allocation).
+    For SLURM it also fills in MASTER_ADDR (the first host of the job) and MASTER_PORT when missing,
+    because ``srun`` sets neither and the ``env://`` rendezvous needs both.
+    """
+    env = os.environ if env is None else env
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return {
+            "rank": _int_var(env, "RANK"),
+            "world_size": _int_var(env, "WORLD_SIZE"),
+            "local_rank": _int_var(env, "LOCAL_RANK", default="0"),
+        }
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        if "MASTER_ADDR" not in env:
+            nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
+            if not nodelist:
+                raise ConfigError(
+                    "SLURM set SLURM_PROCID but not SLURM_JOB_NODELIST, so the address of rank 0 is unknown; "
+                    "export MASTER_ADDR=<host of rank 0> in the job script"
+                )
+            env["MASTER_ADDR"] = first_slurm_host(nodelist)
+        if "MASTER_PORT" not in env:
+            # a port derived from the job id, so two jobs sharing a node do not collide
+            env["MASTER_PORT"] = str(20000 + int(env.get("SLURM_JOB_ID", "0") or 0) % 20000)
+        return {
+            "rank": _int_var(env, "SLURM_PROCID"),
+            "world_size": _int_var(env, "SLURM_NTASKS"),
+            "local_rank": _int_var(env, "SLURM_LOCALID", default="0"),
+        }
+    return None
+
+
+def first_slurm_host(nodelist: str) -> str:
+    """The first host of a SLURM node list: ``"gpu[03-05,09],cpu1"`` -> ``"gpu03"``.
+
+    This is what ``scontrol show hostnames $SLURM_JOB_NODELIST | head -n1`` prints, without needing scontrol.
+    """
+    match = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
+    if not match or not match.group(1):
+        raise ConfigError(
+            f"SLURM_JOB_NODELIST={nodelist!r} is not a node list like 'gpu[01-04]'; "
+            "export MASTER_ADDR=<host of rank 0> in the job script"
+        )
+    prefix, ranges = match.group(1), match.group(2)
+    if ranges is None:
+        return prefix
+    first = ranges.split(",")[0].split("-")[0]  # keeps zero padding: "03-05" -> "03"
+    return prefix + first
+
+
+def _int_var(env, name: str, default: str | None = None) -> int:
+    value = env.get(name, default)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"environment variable {name}={value!r} should be a whole number; "
+            "launch with torchrun or srun, which set it"
+        ) from None
+
+
+def _timeout() -> datetime.timedelta:
+    raw = os.environ.get(TIMEOUT_ENV)
+    if raw is None:
+        return datetime.timedelta(seconds=DEFAULT_TIMEOUT_S)
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise ConfigError(f"{TIMEOUT_ENV}={raw!r} should be a number of seconds, e.g. 300") from None
+    if seconds <= 0:
+        raise ConfigError(f"{TIMEOUT_ENV}={raw!r} should be a positive number of seconds")
+    return datetime.timedelta(seconds=seconds)
+
+
+def _resolve_device(device: str, local_rank: int, distributed: bool) -> torch.device:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} asks for CUDA but torch sees no GPU; use --device cpu")
+        if distributed or resolved.index is None:
+            # one process per GPU: the launcher's LOCAL_RANK picks it, whatever index was asked for
+            index = local_rank if distributed else torch.cuda.current_device()
+            if index >= torch.cuda.device_count():
+                raise ConfigError(
+                    f"LOCAL_RANK={local_rank} but this node has {torch.cuda.device_count()} GPU(s); "
+                    "start at most one process per GPU (--nproc_per_node)"
+                )
+            resolved = torch.device("cuda", index)
+        torch.cuda.set_device(resolved)
+    elif resolved.type != "cpu" and distributed:
+        raise ConfigError(
+            f"distributed training runs on cuda (NCCL) or cpu (gloo), not on {resolved.type!r}; "
+            "use --device cuda or --device cpu"
+        )
+    return resolved
+
+
+def init_distributed(device: str = "auto") -> DistContext:
+    """Join the process group the launcher set up, or return a single-process context when there is none.
+
+    ``device`` is "auto" (CUDA if available, else CPU), "cpu", "cuda" or "cuda:N". Under a launcher each
+    process uses the GPU of its LOCAL_RANK. The backend follows the device: NCCL for CUDA, gloo for CPU.
+    Calling it again in a process that already joined a group returns the same context.
+    """
+    found = launcher_env()
+    if found is None or found["world_size"] <= 1:
+        local_rank = 0 if found is None else found["local_rank"]
+        return DistContext(0, 1, local_rank, _resolve_device(device, local_rank, False), None)
+    rank, world_size, local_rank = found["rank"], found["world_size"], found["local_rank"]
+    if not 0 <= rank < world_size:
+        raise ConfigError(f"RANK={rank} is outside 0..{world_size - 1} (WORLD_SIZE={world_size})")
+    resolved = _resolve_device(device, local_rank, True)
+    backend = "nccl" if resolved.type == "cuda" else "gloo"
+    if not dist.is_initialized():
+        for name in ("MASTER_ADDR", "MASTER_PORT"):
+            if name not in os.environ:
+                raise ConfigError(
+                    f"{name} is not set, so rank {rank} cannot find rank 0; launch with torchrun "
+                    "(which sets it) or export it"
+                )
+        kwargs = {"device_id": resolved} if backend == "nccl" else {}  # NCCL: bind the GPU eagerly
+        dist.init_process_group(
+            backend=backend, init_method="env://", rank=rank, world_size=world_size,
+            timeout=_timeout(), **kwargs,
+        )
+    return DistContext(rank, world_size, local_rank, resolved, backend)
+
+
+def shutdown_distributed(ctx: DistContext) -> None:
+    """Leave the process group (a no-op for a single process or if it is already gone)."""
+    if ctx.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap_model(model: nn.Module, ctx: DistContext, sync_batchnorm: bool = False) -> nn.Module:
+    """The model ready for data-parallel training: DDP over the ranks, with BatchNorm synchronised on request.
+
+    The model must already be on ``ctx.device``. Single process: the model itself (SyncBatchNorm
+    would have no one to sync with, so it is not applied). DDP broadcasts rank 0's weights at
+    construction, so every rank starts from the same parameters even if each initialised its own.
+    """
+    if not ctx.distributed:
+        return model
+    if sync_batchnorm:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain model inside a DDP (and/or torch.compile) wrapper, whose state_dict has no prefixes."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        else:
+            return model
+
+
+def all_reduce_(tensor: torch.Tensor, ctx: DistContext, op: str = "sum") -> torch.Tensor:
+    """Reduce ``tensor`` in place over all ranks (sum, max, min or product) and return it.
+
+    A no-op for a single process. The tensor must live on ``ctx.device`` (NCCL reduces GPU tensors only);
+    divide a sum by ``ctx.world_size`` for a mean.
+    """
+    if op not in _REDUCE_OPS:
+        raise ConfigError(f"all_reduce op {op!r} is not one of {sorted(_REDUCE_OPS)}")
+    if ctx.distributed:
+        dist.all_reduce(tensor, op=_REDUCE_OPS[op])
+    return tensor
+
+
+def barrier(ctx: DistContext) -> None:
+    """Wait until every rank gets here (a no-op for a single process)."""
+    if not ctx.distributed:
+        return
+    if ctx.backend == "nccl":
+        dist.barrier(device_ids=[ctx.device.index])
+    else:
+        dist.barrier()
