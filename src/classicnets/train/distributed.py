@@ -210,12 +210,20 @@ def wrap_model(model: nn.Module, ctx: DistContext, sync_batchnorm: bool = False)
     """The model ready for data-parallel training: DDP over the ranks, with BatchNorm synchronised on request.
 
     The model must already be on ``ctx.device``. Single process: the model itself (SyncBatchNorm
-    would have no one to sync with, so it is not applied). DDP broadcasts rank 0's weights at
-    construction, so every rank starts from the same parameters even if each initialised its own.
+    would have no one to sync with, so it is not applied). SyncBatchNorm makes BatchNorm use the
+    statistics of the global batch rather than each rank's shard; torch implements it on CUDA only.
+    DDP broadcasts rank 0's weights at construction, so every rank starts from the same parameters
+    even if each initialised its own.
     """
     if not ctx.distributed:
         return model
     if sync_batchnorm:
+        if ctx.device.type == "cpu":
+            # torch's SyncBatchNorm reduces its statistics on GPUs only; it would fail at the first batch
+            raise ConfigError(
+                "SyncBatchNorm (--sync-bn) needs CUDA devices; torch does not support it on the CPU. "
+                "Drop --sync-bn to let each CPU rank normalise with its own batch statistics"
+            )
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
