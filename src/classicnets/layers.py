@@ -1,0 +1,145 @@
+"""Building blocks shared by the model families.
+
+- :class:`ClassicNet`: the base every zoo model derives from: ``forward = forward_head(forward_features(x))``
+  after a shape check that reads only ``x.dim()`` and ``x.shape`` (no host sync, compile-friendly).
+- :func:`scaled`: channel counts under ``width_mult``.
+- :func:`paper_lrn`: local response normalisation with the AlexNet paper's constants, written as the paper
+  means them (``torch.nn.LocalResponseNorm`` divides alpha by the window size; the paper does not).
+- :class:`BasicConv2d`, :class:`ConvReLU`, :class:`Inception`: GoogLeNet's blocks (torchvision's key names).
+- :class:`BasicBlock`, :class:`Bottleneck`: ResNet's residual blocks (torchvision's key names).
+- :func:`nin_block`: Network in Network's conv + two 1x1 convs ("mlpconv").
+
+Imports only torch and the standard library (see docs/design.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+import torch.nn as nn
+
+from .errors import ConfigError, InputShapeError
+
+# ----------------------------------------------------------------------------------------------------
+# Base class and input checks
+
+
+class ClassicNet(nn.Module):
+    """A zoo model: ``forward_features`` (checks the input, returns feature maps) then ``forward_head``.
+
+    Subclasses set ``in_channels`` and ``input_sizes`` (smallest, largest H=W they take; largest ``None``
+    when a global pool makes any size above the smallest valid) and call :meth:`check_input` first in
+    ``forward_features``.
+    """
+
+    in_channels: int
+    input_sizes: tuple[int, int | None]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise :class:`InputShapeError` unless ``x`` is (N, in_channels, H, W) with H and W in range.
+
+        Reads only the shape (Python ints), so it costs nothing on any device and traces under torch.compile.
+        """
+        lo, hi = self.input_sizes
+        if x.dim() == 4 and x.shape[1] == self.in_channels and all(
+            lo <= s and (hi is None or s <= hi) for s in x.shape[-2:]
+        ):
+            return
+        raise InputShapeError(self._input_message(tuple(x.shape)))
+
+    def _input_message(self, found: tuple[int, ...]) -> str:
+        info = getattr(self, "info", None)
+        name = info.name if info is not None else type(self).__name__
+        lo, hi = self.input_sizes
+        if hi is None:
+            sizes = f"H, W >= {lo}"
+        elif hi == lo:
+            sizes = f"H = W = {lo}"
+        else:
+            sizes = f"{lo} <= H, W <= {hi}"
+        hint = "resize the images" if len(found) == 4 and found[1] == self.in_channels else (
+            f"build the model with in_channels={found[1]} or convert the images"
+            if len(found) == 4 else "pass a batch (N, C, H, W); add a batch dimension with x.unsqueeze(0)"
+        )
+        default = f"; default {info.default_input[1]}x{info.default_input[2]}" if info is not None else ""
+        return (
+            f"{name} expects input of shape (N, {self.in_channels}, H, W) with {sizes}{default}; "
+            f"got {found}: {hint}"
+        )
+
+
+def scaled(channels: int, width_mult: float, divisor: int = 1) -> int:
+    """``channels * width_mult`` rounded to a multiple of ``divisor`` (grouped convs' tower count)."""
+    if not width_mult > 0:
+        raise ConfigError(f"width_mult must be > 0; got {width_mult!r}: use e.g. 0.25 (quarter width)")
+    return max(divisor, int(round(channels * width_mult / divisor)) * divisor)
+
+
+def spatial_out(modules: Iterable[nn.Module], size: int) -> int:
+    """The side length after a flat sequence of convs and pools (others keep it), or 0 if it collapses.
+
+    Pure integer arithmetic with PyTorch's formulas (floor and ceil modes), used to find the input sizes a net
+    with a fixed-width first Linear layer accepts.
+    """
+    for m in modules:
+        if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+            k, s, p = (_first(v) for v in (m.kernel_size, m.stride, m.padding))
+            d = _first(getattr(m, "dilation", 1))
+            span = size + 2 * p - d * (k - 1) - 1
+            ceil = getattr(m, "ceil_mode", False)
+            out = (span + (s - 1 if ceil else 0)) // s + 1
+            if ceil and (out - 1) * s >= size + p:  # the last window must start inside the input
+                out -= 1
+            size = out
+            if size < 1:
+                return 0
+    return size
+
+
+def valid_input_sizes(features: nn.Sequential, final_size: int, search_to: int = 1024) -> tuple[int, int]:
+    """The contiguous range of input sizes for which ``features`` ends at ``final_size`` x ``final_size``."""
+    sizes = [h for h in range(1, search_to) if spatial_out(features, h) == final_size]
+    if not sizes:
+        raise ConfigError(f"no input size up to {search_to} gives {final_size}x{final_size} features")
+    return sizes[0], sizes[-1]
+
+
+def _first(value) -> int:
+    return value[0] if isinstance(value, tuple) else value
+
+
+# ----------------------------------------------------------------------------------------------------
+# Activations and normalisation
+
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+def make_activation(name: str) -> nn.Module:
+    """A fresh activation module by name ("relu" or "tanh", the two the AlexNet paper compares)."""
+    try:
+        return ACTIVATIONS[name]()
+    except KeyError:
+        raise ConfigError(
+            f"activation {name!r} is not known; expected one of {', '.join(sorted(ACTIVATIONS))}"
+        ) from None
+
+
+def paper_lrn(size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0) -> nn.LocalResponseNorm:
+    """Local response normalisation with the AlexNet paper's constants (n=5, alpha=1e-4, beta=0.75, k=2).
+
+    The paper divides by ``(k + alpha * sum(a^2))^beta``; ``nn.LocalResponseNorm`` divides by
+    ``(k + alpha / n * sum(a^2))^beta``, so the paper's alpha is passed multiplied by n (Caffe's reference net
+    missed this, BVLC/caffe#1453).
+    """
+    return nn.LocalResponseNorm(size, alpha=alpha * size, beta=beta, k=k)

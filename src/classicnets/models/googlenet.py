@@ -1,0 +1,1 @@
+"""googlenet: builders are registered here (see alexnet.py for the layout)."""

@@ -1,0 +1,1 @@
+"""nin: builders are registered here (see alexnet.py for the layout)."""

@@ -1,0 +1,1 @@
+"""resnet: builders are registered here (see alexnet.py for the layout)."""

@@ -1,0 +1,1 @@
+"""vgg: builders are registered here (see alexnet.py for the layout)."""
