@@ -1,0 +1,370 @@
+"""Checkpoints: atomic saves, loads that never execute code, and the state for an exact resume.
+
+A run directory holds two checkpoint directories, ``last/`` (after every epoch) and ``best/``
+(the epoch with the best test accuracy so far)::
+
+    OUT/
+      last/  model.safetensors    weights; the header's metadata says what they are (see model_metadata)
+             trainer.safetensors  optimizer and scheduler tensors, RNG states
+             trainer.json         everything else: epoch, step, config, best metric, history, RNG states
+      best/  (the same three files)
+
+Everything is safetensors + JSON: a checkpoint is data, never a pickle, so loading one cannot run code.
+
+Saving is atomic: the files are written into a fresh temporary directory next to the target, fsynced,
+then renamed into place. A process killed at any moment leaves the previous checkpoint loadable; the
+only window where ``last/`` is briefly absent (between moving the old one aside and the new one in) is
+healed by :func:`resolve_checkpoint_dir`, which falls back to the moved-aside copy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from ..errors import CheckpointError
+
+MODEL_FILE = "model.safetensors"
+TRAINER_TENSORS_FILE = "trainer.safetensors"
+TRAINER_STATE_FILE = "trainer.json"
+LAST, BEST = "last", "best"
+FORMAT_VERSION = 1
+
+# Tests set this to pause or crash between the files of a save (proving the save is atomic).
+# It receives the path of the file just written into the temporary directory.
+_after_file_written: Callable[[Path], None] | None = None
+
+_PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt", ".tar"}
+
+
+# ----------------------------------------------------------------------------------------- metadata
+
+
+def model_metadata(
+    *,
+    model: str,
+    model_options: Mapping[str, Any],
+    num_classes: int,
+    in_channels: int,
+    classes: list[str] | tuple[str, ...],
+    image_size: int,
+    mean: tuple[float, ...] | list[float] | None,
+    std: tuple[float, ...] | list[float] | None,
+    dataset: str,
+) -> dict[str, str]:
+    """The str -> str header of ``model.safetensors``: what a reader needs to rebuild and feed the model.
+
+    ``mean``/``std`` are None when the run did not normalise its inputs (the d2l recipe).
+    """
+    from .. import __version__
+
+    return {
+        "format": str(FORMAT_VERSION),
+        "model": model,
+        "model_options": json.dumps(dict(model_options), sort_keys=True),
+        "num_classes": str(int(num_classes)),
+        "in_channels": str(int(in_channels)),
+        "classes": json.dumps(list(classes)),
+        "image_size": str(int(image_size)),
+        "mean": json.dumps(None if mean is None else [float(v) for v in mean]),
+        "std": json.dumps(None if std is None else [float(v) for v in std]),
+        "dataset": dataset,
+        "classicnets_version": __version__,
+    }
+
+
+def parse_metadata(metadata: Mapping[str, str]) -> dict[str, Any]:
+    """Metadata with its JSON and integer fields decoded (model_options as a dict, classes as a list...)."""
+    decoded: dict[str, Any] = dict(metadata)
+    for key in ("model_options", "classes", "mean", "std"):
+        if key in decoded:
+            decoded[key] = json.loads(decoded[key])
+    for key in ("num_classes", "in_channels", "image_size", "format"):
+        if key in decoded:
+            decoded[key] = int(decoded[key])
+    return decoded
+
+
+def check_same_model(metadata: Mapping[str, str], *, model: str, model_options: Mapping[str, Any],
+                     num_classes: int, in_channels: int, source: Path | str) -> None:
+    """Refuse a checkpoint written for another model (name, options, classes or input channels)."""
+    found = parse_metadata(metadata)
+    expected = {"model": model, "model_options": json.loads(json.dumps(dict(model_options))),
+                "num_classes": int(num_classes), "in_channels": int(in_channels)}
+    wrong = [f"{key} is {found.get(key)!r}, expected {value!r}"
+             for key, value in expected.items() if found.get(key) != value]
+    if wrong:
+        raise CheckpointError(
+            f"checkpoint {source} was saved for another model: {'; '.join(wrong)}. "
+            "Resume with the same --model and options, or start a new run with another --out."
+        )
+
+
+# ------------------------------------------------------------------------------------------- saving
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    *,
+    model_state: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, str],
+    trainer_state: Mapping[str, Any],
+    is_best: bool = False,
+) -> Path:
+    """Write ``run_dir/last`` atomically (and ``run_dir/best`` when ``is_best``); return the last/ path.
+
+    ``trainer_state`` is any nest of dicts/lists/scalars/tensors (optimizer and scheduler state dicts,
+    RNG states, history): tensors go to ``trainer.safetensors``, the rest to ``trainer.json``.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(run_dir)
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = _split_tensors(trainer_state, "trainer", tensors)
+
+    def write(tmp: Path) -> None:
+        _save_tensors(tmp / MODEL_FILE, _contiguous_cpu(model_state), dict(metadata))
+        _save_tensors(tmp / TRAINER_TENSORS_FILE, tensors, {"format": str(FORMAT_VERSION)})
+        _write_text(tmp / TRAINER_STATE_FILE, json.dumps(skeleton, indent=1, sort_keys=True))
+
+    last = _atomic_dir(run_dir / LAST, write)
+    if is_best:
+        # The files are never modified in place, so best/ can share them with last/ through hard links.
+        _atomic_dir(run_dir / BEST, lambda tmp: _link_or_copy_files(last, tmp))
+    return last
+
+
+def _atomic_dir(target: Path, write: Callable[[Path], None]) -> Path:
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        write(tmp)
+        _fsync_dir(tmp)
+        aside = None
+        if target.exists():
+            # rename() cannot replace a non-empty directory: move the old one aside first.
+            aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.replace(target, aside)
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _save_tensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    save_file(dict(tensors), str(path), metadata=metadata)
+    _fsync_file(path)
+    if _after_file_written is not None:
+        _after_file_written(path)
+
+
+def _write_text(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    if _after_file_written is not None:
+        _after_file_written(path)
+
+
+def _link_or_copy_files(source: Path, destination: Path) -> None:
+    for file in source.iterdir():
+        try:
+            os.link(file, destination / file.name)
+        except OSError:  # a file system without hard links
+            shutil.copy2(file, destination / file.name)
+            _fsync_file(destination / file.name)
+
+
+def _contiguous_cpu(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors refuses tensors that share memory; clone only those that alias another entry.
+    out: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for name, tensor in state.items():
+        tensor = tensor.detach().to("cpu").contiguous()
+        key = tensor.untyped_storage().data_ptr()
+        if key in seen and tensor.numel() > 0:
+            tensor = tensor.clone()
+        seen.add(key)
+        out[name] = tensor
+    return out
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        _fsync_file(path)
+    except OSError:  # some file systems cannot fsync a directory; the data files are synced already
+        pass
+
+
+def _remove_stale_temporaries(run_dir: Path) -> None:
+    """Delete leftovers of a save that was killed, keeping a moved-aside checkpoint still needed."""
+    for name in (LAST, BEST):
+        for tmp in run_dir.glob(f".{name}.tmp-*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+        asides = sorted(run_dir.glob(f".{name}.old-*"))
+        if asides and not (run_dir / name).exists():
+            os.replace(asides.pop(), run_dir / name)  # the kill fell between the two renames
+        for aside in asides:
+            shutil.rmtree(aside, ignore_errors=True)
+
+
+# --------------------------------------------------------------------- tensors <-> JSON-able state
+
+
+def _split_tensors(value: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """Replace each tensor in a nest of containers with {"__tensor__": key}, collecting it in ``tensors``."""
+    if isinstance(value, torch.Tensor):
+        tensors[key] = value.detach().to("cpu").contiguous().clone()
+        return {"__tensor__": key}
+    if isinstance(value, Mapping):
+        return {"__dict__": [[_split_tensors(k, f"{key}.k{i}", tensors),
+                              _split_tensors(v, f"{key}.{i}", tensors)]
+                             for i, (k, v) in enumerate(value.items())]}
+    if isinstance(value, tuple):
+        return {"__tuple__": [_split_tensors(v, f"{key}.{i}", tensors) for i, v in enumerate(value)]}
+    if isinstance(value, list):
+        return [_split_tensors(v, f"{key}.{i}", tensors) for i, v in enumerate(value)]
+    if hasattr(value, "__array__") and not isinstance(value, (str, bytes)):
+        return _split_tensors(torch.as_tensor(value), key, tensors)  # numpy arrays (numpy's RNG state)
+    if hasattr(value, "item") and callable(value.item):
+        return value.item()  # numpy scalars
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"cannot store {type(value).__name__} at {key} in a checkpoint")
+
+
+def _join_tensors(value: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
+    if isinstance(value, list):
+        return [_join_tensors(v, tensors) for v in value]
+    if isinstance(value, dict):
+        if "__tensor__" in value:
+            return tensors[value["__tensor__"]]
+        if "__tuple__" in value:
+            return tuple(_join_tensors(v, tensors) for v in value["__tuple__"])
+        if "__dict__" in value:
+            return {_join_tensors(k, tensors): _join_tensors(v, tensors) for k, v in value["__dict__"]}
+        raise CheckpointError(f"unexpected entry in {TRAINER_STATE_FILE}: {sorted(value)}")
+    return value
+
+
+# ------------------------------------------------------------------------------------------ loading
+
+
+def resolve_checkpoint_dir(path: str | Path, prefer: tuple[str, ...] = (BEST, LAST)) -> Path:
+    """The checkpoint directory that ``path`` names: itself, or a run dir's best/ (then last/)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass a run directory, "
+                              f"a checkpoint directory or a {MODEL_FILE} file")
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is a file, expected a checkpoint directory")
+    if (path / MODEL_FILE).is_file():
+        return path
+    for name in prefer:
+        candidate = path / name
+        if not candidate.exists():
+            asides = sorted(path.glob(f".{name}.old-*"))  # a save was killed between its renames
+            candidate = asides[-1] if asides else candidate
+        if (candidate / MODEL_FILE).is_file():
+            return candidate
+    raise CheckpointError(
+        f"{path} holds no checkpoint: expected {MODEL_FILE} in it or in its "
+        f"{' or '.join(name + '/' for name in prefer)}; found {sorted(p.name for p in path.iterdir())[:10]}"
+    )
+
+
+def load_model_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Weights and metadata from a checkpoint dir, a run dir (best/, then last/) or a .safetensors file.
+
+    Pickles (``torch.save`` files: .pt, .pth, ...) are refused: unpickling can run arbitrary code.
+    """
+    file = _model_file(Path(path))
+    _refuse_non_safetensors(file)
+    try:
+        with safe_open(str(file), framework="pt", device="cpu") as f:
+            metadata = dict(f.metadata() or {})
+            state = {name: f.get_tensor(name) for name in f.keys()}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"{file} is not a readable safetensors file ({error}); "
+                              "it may be truncated or corrupt") from None
+    return state, metadata
+
+
+def _model_file(path: Path) -> Path:
+    if path.is_file() or (path.suffix and not path.exists()):
+        if path.suffix != ".safetensors":
+            raise CheckpointError(_pickle_message(path) if path.suffix in _PICKLE_SUFFIXES else
+                                  f"{path}: expected a .safetensors file or a checkpoint directory, "
+                                  f"found a {path.suffix or 'suffix-less'} file")
+        if not path.exists():
+            raise CheckpointError(f"checkpoint file {path} does not exist")
+        return path
+    return resolve_checkpoint_dir(path) / MODEL_FILE
+
+
+def _refuse_non_safetensors(file: Path) -> None:
+    with open(file, "rb") as f:
+        head = f.read(9)
+    # safetensors: 8-byte little-endian header length, then a JSON object. A torch.save zip starts
+    # with "PK"; a raw pickle with 0x80 (the PROTO opcode).
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        raise CheckpointError(_pickle_message(file))
+    if len(head) < 9 or head[8:9] != b"{":
+        raise CheckpointError(
+            f"{file} is not a safetensors file (bad header); it may be truncated or corrupt"
+        )
+
+
+def _pickle_message(path: Path) -> str:
+    return (f"{path} looks like a pickle (torch.save) file; classicnets only loads safetensors "
+            "checkpoints, because unpickling a file can run arbitrary code. Convert it yourself, if you "
+            "trust it: torch.load(path, weights_only=True), then "
+            "safetensors.torch.save_file(state, 'model.safetensors')")
+
+
+def load_trainer_state(checkpoint_dir: str | Path) -> dict[str, Any]:
+    """The state saved with ``trainer_state`` by :func:`save_checkpoint`, tensors restored in place."""
+    directory = resolve_checkpoint_dir(checkpoint_dir, prefer=(LAST, BEST))
+    tensors_file, state_file = directory / TRAINER_TENSORS_FILE, directory / TRAINER_STATE_FILE
+    for file in (tensors_file, state_file):
+        if not file.is_file():
+            raise CheckpointError(f"{directory} has no {file.name}: it holds weights only and cannot be "
+                                  "resumed; start a new run (or load the weights with --init-from)")
+    _refuse_non_safetensors(tensors_file)
+    try:
+        with safe_open(str(tensors_file), framework="pt", device="cpu") as f:
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+        skeleton = json.loads(state_file.read_text(encoding="utf-8"))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"{directory}: cannot read the trainer state ({error})") from None
+    return _join_tensors(skeleton, tensors)
+
+
+def load_into_model(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: Path | str) -> None:
+    """``model.load_state_dict(state, strict=True)``, with a mismatch reported as a CheckpointError."""
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        first_lines = "; ".join(str(error).splitlines()[:4])
+        raise CheckpointError(f"weights in {source} do not fit this model: {first_lines}") from None
