@@ -5,7 +5,8 @@ Four builders:
 
 - ``alexnet``: the paper's net. 96-256-384-384-256 convs, ReLU, LRN (paper constants) after ReLU of conv1
   and conv2, overlapping 3/2 max-pools, conv2/conv4/conv5 split into two towers, fc6/fc7 of 4096 with
-  dropout 0.5, N(0, 0.01) init with bias 1 in conv2, conv4, conv5, fc6, fc7.
+  dropout 0.5, N(0, 0.01) init with bias 1 in conv2, conv4, conv5, fc6, fc7. The LRN runs within each
+  tower's maps (:class:`TowerLRN`, 48 + 48 in conv1), as on the paper's two GPUs.
   Deviations: 227x227 input (the text's 224 only works with padding 2-3 in conv1); the towers are grouped
   convolutions on one device (``groups=towers``), not two GPUs; the PCA colour augmentation and the 10-crop
   test belong to the data and evaluation code, not the net.
@@ -80,6 +81,29 @@ class AlexNet(ClassicNet):
         return self.classifier(torch.flatten(features, 1))
 
 
+class TowerLRN(nn.Module):
+    """The paper's LRN applied within each tower's maps: with two towers, 96 maps normalise as 48 + 48.
+
+    In the paper each GPU normalises the kernel maps it holds, so a map's window of n=5 neighbours stops
+    at its tower's edge. One ``LocalResponseNorm`` over all channels would mix the maps on either side of
+    the boundary (47/48 in conv1), which neither the paper's net nor the two-device
+    :class:`~classicnets.models.alexnet_towers.AlexNetTowers` does.
+    """
+
+    def __init__(self, towers: int):
+        super().__init__()
+        self.towers = towers
+        self.lrn = paper_lrn()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.lrn(part) for part in x.chunk(self.towers, dim=1)], dim=1)
+
+
+def tower_lrn(towers: int) -> nn.Module:
+    """The paper's LRN for a net of ``towers`` towers (plain ``LocalResponseNorm`` for one tower)."""
+    return paper_lrn() if towers == 1 else TowerLRN(towers)
+
+
 def _check_options(towers: int, dropout: float) -> None:
     if not (isinstance(towers, int) and towers >= 1):
         raise ConfigError(f"towers must be a positive integer (2 = the paper, 1 = one tower); got {towers!r}")
@@ -93,11 +117,11 @@ def _paper_features(in_channels: int, channels: tuple[int, ...], towers: int, lr
     layers: list[tuple[str, nn.Module]] = [
         ("conv1", nn.Conv2d(in_channels, c1, 11, stride=4)),  # 227 -> 55
         ("relu1", make_activation(activation)),
-        ("norm1", paper_lrn()),
+        ("norm1", tower_lrn(towers)),  # within each tower's maps, as each GPU did
         ("pool1", nn.MaxPool2d(*pool)),  # 55 -> 27
         ("conv2", nn.Conv2d(c1, c2, 5, padding=2, groups=towers)),  # each tower sees its own 48 maps
         ("relu2", make_activation(activation)),
-        ("norm2", paper_lrn()),
+        ("norm2", tower_lrn(towers)),
         ("pool2", nn.MaxPool2d(*pool)),  # 27 -> 13
         ("conv3", nn.Conv2d(c2, c3, 3, padding=1)),  # crosses the towers
         ("relu3", make_activation(activation)),
