@@ -1,0 +1,35 @@
+"""`classicnets export CHECKPOINT --format onnx|torchscript`: a deployable file, checked against PyTorch."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
+    parser = sub.add_parser(
+        name, help="export a checkpoint to ONNX or TorchScript, verified against PyTorch",
+        description="Export the model for float (N, C, S, S) input prepared as in training (the checkpoint's "
+                    "classes, mean/std and image size are stored in the file), with a dynamic batch size. "
+                    "The file is reloaded (onnxruntime / torch.jit.load) and compared with PyTorch; a larger "
+                    "difference than --tolerance fails.",
+    )
+    parser.add_argument("checkpoint", help="run directory (uses best/, then last/), checkpoint directory "
+                                           "or model.safetensors")
+    parser.add_argument("--format", choices=["onnx", "torchscript"], required=True,
+                        help="onnx needs: pip install 'classicnets[export]'")
+    parser.add_argument("--out", help="output file "
+                                      "(default: RUN_DIR/MODEL.onnx or RUN_DIR/MODEL.torchscript.pt)")
+    parser.add_argument("--tolerance", type=float, default=1e-4,
+                        help="largest max abs difference of the logits accepted (default: 1e-4)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..inference import export
+
+    result = export(args.checkpoint, args.format, args.out, tolerance=args.tolerance)
+    print(f"wrote {result.path} ({result.bytes / 1e6:.1f} MB, {result.format}, input "
+          f"{'x'.join(str(d) for d in result.input_shape[1:])} with a dynamic batch size)")
+    print(f"max abs difference of the logits vs PyTorch: {result.max_abs_diff:.3g} "
+          f"(tolerance {result.tolerance:g}): ok")
+    return 0

@@ -1,0 +1,51 @@
+"""`classicnets predict CHECKPOINT IMAGE...`: the most probable classes of each image."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
+    parser = sub.add_parser(
+        name, help="classify image files with a checkpoint: top-5 classes with probabilities",
+        description="Classify images of any size, grey or colour: each is converted to the model's channels, "
+                    "centre-cropped to a square, resized and normalised as in training.",
+    )
+    parser.add_argument("checkpoint", help="run directory (uses best/, then last/), checkpoint directory "
+                                           "or model.safetensors")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG, BMP, GIF or TIFF files")
+    parser.add_argument("--top-k", type=int, default=5, help="how many classes to show (default: 5)")
+    parser.add_argument("--tta", choices=["none", "flip", "ten-crop"], default="none", help="default: none")
+    parser.add_argument("--invert", action="store_true",
+                        help="invert the images first: Fashion-MNIST and MNIST draw light items on black, "
+                             "photos are usually dark on light")
+    parser.add_argument("--device", default="auto", help="cpu, cuda ... (default: auto)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import ConfigError
+    from ..inference import predict
+
+    if args.top_k < 1:
+        raise ConfigError(f"--top-k must be >= 1; got {args.top_k}")
+    predictions = predict(args.checkpoint, args.images, top_k=args.top_k, tta=args.tta, invert=args.invert,
+                          device=args.device)
+    if args.json:
+        print(json.dumps([{"image": p.source, "top": [{"class": c, "probability": q} for c, q in p.top]}
+                          for p in predictions], indent=1))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for prediction in predictions:
+        table = Table(title=prediction.source, title_justify="left")
+        table.add_column("class")
+        table.add_column("probability", justify="right")
+        for name, probability in prediction.top:
+            table.add_row(name, f"{probability:.2%}")
+        console.print(table)
+    return 0

@@ -1,0 +1,652 @@
+"""Evaluate, predict with and export a trained checkpoint.
+
+A checkpoint (:mod:`classicnets.train.checkpoint`) is safetensors weights whose header says which model they
+belong to and how its inputs were prepared: model name and options, classes, input channels, image size,
+mean/std and dataset. Everything here reads that header, so a checkpoint path is all the three commands need:
+
+    >>> result = classicnets.evaluate("runs/demo", tta="flip")      # top-1, top-5, per class, confusion
+    >>> classicnets.predict("runs/demo", ["shoe.jpg"])[0].top[0]    # ('Sneaker', 0.93)
+    >>> classicnets.export("runs/demo", format="onnx")              # verified against PyTorch
+
+Loading never executes code (safetensors only), and weights that do not fit the model the header names are
+refused with the first mismatches, so a checkpoint of another model can never run silently.
+
+This module wires models, data and checkpoints together, like :mod:`classicnets.experiment`; the CLI commands
+``eval``, ``predict`` and ``export`` are thin calls into it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import import_module
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .errors import CheckpointError, ClassicnetsError, ConfigError
+from .train.checkpoint import FORMAT_VERSION, load_model_weights, parse_metadata
+
+TTA_MODES = ("none", "flip", "ten-crop")
+EXPORT_FORMATS = ("onnx", "torchscript")
+# The paper's test protocol: 224 crops from images whose shorter side is 256, so ten-crop first resizes
+# to image_size * 256 / 224 and crops image_size (28 -> 32 -> 28 for the 28-pixel nets).
+TEN_CROP_SCALE = 256 / 224
+# ITU-R 601 luma, the weights PIL's convert("L") uses, to feed colour images to a grey model.
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+REQUIRED_METADATA = ("model", "num_classes", "in_channels", "classes", "image_size")
+
+
+class MissingDependencyError(ClassicnetsError, ImportError):
+    """An optional package (onnx, onnxruntime, onnxscript) that a command needs is not installed."""
+
+
+class ExportVerificationError(ClassicnetsError):
+    """An exported model whose outputs differ from PyTorch's by more than the tolerance."""
+
+
+class ImageInputError(ClassicnetsError, ValueError):
+    """An image file that is missing or cannot be decoded."""
+
+
+# ------------------------------------------------------------------------------------ loading a model
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How the training inputs were made: channels, square size, mean/std (None: pixels in [0, 1])."""
+
+    in_channels: int
+    image_size: int
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A model rebuilt from a checkpoint, in eval mode on the CPU, with its decoded metadata."""
+
+    model: nn.Module
+    metadata: dict[str, Any]
+    source: Path  # the model.safetensors file
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.metadata["classes"])
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        m = self.metadata
+        mean, std = m.get("mean"), m.get("std")
+        return Preprocessing(int(m["in_channels"]), int(m["image_size"]),
+                             None if mean is None else tuple(mean), None if std is None else tuple(std))
+
+
+def load_checkpoint(checkpoint: str | Path) -> LoadedCheckpoint:
+    """Rebuild the model a checkpoint was saved from and load its weights (``strict``: every key and shape).
+
+    ``checkpoint`` is a run directory (best/ then last/), a checkpoint directory or a ``model.safetensors``.
+    Pickles are refused unread; weights of another model are refused with the first mismatches.
+    """
+    from .registry import create_model
+
+    state, raw_metadata = load_model_weights(checkpoint)
+    source = _model_file_of(Path(checkpoint))
+    metadata = _decoded_metadata(raw_metadata, source)
+    name, options = metadata["model"], metadata.get("model_options") or {}
+    try:
+        model = create_model(name, num_classes=metadata["num_classes"], in_channels=metadata["in_channels"],
+                             **options)
+    except ClassicnetsError as error:
+        raise CheckpointError(f"{source}: its header names model {name!r} with options {options}, "
+                              f"which cannot be built here: {error}") from None
+    _check_weights_fit(model, state, name, source)
+    model.load_state_dict(state, strict=True)
+    return LoadedCheckpoint(model.eval(), metadata, source)
+
+
+def _model_file_of(path: Path) -> Path:
+    if path.is_file():
+        return path
+    from .train.checkpoint import MODEL_FILE, resolve_checkpoint_dir
+
+    return resolve_checkpoint_dir(path) / MODEL_FILE
+
+
+def _decoded_metadata(raw: dict[str, str], source: Path) -> dict[str, Any]:
+    missing = [key for key in REQUIRED_METADATA if key not in raw]
+    if missing:
+        raise CheckpointError(
+            f"{source} is a safetensors file but not a classicnets checkpoint: its header lacks "
+            f"{', '.join(missing)} (found keys: {sorted(raw) or 'none'}). Save weights with "
+            "`classicnets train`, or write the header with classicnets.train.checkpoint.model_metadata()"
+        )
+    try:
+        metadata = parse_metadata(raw)
+    except (ValueError, TypeError) as error:
+        raise CheckpointError(f"{source}: its header is malformed ({error}); the file may be corrupt"
+                              ) from None
+    if metadata.get("format", FORMAT_VERSION) > FORMAT_VERSION:
+        raise CheckpointError(f"{source} uses checkpoint format {metadata['format']}, newer than this "
+                              f"classicnets reads ({FORMAT_VERSION}); upgrade classicnets")
+    if len(metadata["classes"]) != metadata["num_classes"]:
+        raise CheckpointError(f"{source}: its header lists {len(metadata['classes'])} class names for "
+                              f"num_classes={metadata['num_classes']}; the file is inconsistent")
+    return metadata
+
+
+def _check_weights_fit(model: nn.Module, state: dict[str, torch.Tensor], name: str, source: Path) -> None:
+    """Refuse weights whose names or shapes differ from the model's, listing the first differences."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+                for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if not (missing or unexpected or reshaped):
+        return
+    problems = []
+    kinds = (("missing", missing), ("unexpected", unexpected), ("shape mismatch (file vs model)", reshaped))
+    for label, items in kinds:
+        if items:
+            more = f" and {len(items) - 3} more" if len(items) > 3 else ""
+            problems.append(f"{len(items)} {label}: {', '.join(items[:3])}{more}")
+    raise CheckpointError(
+        f"{source}: the weights do not fit model {name!r} that its header names ({'; '.join(problems)}). "
+        "The file was saved from another model or its header was edited; use it with the model it came from"
+    )
+
+
+def default_output_dir(loaded: LoadedCheckpoint) -> Path:
+    """Where results go unless told: the run directory (not best/ or last/, which each save replaces)."""
+    directory = loaded.source.parent
+    return directory.parent if directory.name in ("best", "last") else directory
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device} was asked for but CUDA is not available here; use --device cpu")
+    return device
+
+
+# ------------------------------------------------------------------------------------- preprocessing
+
+
+def prepare_batch(images: torch.Tensor, prep: Preprocessing, size: int | None = None) -> torch.Tensor:
+    """uint8 (N, C, H, W) images -> the float input the model was trained on, on the images' device.
+
+    Channels are converted to the model's (grey -> repeated, colour -> luma), the images resized to
+    ``size`` (default: the model's image size) with bilinear interpolation as the training loader does,
+    scaled to [0, 1] and normalised with the checkpoint's mean/std when it has them.
+    """
+    size = size or prep.image_size
+    x = _match_channels(images.float(), prep.in_channels)
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    x = x.div_(255.0)
+    if prep.mean is not None:
+        mean = torch.tensor(prep.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(prep.std, device=x.device).view(1, -1, 1, 1)
+        x = x.sub_(mean).div_(std)
+    return x
+
+
+def _match_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    found = x.shape[1]
+    if found == channels:
+        return x
+    if found == 1:
+        return x.expand(-1, channels, -1, -1)
+    if found == 3 and channels == 1:
+        weights = torch.tensor(LUMA_WEIGHTS, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        return (x * weights).sum(dim=1, keepdim=True)
+    raise ConfigError(f"images have {found} channels and the model takes {channels}; only grey <-> RGB "
+                      "conversions are defined")
+
+
+def tta_views(x: torch.Tensor, tta: str, size: int) -> Iterator[torch.Tensor]:
+    """The model inputs whose softmax outputs TTA averages, made batch-wise by flipping and slicing.
+
+    ``none``: ``x``. ``flip``: ``x`` and its mirror. ``ten-crop`` (the paper's test): the four corner and the
+    centre ``size`` crops of ``x`` (prepared at ``ten_crop_size(size)``) and their mirrors.
+    """
+    if tta == "none":
+        yield x
+    elif tta == "flip":
+        yield x
+        yield x.flip(-1)
+    elif tta == "ten-crop":
+        far_h, far_w = x.shape[-2] - size, x.shape[-1] - size
+        for top, left in ((0, 0), (0, far_w), (far_h, 0), (far_h, far_w), (far_h // 2, far_w // 2)):
+            crop = x[..., top:top + size, left:left + size]
+            yield crop
+            yield crop.flip(-1)
+    else:
+        raise ConfigError(f"unknown TTA mode {tta!r}; expected one of {', '.join(TTA_MODES)}")
+
+
+def ten_crop_size(image_size: int) -> int:
+    return int(round(image_size * TEN_CROP_SCALE))
+
+
+def _check_tta(tta: str) -> None:
+    if tta not in TTA_MODES:
+        raise ConfigError(f"unknown TTA mode {tta!r}; expected one of {', '.join(TTA_MODES)}")
+
+
+def _scores(model: nn.Module, x: torch.Tensor, tta: str, size: int) -> torch.Tensor:
+    """Logits without TTA; with TTA, the softmax averaged over the views (the paper averages softmax)."""
+    if tta == "none":
+        return model(x).float()
+    views = list(tta_views(x, tta, size))
+    total = sum(model(v).float().softmax(dim=1) for v in views)
+    return total / len(views)
+
+
+# ---------------------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class EvalResult:
+    """Accuracy of a checkpoint on a dataset split. ``confusion[i][j]``: images of class i predicted as j."""
+
+    top1: float
+    top5: float
+    top_k: int  # 5, or the number of classes when there are fewer
+    count: int
+    classes: list[str]
+    per_class: dict[str, float]
+    confusion: list[list[int]]
+    settings: dict[str, Any]
+    seconds: float
+    images_per_second: float
+    files: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def evaluate(
+    checkpoint: str | Path,
+    *,
+    dataset: str | None = None,
+    data_dir: str | Path | None = None,
+    split: str = "test",
+    tta: str = "none",
+    batch_size: int = 500,
+    device: str | torch.device = "auto",
+    bf16: bool = False,
+    channels_last: bool = True,
+    limit: int | None = None,
+    out_dir: str | Path | None = None,
+    download: bool = True,
+) -> EvalResult:
+    """Top-1, top-5, per-class accuracy and the confusion matrix of a checkpoint on a dataset split.
+
+    The dataset and preprocessing come from the checkpoint's header; ``dataset``/``data_dir``/``split``
+    override where the images come from (their classes must be the checkpoint's). ``tta`` is ``none``,
+    ``flip`` or ``ten-crop``; ``bf16`` runs under bfloat16 autocast (about 2-3x faster on CPUs with AMX).
+    ``limit`` evaluates the first N images only. With ``out_dir``, writes ``metrics.json`` and
+    ``confusion.png`` there.
+    """
+    _check_tta(tta)
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1; got {batch_size}")
+    loaded = load_checkpoint(checkpoint)
+    dataset = dataset or loaded.metadata.get("dataset")
+    if not dataset:
+        raise ConfigError(f"{loaded.source} does not name its dataset; pass --dataset")
+    images, labels = _eval_split(loaded, dataset, split, data_dir, download, limit)
+    run_device = _resolve_device(device)
+    model = _inference_model(loaded.model, run_device, channels_last)
+
+    start = time.perf_counter()
+    confusion, top_k_hits = _accumulate(model, images, labels, loaded.preprocessing,
+                                        num_classes=len(loaded.classes), tta=tta,
+                                        batch_size=batch_size, device=run_device, bf16=bf16,
+                                        channels_last=channels_last)
+    confusion, top_k_hits = confusion.cpu(), int(top_k_hits.cpu())  # the one host sync
+    seconds = time.perf_counter() - start
+
+    settings = {"checkpoint": str(loaded.source), "model": loaded.metadata["model"], "dataset": dataset,
+                "split": split, "data_dir": None if data_dir is None else str(data_dir), "tta": tta,
+                "limit": limit, "batch_size": batch_size, "device": str(run_device), "bf16": bf16,
+                "channels_last": channels_last, "image_size": loaded.preprocessing.image_size}
+    result = _result(confusion, top_k_hits, loaded.classes, settings, seconds)
+    if out_dir is not None:
+        result.files = write_eval_outputs(result, Path(out_dir))
+    return result
+
+
+def _eval_split(loaded: LoadedCheckpoint, dataset: str, split: str, data_dir, download: bool,
+                limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    from .data import load_dataset
+    from .errors import DatasetError
+
+    data = load_dataset(dataset, split, data_dir=data_dir, download=download)
+    if list(data.classes) != loaded.classes:
+        raise DatasetError(
+            f"dataset {dataset!r} ({split}) has classes {list(data.classes)[:5]}... ({len(data.classes)}), "
+            f"but {loaded.source} was trained on {loaded.classes[:5]}... ({len(loaded.classes)}); "
+            "evaluate on a dataset with the same classes in the same order"
+        )
+    images, labels = torch.as_tensor(data.images), torch.as_tensor(data.labels)
+    if limit is not None:
+        if limit < 1:
+            raise ConfigError(f"limit must be >= 1; got {limit}")
+        images, labels = images[:limit], labels[:limit]
+    return images, labels
+
+
+def _inference_model(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _accumulate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, prep: Preprocessing, *,
+                num_classes: int, tta: str, batch_size: int, device: torch.device, bf16: bool,
+                channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The confusion matrix and top-k hit count, accumulated on the device without a host sync."""
+    top_k = min(5, num_classes)
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
+    top_k_hits = torch.zeros((), dtype=torch.int64, device=device)
+    size = ten_crop_size(prep.image_size) if tta == "ten-crop" else prep.image_size
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    with torch.inference_mode(), _autocast(device, bf16):
+        for start in range(0, len(images), batch_size):
+            x = images[start:start + batch_size].to(device, non_blocking=True)
+            y = labels[start:start + batch_size].to(device, non_blocking=True)
+            x = prepare_batch(x, prep, size).contiguous(memory_format=memory_format)
+            scores = _scores(model, x, tta, prep.image_size)
+            predicted = scores.argmax(dim=1)
+            confusion += torch.bincount(y * num_classes + predicted, minlength=num_classes * num_classes)
+            top_k_hits += (scores.topk(top_k, dim=1).indices == y[:, None]).sum()
+    return confusion.view(num_classes, num_classes), top_k_hits
+
+
+def _autocast(device: torch.device, bf16: bool):
+    if not bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def _result(confusion: torch.Tensor, top_k_hits: int, classes: list[str], settings: dict[str, Any],
+            seconds: float) -> EvalResult:
+    count = int(confusion.sum())
+    per_class_total = confusion.sum(dim=1)
+    per_class = (confusion.diagonal().double() / per_class_total.clamp(min=1)).tolist()
+    return EvalResult(
+        top1=float(confusion.diagonal().sum()) / count,
+        top5=top_k_hits / count,
+        top_k=min(5, len(classes)),
+        count=count,
+        classes=list(classes),
+        # a class absent from the evaluated images has no accuracy (NaN is not valid JSON)
+        per_class={name: (acc if total else None) for name, acc, total
+                   in zip(classes, per_class, per_class_total.tolist(), strict=True)},
+        confusion=confusion.tolist(),
+        settings=settings,
+        seconds=seconds,
+        images_per_second=count / seconds if seconds > 0 else math.inf,
+    )
+
+
+def write_eval_outputs(result: EvalResult, out_dir: Path) -> dict[str, str]:
+    """``metrics.json`` (the whole result) and ``confusion.png`` (row-normalised, class names on the axes)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {"json": str(out_dir / "metrics.json"), "png": str(out_dir / "confusion.png")}
+    settings = result.settings
+    title = f"{settings['model']} on {settings['dataset']} {settings['split']}: top-1 {result.top1:.2%}"
+    plot_confusion(np.asarray(result.confusion), result.classes, Path(files["png"]), title=title)
+    payload = result.to_dict()
+    payload["files"] = files
+    Path(files["json"]).write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+    return files
+
+
+def plot_confusion(confusion: np.ndarray, classes: Sequence[str], path: Path, title: str = "") -> None:
+    """A confusion-matrix heat map: rows are true classes, columns predictions, cells the share of the row."""
+    # A bare Figure renders with Agg and leaves pyplot's global state (and the user's backend) alone.
+    from matplotlib.figure import Figure
+
+    rows = confusion.sum(axis=1, keepdims=True)
+    shares = confusion / np.maximum(rows, 1)
+    n = len(classes)
+    side = max(5.0, 0.55 * n + 2.5)
+    fig = Figure(figsize=(side, side * 0.9), layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")
+    ax.set_xticks(range(n), classes, rotation=45, ha="right", fontsize=8 if n > 10 else 9)
+    ax.set_yticks(range(n), classes, fontsize=8 if n > 10 else 9)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if title:
+        ax.set_title(title, fontsize=10)
+    if n <= 20:  # counts stay legible up to about 20 classes
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, str(int(confusion[i, j])), ha="center", va="center", fontsize=7,
+                        color="white" if shares[i, j] > 0.5 else "black")
+    fig.savefig(path, dpi=120)
+
+
+# ---------------------------------------------------------------------------------------- prediction
+
+
+@dataclass
+class Prediction:
+    """The top classes for one image, most probable first, as (class name, probability)."""
+
+    source: str
+    top: list[tuple[str, float]]
+
+    @property
+    def label(self) -> str:
+        return self.top[0][0]
+
+
+def predict(
+    checkpoint: str | Path,
+    images: Sequence[str | Path | Any],
+    *,
+    top_k: int = 5,
+    tta: str = "none",
+    invert: bool = False,
+    device: str | torch.device = "auto",
+) -> list[Prediction]:
+    """The ``top_k`` classes with probabilities for each image (paths or PIL images), in one batch.
+
+    Any size, grey or colour: each image is converted to the model's channels, centre-cropped to a square
+    (the paper's test crop; training images are square) and resized and normalised as in training.
+    ``invert`` turns dark-on-light photos into the light-on-dark look of Fashion-MNIST and MNIST.
+    """
+    _check_tta(tta)
+    if not images:
+        raise ConfigError("no images given; pass one or more image files")
+    loaded = load_checkpoint(checkpoint)
+    prep = loaded.preprocessing
+    size = ten_crop_size(prep.image_size) if tta == "ten-crop" else prep.image_size
+    run_device = _resolve_device(device)
+    model = loaded.model.to(run_device)
+    with torch.inference_mode():
+        x = torch.cat([prepare_batch(_square_image(image, prep.in_channels, invert)[None].to(run_device),
+                                     prep, size) for image in images])
+        probabilities = _scores(model, x, tta, prep.image_size)
+        if tta == "none":
+            probabilities = probabilities.softmax(dim=1)
+        values, indices = probabilities.topk(min(top_k, len(loaded.classes)), dim=1)
+    classes = loaded.classes
+    return [Prediction(_source_name(image), [(classes[i], p) for i, p in zip(row_i, row_p, strict=True)])
+            for image, row_i, row_p in zip(images, indices.tolist(), values.tolist(), strict=True)]
+
+
+def _square_image(image: str | Path | Any, channels: int, invert: bool) -> torch.Tensor:
+    """An image file or PIL image as uint8 (channels, S, S): its centred square, before any resizing."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if isinstance(image, (str, Path)):
+        try:
+            with Image.open(image) as opened:
+                opened.load()
+                pil = opened
+        except FileNotFoundError:
+            raise ImageInputError(f"image {image} does not exist") from None
+        except (UnidentifiedImageError, OSError) as error:
+            raise ImageInputError(f"{image} is not an image PIL can read ({error}); "
+                                  "pass a PNG, JPEG, BMP, GIF or TIFF file") from None
+    else:
+        pil = image
+    pil = ImageOps.exif_transpose(pil)  # phone photos store their rotation in EXIF
+    pil = pil.convert("L" if channels == 1 else "RGB")
+    if invert:
+        pil = ImageOps.invert(pil)
+    array = np.asarray(pil, dtype=np.uint8)
+    tensor = torch.from_numpy(array.copy()).reshape(array.shape[0], array.shape[1], -1).permute(2, 0, 1)
+    tensor = _match_channels(tensor, channels) if tensor.shape[0] != channels else tensor
+    height, width = tensor.shape[-2:]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    return tensor[:, top:top + side, left:left + side]
+
+
+def _source_name(image: Any) -> str:
+    return str(image) if isinstance(image, (str, Path)) else f"<{type(image).__name__}>"
+
+
+# ------------------------------------------------------------------------------------------- export
+
+
+@dataclass
+class ExportResult:
+    """An exported model and how closely it matches PyTorch on the same inputs."""
+
+    path: str
+    format: str
+    max_abs_diff: float
+    tolerance: float
+    bytes: int
+    input_shape: tuple[int, ...]  # (batch, C, H, W); the batch dimension is dynamic
+
+
+def export(
+    checkpoint: str | Path,
+    format: str = "onnx",
+    out: str | Path | None = None,
+    *,
+    tolerance: float = 1e-4,
+) -> ExportResult:
+    """Export a checkpoint's model to ONNX or TorchScript, then check it against PyTorch.
+
+    The exported model takes float (N, C, image_size, image_size) input prepared as in training (the
+    checkpoint's metadata is stored in the file: ONNX metadata_props, TorchScript extra file
+    ``classicnets.json``), with a dynamic batch size. It is reloaded with onnxruntime or ``torch.jit.load``
+    and run on a batch size other than the one exported; a max abs difference of the logits above
+    ``tolerance`` raises :class:`ExportVerificationError`. ``out`` defaults to ``MODEL.onnx`` or
+    ``MODEL.torchscript.pt`` in the run directory (:func:`default_output_dir`).
+    """
+    if format not in EXPORT_FORMATS:
+        raise ConfigError(f"unknown export format {format!r}; expected one of {', '.join(EXPORT_FORMATS)}")
+    if format == "onnx":
+        _require_export_packages()
+    loaded = load_checkpoint(checkpoint)
+    prep = loaded.preprocessing
+    suffix = ".onnx" if format == "onnx" else ".torchscript.pt"
+    name = f"{loaded.metadata['model']}{suffix}"
+    path = Path(out) if out is not None else default_output_dir(loaded) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = loaded.model.float().eval()
+    shape = (prep.in_channels, prep.image_size, prep.image_size)
+    generator = torch.Generator().manual_seed(0)
+    example = torch.randn(2, *shape, generator=generator)
+    check = torch.randn(3, *shape, generator=generator)  # another batch size proves the dynamic batch
+    metadata = {key: json.dumps(value) if not isinstance(value, str) else value
+                for key, value in loaded.metadata.items()}
+
+    if format == "onnx":
+        exported = _export_onnx(model, example, path, metadata)
+    else:
+        exported = _export_torchscript(model, example, path, metadata)
+    with torch.inference_mode():
+        reference = model(check).numpy()
+    diff = float(np.max(np.abs(exported(check.numpy()) - reference)))
+    result = ExportResult(str(path), format, diff, tolerance, path.stat().st_size, (-1, *shape))
+    if not diff <= tolerance:  # also catches NaN
+        raise ExportVerificationError(
+            f"the {format} export {path} differs from PyTorch by up to {diff:.3g} on the same input "
+            f"(tolerance {tolerance:g}); the file is kept for inspection, do not deploy it. "
+            "Report this with the model name, or raise --tolerance if the difference is acceptable"
+        )
+    return result
+
+
+def _require_export_packages() -> None:
+    missing = []
+    for name in ("onnx", "onnxscript", "onnxruntime"):
+        try:
+            import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise MissingDependencyError(
+            f"ONNX export needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not "
+            "installed; install them with: pip install 'classicnets[export]'"
+        )
+
+
+def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, str]):
+    import onnx
+    import onnxruntime
+
+    batch = torch.export.Dim("batch", min=1)
+    with _quiet_onnx_exporter():
+        torch.onnx.export(model, (example,), str(path), input_names=["images"], output_names=["logits"],
+                          dynamic_shapes=({0: batch},), external_data=False, verbose=False)
+    proto = onnx.load(str(path))
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=f"classicnets.{key}", value=value)
+    onnx.save(proto, str(path))
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda x: session.run(None, {"images": x.astype(np.float32)})[0]
+
+
+@contextlib.contextmanager
+def _quiet_onnx_exporter():
+    """Silence the exporter's progress lines and its notes about torchvision ops (not used here)."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(None):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, str]):
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit's deprecation notice; trace is still supported
+        traced = torch.jit.trace(model, example)
+    torch.jit.save(traced, str(path), _extra_files={"classicnets.json": json.dumps(metadata)})
+    reloaded = torch.jit.load(str(path), map_location="cpu")
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return reloaded(torch.from_numpy(x)).numpy()
+
+    return run
