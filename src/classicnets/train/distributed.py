@@ -23,13 +23,15 @@ from __future__ import annotations
 import datetime
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ClassicnetsError, ConfigError
 
 # How long a collective may wait for a missing rank before every other rank fails with an error.
 # Long enough for rank 0 to write a checkpoint or evaluate while the others wait at a barrier;
@@ -37,12 +39,19 @@ from ..errors import ConfigError
 DEFAULT_TIMEOUT_S = 300.0
 TIMEOUT_ENV = "CLASSICNETS_DIST_TIMEOUT"  # seconds; overrides DEFAULT_TIMEOUT_S (tests use a few seconds)
 
+# How gloo and NCCL word a failure caused by another rank: a closed socket, a timed-out wait, an aborted NCCL
+_PEER_FAILURE = re.compile(r"gloo|nccl|connection (reset|closed)|timed out|timeout|broken pipe", re.I)
+
 _REDUCE_OPS = {
     "sum": dist.ReduceOp.SUM,
     "max": dist.ReduceOp.MAX,
     "min": dist.ReduceOp.MIN,
     "product": dist.ReduceOp.PRODUCT,
 }
+
+
+class LostRankError(ClassicnetsError, RuntimeError):
+    """A collective failed on this rank because another rank died or stopped answering."""
 
 
 @dataclass(frozen=True)
@@ -261,3 +270,26 @@ def barrier(ctx: DistContext) -> None:
         dist.barrier(device_ids=[ctx.device.index])
     else:
         dist.barrier()
+
+
+@contextmanager
+def lost_rank_errors(ctx: DistContext) -> Iterator[None]:
+    """Turn a collective that fails because another rank died or stalled into a clear :class:`LostRankError`.
+
+    gloo and NCCL report a dead peer as a low-level socket or watchdog error on every surviving rank;
+    this says what happened and where to look. Other errors pass through unchanged.
+    """
+    try:
+        yield
+    except (dist.DistError, RuntimeError) as error:
+        if not ctx.distributed or isinstance(error, ClassicnetsError):
+            raise
+        if not (isinstance(error, dist.DistError) or _PEER_FAILURE.search(str(error))):
+            raise
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise LostRankError(
+            f"rank {ctx.rank} of {ctx.world_size} stopped: another rank died or did not answer within "
+            f"{_timeout().total_seconds():g} s ({TIMEOUT_ENV}). The log of the rank that failed first "
+            f"shows the cause; under torchrun, --max-restarts resumes from the last checkpoint. "
+            f"[{first_line}]"
+        ) from error
