@@ -85,6 +85,13 @@ def scaled(channels: int, width_mult: float, divisor: int = 1) -> int:
     return max(divisor, int(round(channels * width_mult / divisor)) * divisor)
 
 
+def check_dropout(p: float) -> float:
+    """A dropout probability in [0, 1), or :class:`ConfigError`."""
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+        raise ConfigError(f"dropout must be a probability in [0, 1) (0.5 in the paper); got {p!r}")
+    return float(p)
+
+
 def spatial_out(modules: Iterable[nn.Module], size: int) -> int:
     """The side length after a flat sequence of convs and pools (others keep it), or 0 if it collapses.
 
@@ -143,3 +150,154 @@ def paper_lrn(size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float =
     missed this, BVLC/caffe#1453).
     """
     return nn.LocalResponseNorm(size, alpha=alpha * size, beta=beta, k=k)
+
+
+# ---------------------------------------------------------------------------------------------------
+# GoogLeNet
+
+
+class BasicConv2d(nn.Module):
+    """Conv (no bias) -> BatchNorm(eps=1e-3) -> ReLU: torchvision's GoogLeNet unit (keys ``conv``, ``bn``).
+
+    The BatchNorm is not in the 2014 paper (it came in 2015); torchvision's weights were trained with it.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, **conv_kwargs):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, bias=False, **conv_kwargs)
+        self.bn = nn.BatchNorm2d(out_channels, eps=0.001)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.bn(self.conv(x)))
+
+
+class ConvReLU(nn.Module):
+    """Conv (with bias) -> ReLU: the paper's GoogLeNet unit, as d2l builds it."""
+
+    def __init__(self, in_channels: int, out_channels: int, **conv_kwargs):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, **conv_kwargs)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.conv(x))
+
+
+class Inception(nn.Module):
+    """Four parallel branches concatenated on channels: 1x1 | 1x1->3x3 | 1x1->5x5 | 3x3 max-pool->1x1.
+
+    Keys follow torchvision (``branch1``, ``branch2.0/1``, ``branch3.0/1``, ``branch4.1``). ``branch3_kernel``
+    is 5 in the paper; torchvision's GoogLeNet uses 3 (a bug kept for its weights, vision#906).
+    """
+
+    def __init__(self, in_channels: int, ch1x1: int, ch3x3red: int, ch3x3: int, ch5x5red: int, ch5x5: int,
+                 pool_proj: int, conv_block: Callable[..., nn.Module] = BasicConv2d, branch3_kernel: int = 5):
+        super().__init__()
+        self.branch1 = conv_block(in_channels, ch1x1, kernel_size=1)
+        self.branch2 = nn.Sequential(
+            conv_block(in_channels, ch3x3red, kernel_size=1),
+            conv_block(ch3x3red, ch3x3, kernel_size=3, padding=1),
+        )
+        self.branch3 = nn.Sequential(
+            conv_block(in_channels, ch5x5red, kernel_size=1),
+            conv_block(ch5x5red, ch5x5, kernel_size=branch3_kernel, padding=branch3_kernel // 2),
+        )
+        self.branch4 = nn.Sequential(
+            nn.MaxPool2d(kernel_size=3, stride=1, padding=1, ceil_mode=True),
+            conv_block(in_channels, pool_proj, kernel_size=1),
+        )
+        self.out_channels = ch1x1 + ch3x3 + ch5x5 + pool_proj
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)], 1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# ResNet
+
+
+def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+
+
+def conv1x1(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
+
+
+def projection(in_channels: int, out_channels: int, stride: int) -> nn.Sequential | None:
+    """The paper's option B shortcut: a strided 1x1 conv + BN where the shape changes (the "dashed" block),
+    ``None`` (identity, the "solid" block) where it does not."""
+    if stride == 1 and in_channels == out_channels:
+        return None
+    return nn.Sequential(conv1x1(in_channels, out_channels, stride), nn.BatchNorm2d(out_channels))
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with BN and a shortcut (ResNet-18/34). Keys as torchvision's."""
+
+    expansion = 1
+
+    def __init__(self, in_channels: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = conv3x3(in_channels, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU()
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = projection(in_channels, planes, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce -> 3x3 -> 1x1 expand (x4), BN, a shortcut (ResNet-50/101/152). Keys as torchvision's.
+
+    The stride sits on the 3x3 conv (torchvision's "ResNet v1.5"); the paper puts it on the first 1x1.
+    """
+
+    expansion = 4
+
+    def __init__(self, in_channels: int, planes: int, stride: int = 1):
+        super().__init__()
+        out_channels = planes * self.expansion
+        self.conv1 = conv1x1(in_channels, planes)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = conv3x3(planes, planes, stride)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = conv1x1(planes, out_channels)
+        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU()
+        self.downsample = projection(in_channels, out_channels, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Network in Network
+
+
+def nin_block(in_channels: int, out_channels: int, kernel_size: int, stride: int,
+              padding: int) -> nn.Sequential:
+    """A conv followed by two 1x1 convs, each with ReLU: the "mlpconv" layer (a small MLP at every pixel)."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding), nn.ReLU(),
+        nn.Conv2d(out_channels, out_channels, kernel_size=1), nn.ReLU(),
+        nn.Conv2d(out_channels, out_channels, kernel_size=1), nn.ReLU(),
+    )
+
+
+def init_xavier(model: nn.Module) -> None:
+    """d2l's train_ch6 init: xavier-uniform weights of every Linear and Conv2d, PyTorch's default biases."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight)

@@ -38,7 +38,15 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
-from ..layers import ClassicNet, make_activation, paper_lrn, scaled, valid_input_sizes
+from ..layers import (
+    ClassicNet,
+    check_dropout,
+    init_xavier,
+    make_activation,
+    paper_lrn,
+    scaled,
+    valid_input_sizes,
+)
 from ..registry import ModelInfo, register_model
 
 D2L_MEAN, D2L_STD = (0.0,), (1.0,)  # d2l feeds pixels in [0, 1] with no normalisation
@@ -105,10 +113,9 @@ def tower_lrn(towers: int) -> nn.Module:
 
 
 def _check_options(towers: int, dropout: float) -> None:
-    if not (isinstance(towers, int) and towers >= 1):
+    if isinstance(towers, bool) or not isinstance(towers, int) or towers < 1:
         raise ConfigError(f"towers must be a positive integer (2 = the paper, 1 = one tower); got {towers!r}")
-    if not 0.0 <= dropout < 1.0:
-        raise ConfigError(f"dropout must be a probability in [0, 1); got {dropout!r}")
+    check_dropout(dropout)
 
 
 def _paper_features(in_channels: int, channels: tuple[int, ...], towers: int, lrn: bool,
@@ -157,13 +164,6 @@ def _init_paper(model: AlexNet) -> None:
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             nn.init.normal_(m.weight, mean=0.0, std=0.01)
             nn.init.constant_(m.bias, 1.0 if name in ones else 0.0)
-
-
-def _init_xavier(model: nn.Module) -> None:
-    """d2l's train_ch6 init: xavier-uniform weights of every Linear and Conv2d, PyTorch's default biases."""
-    for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            nn.init.xavier_uniform_(m.weight)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -239,7 +239,7 @@ def _d2l_alexnet(num_classes: int, in_channels: int, width_mult: float, dropout:
     ]))
     classifier = _classifier(c5 * 5 * 5, scaled(FC_WIDTH, width_mult), num_classes, dropout)
     model = AlexNet(features, classifier, in_channels, final_size=5)
-    _init_xavier(model)
+    init_xavier(model)
     return model
 
 
