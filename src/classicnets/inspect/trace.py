@@ -1,0 +1,230 @@
+"""One traced training step (forward, then backward of the summed outputs) on a copy of the model.
+
+Three PyTorch mechanisms see everything the step does, with no change to the model's code:
+
+- global module forward hooks keep the stack of modules whose ``forward`` is running, so an aten op is
+  charged to the innermost one (functional calls inside a ``forward`` go to that module; a shared module is
+  charged once per call), and they note the range of autograd sequence numbers each call created;
+- a ``TorchDispatchMode`` sees every aten op; in backward, ``torch._C._current_autograd_node()`` names the
+  node running, and its sequence number says which module's forward created it;
+- ``saved_tensors_hooks`` see every tensor autograd keeps for backward, deduplicated by storage.
+
+The hooks are global only while the step runs and are removed on exit, even after an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from .costs import is_counted, matmul_flops, other_ops
+
+_next_sequence_nr = torch._C._autograd._get_sequence_nr
+
+
+@dataclass
+class ModuleStats:
+    """What one module did in the step, by itself (its submodules excluded)."""
+
+    name: str  # fully qualified name, "" for the model itself
+    type: str
+    depth: int
+    has_children: bool
+    calls: int = 0
+    output_shape: list = field(default_factory=list)  # of the first call
+    input_shape: list = field(default_factory=list)
+    params_trainable: int = 0
+    params_frozen: int = 0
+    flops: int = 0
+    other_ops: int = 0
+    backward_flops: int = 0
+    activation_bytes: int = 0
+    output_bytes: int = 0
+    forward_ms: float | None = None
+    backward_ms: float | None = None
+
+
+class LayerFailure(Exception):
+    """The forward pass raised in ``stats`` (the innermost module running), called with ``input_shape``."""
+
+    def __init__(self, stats: ModuleStats, input_shape: list, error: BaseException):
+        super().__init__(str(error))
+        self.stats, self.input_shape, self.error = stats, input_shape, error
+
+
+def module_stats(model: nn.Module) -> dict[int, ModuleStats]:
+    """A :class:`ModuleStats` per module (keyed by ``id``), parameters filled, each parameter counted once."""
+    stats, seen_params = {}, set()
+    for name, module in model.named_modules():
+        entry = ModuleStats(name=name, type=type(module).__name__, depth=name.count(".") + 1 if name else 0,
+                            has_children=next(module.children(), None) is not None)
+        for param in module.parameters(recurse=False):
+            if id(param) in seen_params:
+                continue  # a parameter shared by two modules belongs to the first
+            seen_params.add(id(param))
+            if param.requires_grad:
+                entry.params_trainable += param.numel()
+            else:
+                entry.params_frozen += param.numel()
+        stats[id(module)] = entry
+    return stats
+
+
+def shapes_of(value) -> list:
+    """Shape of a tensor, or the shapes of the tensors in a (nested) tuple, list or dict."""
+    if isinstance(value, torch.Tensor):
+        return list(value.shape)
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [shapes_of(v) for v in value if isinstance(v, (torch.Tensor, list, tuple, dict))]
+    return []
+
+
+def tensors_in(value) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in tensors_in(v)]
+    return []
+
+
+class ModuleStack:
+    """Which of the model's modules are running forward, innermost last; and which module owns each node."""
+
+    def __init__(self, stats: dict[int, ModuleStats]):
+        self.stats = stats
+        self.running: list[tuple[ModuleStats, int, list]] = []  # (module, first sequence nr, input shape)
+        self.calls: list[tuple[int, int, ModuleStats]] = []  # (first, end sequence nr, module) per call
+        self._owner_by_seq: list[ModuleStats] = []
+        self._first_seq = 0
+
+    @contextlib.contextmanager
+    def hooks(self):
+        pre = register_module_forward_pre_hook(self._enter)
+        post = register_module_forward_hook(self._leave)
+        try:
+            yield self
+        finally:
+            pre.remove()
+            post.remove()
+
+    @property
+    def current(self) -> ModuleStats | None:
+        return self.running[-1][0] if self.running else None
+
+    def _enter(self, module, args):
+        entry = self.stats.get(id(module))
+        if entry is not None:
+            entry.calls += 1
+            self.running.append((entry, _next_sequence_nr(), shapes_of(args)))
+
+    def _leave(self, module, args, output):
+        entry = self.stats.get(id(module))
+        if entry is None or not self.running or self.running[-1][0] is not entry:
+            return
+        _, first_seq, input_shape = self.running.pop()
+        self.calls.append((first_seq, _next_sequence_nr(), entry))
+        if entry.calls == 1:
+            entry.output_shape, entry.input_shape = shapes_of(output), input_shape
+            entry.output_bytes = sum(t.numel() * t.element_size() for t in tensors_in(output))
+
+    def index_nodes(self, root: ModuleStats) -> None:
+        """After forward: map each autograd sequence number to the innermost module call that created it."""
+        if not self.calls:
+            return
+        self._first_seq = min(first for first, _, _ in self.calls)
+        end = max(last for _, last, _ in self.calls)
+        self._owner_by_seq = [root] * (end - self._first_seq)
+        # outer calls first, so the inner calls (which start later) overwrite their own range
+        for first, last, entry in sorted(self.calls, key=lambda call: (call[0], -call[1])):
+            self._owner_by_seq[first - self._first_seq:last - self._first_seq] = [entry] * (last - first)
+
+    def owner_of_node(self, node, root: ModuleStats) -> ModuleStats:
+        if node is None:
+            return root
+        index = node._sequence_nr() - self._first_seq
+        return self._owner_by_seq[index] if 0 <= index < len(self._owner_by_seq) else root
+
+
+class StepCounter(TorchDispatchMode):
+    """Charges every aten op of the step to a module: FLOPs and other ops in forward, FLOPs in backward."""
+
+    def __init__(self, stack: ModuleStack, root: ModuleStats):
+        super().__init__()
+        self.stack, self.root = stack, root
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if not is_counted(func) and func is not torch.ops.prim.device.default:
+            with self:  # as FlopCounterMode: count the parts of ops it has no formula for
+                result = func.decompose(*args, **kwargs)
+            if result is not NotImplemented:
+                return result
+        out = func(*args, **kwargs)
+        self._charge(func, args, kwargs, out)
+        return out
+
+    def _charge(self, func, args, kwargs, out) -> None:
+        if torch._C._current_graph_task_id() != -1:  # inside backward
+            owner = self.stack.owner_of_node(torch._C._current_autograd_node(), self.root)
+            owner.backward_flops += matmul_flops(func, args, kwargs, out)
+            return
+        owner = self.stack.current
+        if owner is not None:  # ops outside the model (the loss) are not the model's
+            owner.flops += matmul_flops(func, args, kwargs, out)
+            owner.other_ops += other_ops(func, args, out)
+
+
+class SavedActivations:
+    """Counts the bytes autograd keeps for backward, per module, each storage once; parameters excluded."""
+
+    def __init__(self, stack: ModuleStack, model: nn.Module):
+        self.stack = stack
+        self.excluded = {t.untyped_storage()._cdata for t in [*model.parameters(), *model.buffers()]}
+        self.seen: set[int] = set()
+        self._keep: list[torch.Tensor] = []  # keeps storages alive, so their ids stay unique
+
+    def hooks(self):
+        return torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor)
+
+    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        owner = self.stack.current
+        if owner is None or torch._C._current_graph_task_id() != -1:
+            return tensor
+        storage = tensor.untyped_storage()
+        if storage._cdata not in self.excluded and storage._cdata not in self.seen:
+            self.seen.add(storage._cdata)
+            self._keep.append(tensor)
+            owner.activation_bytes += storage.nbytes()
+        return tensor
+
+
+def trace_step(model: nn.Module, example: torch.Tensor) -> list[ModuleStats]:
+    """Run forward and backward of ``model(example)`` and return what each module did, in module order.
+
+    Raises :class:`LayerFailure` naming the innermost module running when the forward pass fails.
+    """
+    stats = module_stats(model)
+    root = stats[id(model)]
+    stack = ModuleStack(stats)
+    saved = SavedActivations(stack, model)
+    with torch.enable_grad(), stack.hooks(), StepCounter(stack, root):
+        with saved.hooks():
+            try:
+                output = model(example)
+            except Exception as error:
+                failing, _, input_shape = stack.running[-1] if stack.running else (root, 0, [])
+                raise LayerFailure(failing, input_shape or [list(example.shape)], error) from error
+        stack.index_nodes(root)
+        outputs = [t for t in tensors_in(output) if t.requires_grad and t.is_floating_point()]
+        if outputs:
+            torch.autograd.backward([t.sum() for t in outputs])
+    return list(stats.values())
