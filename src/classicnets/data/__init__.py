@@ -1,0 +1,30 @@
+"""Data sets and loaders: readers for the real formats, where the files live, device-side batch transforms.
+
+>>> from classicnets.data import load_dataset, build_loaders
+>>> train = load_dataset("fashion-mnist", "train")          # ArrayDataset: uint8 (60000, 1, 28, 28)
+>>> loaders = build_loaders("fashion-mnist", image_size=224, batch_size=128, normalize=False)
+>>> x, y = next(iter(loaders.train))                          # float32 (128, 1, 224, 224), int64 (128,)
+"""
+
+from .augment import AUGMENTS, ColourPCA, flip_tta, pre_crop_size, ten_crop
+from .formats import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
+from .loaders import DeviceLoader, Loaders, StreamingLoader, build_loaders
+from .sources import DATASETS, ArrayDataset, load_dataset, make_synthetic
+
+__all__ = [
+    "AUGMENTS",
+    "DATASETS",
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_EXTENSIONS",
+    "ArrayDataset",
+    "ColourPCA",
+    "DeviceLoader",
+    "Loaders",
+    "StreamingLoader",
+    "build_loaders",
+    "flip_tta",
+    "load_dataset",
+    "make_synthetic",
+    "pre_crop_size",
+    "ten_crop",
+]

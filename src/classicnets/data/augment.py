@@ -1,0 +1,289 @@
+"""Batch transforms that run where the batch is (CPU or GPU): one call per batch, never one per image.
+
+Every random transform takes an explicit ``torch.Generator`` on the batch's device, so a run is reproducible
+from its seed. Images are (B, C, H, W); uint8 where noted, float in [0, 1] otherwise.
+
+The paper's training views (Krizhevsky et al. 2012, section 4.1): shorter side 256, random 224x224 crops,
+horizontal flips, and PCA colour augmentation, adding sum_i alpha_i lambda_i p_i to every pixel with
+alpha_i ~ N(0, 0.1) drawn once per image per use. Its test view: ten 224 crops (four corners and the centre,
+and their mirrors) with the softmax averaged. ``flip_tta`` and ``ten_crop`` build those views for the
+evaluator.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+
+AUGMENTS = ("none", "flip", "crop-flip", "resized-crop-flip", "paper")
+PAPER_PRE_CROP = 256 / 224  # the paper crops 224 out of 256
+
+
+def pre_crop_size(image_size: int) -> int:
+    """The side the paper's crops are cut from: 256 for 224, scaled alike for other sizes."""
+    return round(image_size * PAPER_PRE_CROP)
+
+
+# ----------------------------------------------------------------------------------------- geometry
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float32 [0, 1] (what d2l's ToTensor gives)."""
+    return images.float().div_(255)
+
+
+def resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear resize of a float batch to size x size; anti-aliased when shrinking, as Pillow does."""
+    if images.shape[-2:] == (size, size):
+        return images
+    shrinking = size < max(images.shape[-2:])
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=shrinking)
+
+
+def random_flip(images: torch.Tensor, generator: torch.Generator, p: float = 0.5) -> torch.Tensor:
+    """Mirror each image left-right with probability p (a mask and torch.where: no per-image loop)."""
+    flip = torch.rand(images.shape[0], device=images.device, generator=generator) < p
+    return torch.where(flip[:, None, None, None], images.flip(-1), images)
+
+
+def _crop_at(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size: int) -> torch.Tensor:
+    """Gather one size x size window per image at (top, left): index grids, one advanced-indexing op."""
+    steps = torch.arange(size, device=images.device)
+    rows = (top[:, None] + steps)[:, :, None]  # B x size x 1
+    cols = (left[:, None] + steps)[:, None, :]  # B x 1 x size
+    batch = torch.arange(images.shape[0], device=images.device)[:, None, None]
+    return images[batch, :, rows, cols].permute(0, 3, 1, 2)  # B x size x size x C -> B x C x size x size
+
+
+def random_crop(
+    images: torch.Tensor, size: int, generator: torch.Generator, padding: int = 0
+) -> torch.Tensor:
+    """A random size x size window of each image, after zero-padding by ``padding`` on every side."""
+    if padding:
+        images = F.pad(images, (padding,) * 4)
+    height, width = images.shape[-2:]
+    if size > min(height, width):
+        raise ConfigError(f"crop size {size} is larger than the padded image ({height}x{width})")
+    count, device = images.shape[0], images.device
+    top = torch.randint(0, height - size + 1, (count,), device=device, generator=generator)
+    left = torch.randint(0, width - size + 1, (count,), device=device, generator=generator)
+    return _crop_at(images, top, left, size)
+
+
+def center_crop(images: torch.Tensor, size: int) -> torch.Tensor:
+    height, width = images.shape[-2:]
+    top, left = (height - size) // 2, (width - size) // 2
+    return images[..., top : top + size, left : left + size]
+
+
+def random_resized_crop(
+    images: torch.Tensor,
+    size: int,
+    generator: torch.Generator,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> torch.Tensor:
+    """Inception-style crops (a random area fraction and aspect ratio, resized to size x size) as one
+    ``grid_sample`` over per-image affine grids. Boxes that do not fit are shrunk to fit rather than
+    redrawn (torchvision redraws up to 10 times, then falls back to a centre crop)."""
+    count, device = images.shape[0], images.device
+    uniform = torch.rand(count, 4, device=device, generator=generator)
+    area = scale[0] + (scale[1] - scale[0]) * uniform[:, 0]
+    log_ratio = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * uniform[:, 1]
+    aspect = log_ratio.exp()
+    # width and height as fractions of the image's (so the aspect ratio is relative to the image's)
+    crop_w = (area * aspect).sqrt().clamp(max=1.0)
+    crop_h = (area / aspect).sqrt().clamp(max=1.0)
+    centre_x = (uniform[:, 2] * 2 - 1) * (1 - crop_w)
+    centre_y = (uniform[:, 3] * 2 - 1) * (1 - crop_h)
+    theta = torch.zeros(count, 2, 3, device=device)
+    theta[:, 0, 0], theta[:, 0, 2] = crop_w, centre_x
+    theta[:, 1, 1], theta[:, 1, 2] = crop_h, centre_y
+    grid = F.affine_grid(theta, [count, images.shape[1], size, size], align_corners=False)
+    return F.grid_sample(
+        images, grid.to(images.dtype), mode="bilinear", padding_mode="border", align_corners=False
+    )
+
+
+# -------------------------------------------------------------------------------------------- colour
+
+
+@dataclass(frozen=True)
+class ColourPCA:
+    """Eigen-decomposition of the training set's channel covariance (pixel values in [0, 1])."""
+
+    eigenvalues: torch.Tensor  # (C,) ascending
+    eigenvectors: torch.Tensor  # (C, C), column i is p_i
+
+
+def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Exact per-channel mean and std in [0, 1] units of a uint8 set, from a 256-bin histogram per channel
+    (no float copy of the whole set)."""
+    means, stds = [], []
+    values = np.arange(256, dtype=np.float64) / 255
+    for channel in range(images.shape[1]):
+        counts = torch.bincount(images[:, channel].reshape(-1), minlength=256).numpy().astype(np.float64)
+        mean = float(counts @ values / counts.sum())
+        means.append(mean)
+        stds.append(float(math.sqrt(counts @ (values - mean) ** 2 / counts.sum())))
+    return means, stds
+
+
+def colour_pca(images: torch.Tensor, max_images: int = 10_000, seed: int = 0) -> ColourPCA:
+    """The RGB covariance over every pixel of (up to ``max_images`` images of) a uint8 training set.
+
+    The paper uses all of ImageNet; a sample of 10,000 images pins a 3x3 covariance down to well under 1%.
+    """
+    if len(images) > max_images:
+        pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:max_images]
+        images = images[pick]
+    channels = images.shape[1]
+    total = torch.zeros(channels, dtype=torch.float64)
+    outer = torch.zeros(channels, channels, dtype=torch.float64)
+    for chunk in images.split(2048):  # bounded memory: a float copy of 2048 images at a time
+        pixels = chunk.transpose(0, 1).reshape(channels, -1).to(torch.float64) / 255
+        total += pixels.sum(1)
+        outer += pixels @ pixels.T
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / count
+    covariance = outer / count - torch.outer(mean, mean)
+    eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+    return ColourPCA(eigenvalues.clamp(min=0).float(), eigenvectors.float())
+
+
+def pca_colour(
+    images: torch.Tensor, pca: ColourPCA, generator: torch.Generator, std: float = 0.1
+) -> torch.Tensor:
+    """The paper's colour augmentation: to every pixel of an image add P @ (alpha * lambda),
+    alpha ~ N(0, std),
+    one alpha per image per call. A batched matmul; the same shift for every pixel of an image."""
+    count, channels = images.shape[0], images.shape[1]
+    alpha = torch.randn(count, channels, device=images.device, generator=generator) * std
+    values = pca.eigenvalues.to(images.device, images.dtype)
+    vectors = pca.eigenvectors.to(images.device, images.dtype)
+    shift = (alpha * values) @ vectors.T  # B x C
+    return images + shift[:, :, None, None]
+
+
+def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """(x - mean) / std per channel (sequences or tensors of C values)."""
+    mean = torch.as_tensor(mean, device=images.device, dtype=images.dtype)[:, None, None]
+    std = torch.as_tensor(std, device=images.device, dtype=images.dtype)[:, None, None]
+    return (images - mean) / std
+
+
+# ------------------------------------------------------------------------------- test-time views
+
+
+def flip_tta(images: torch.Tensor) -> torch.Tensor:
+    """(2, B, C, H, W): each image and its mirror; average the model's softmax over dim 0."""
+    return torch.stack((images, images.flip(-1)))
+
+
+def ten_crop(images: torch.Tensor, size: int) -> torch.Tensor:
+    """(10, B, C, size, size): the paper's test views, four corner crops and the centre crop, then their
+    mirrors. Feed it images at ``pre_crop_size(size)`` (the loaders' ``test_uncropped``)."""
+    height, width = images.shape[-2:]
+    if size > min(height, width):
+        raise ConfigError(f"ten_crop size {size} is larger than the images ({height}x{width})")
+    corners = [(0, 0), (0, width - size), (height - size, 0), (height - size, width - size)]
+    crops = [images[..., t : t + size, s : s + size] for t, s in corners] + [center_crop(images, size)]
+    return torch.stack(crops + [crop.flip(-1) for crop in crops])
+
+
+# -------------------------------------------------------------------------------- the pipeline
+
+
+@dataclass
+class BatchTransform:
+    """uint8 batch (B, C, h, w) on the device -> float training or test batch (B, C, S, S).
+
+    ``source="array"``: small images held in memory (28 or 32 px), resized here to ``image_size``.
+    ``source="folder"``: decoded images already at ``pre_crop_size(image_size)`` (the paper's 256),
+    cropped here.
+    """
+
+    image_size: int
+    augment: str = "none"
+    train: bool = True
+    source: str = "array"
+    mean: tuple[float, ...] | None = None  # None: keep [0, 1]
+    std: tuple[float, ...] | None = None
+    pca: ColourPCA | None = None
+    dtype: torch.dtype = torch.float32
+    channels_last: bool = False
+    uncropped: bool = False  # test views at pre_crop_size, for ten_crop
+    _device_constants: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self):
+        if self.augment not in AUGMENTS:
+            raise ConfigError(f"unknown augment {self.augment!r}; choose one of {', '.join(AUGMENTS)}")
+        if self.train and self.augment == "paper" and self.pca is None:
+            raise ConfigError("augment='paper' needs the training set's colour PCA (augment.colour_pca)")
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        mode = self.augment if self.train else "none"
+        if mode != "none" and generator is None:
+            raise ConfigError("random augmentation needs a torch.Generator on the batch's device")
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        if self.source == "folder":
+            x = self._colour(self._folder_views(to_float(images), mode, generator), mode, generator)
+        else:
+            x = self._array_views(images, mode, generator, layout)
+        return x.to(dtype=self.dtype, memory_format=layout)
+
+    def _colour(self, x: torch.Tensor, mode: str, generator) -> torch.Tensor:
+        """PCA colour and normalisation: per-image, per-channel affine maps, so they commute with bilinear
+        resampling and cropping; the in-memory path applies them before upsampling, on 64x fewer pixels."""
+        if mode == "paper":
+            x = pca_colour(x, self._on(x.device, "pca"), generator)
+        return normalize(x, *self._on(x.device, "stats")) if self.mean is not None else x
+
+    def _on(self, device: torch.device, what: str):
+        """Constants moved to the batch's device once, not on every batch (no host-to-device copies)."""
+        key = (str(device), what)
+        if key not in self._device_constants:
+            if what == "pca":
+                value = ColourPCA(self.pca.eigenvalues.to(device), self.pca.eigenvectors.to(device))
+            else:
+                value = tuple(
+                    torch.tensor(v, dtype=torch.float32, device=device) for v in (self.mean, self.std)
+                )
+            self._device_constants[key] = value
+        return self._device_constants[key]
+
+    def _array_views(self, images, mode, generator, layout):
+        size = self.image_size
+        if mode == "crop-flip":
+            # crop with padding at the stored size (4 px at 32, as in the CIFAR recipes), before the resize
+            images = random_crop(
+                images, images.shape[-1], generator, padding=max(1, round(images.shape[-1] / 8))
+            )
+        if mode in ("flip", "crop-flip", "paper"):
+            images = random_flip(images, generator)  # on the small uint8 images; commutes with the resize
+        x = self._colour(to_float(images), mode, generator).contiguous(memory_format=layout)
+        if self.uncropped:
+            return resize(x, pre_crop_size(size))
+        if mode == "resized-crop-flip":
+            return random_flip(random_resized_crop(x, size, generator), generator)
+        if mode == "paper":
+            # shorter side to 256, then a random 224 crop (the same proportions at other sizes)
+            return random_crop(resize(x, pre_crop_size(size)), size, generator)
+        return resize(x, size)
+
+    def _folder_views(self, x, mode, generator):
+        size = self.image_size
+        if self.uncropped:
+            return x
+        if mode == "resized-crop-flip":
+            return random_flip(random_resized_crop(x, size, generator), generator)
+        if mode in ("crop-flip", "paper"):
+            return random_flip(random_crop(x, size, generator), generator)
+        x = center_crop(x, size)
+        return random_flip(x, generator) if mode == "flip" else x

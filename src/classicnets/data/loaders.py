@@ -1,0 +1,516 @@
+"""Loaders that hand the trainer ready batches: (x float (B, C, S, S) on the device, y int64 on the device).
+
+Two kinds, one interface (``len``, iteration, ``set_epoch``):
+
+- :class:`DeviceLoader` for sets that fit in memory (Fashion-MNIST, MNIST, CIFAR, synthetic): the whole set
+  is one uint8 tensor on the training device; a batch is an index into it, then whole-batch transforms there
+  (airbench's CifarLoader idea). No worker processes, no per-image Python, no host round trips.
+- :class:`StreamingLoader` for image folders: worker processes decode with Pillow to uint8 at the paper's
+  256 (``torch.utils.data.DataLoader``, ``DistributedSampler`` across ranks), the crops, flips, PCA colour and
+  normalisation then run batched on the device like the in-memory sets.
+
+Order and augmentation are seeded from (seed, epoch, rank): same seed, same batches. A loader advances its
+epoch after each full pass; ``set_epoch(e)`` sets it explicitly (as DistributedSampler does).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, DatasetError
+from . import augment as aug
+from . import formats
+from .sources import ArrayDataset, canonical_name, load_dataset
+
+
+def stream_seed(*parts: int) -> int:
+    """One well-mixed 63-bit seed from (seed, epoch, rank, stream)."""
+    return int(
+        np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint32).view(np.uint64)[0] >> 1
+    )
+
+
+def balanced_subset(labels: torch.Tensor, count: int, seed: int = 0) -> torch.Tensor:
+    """Indices of ``count`` items, as even across classes as the data allow, in a seeded random order."""
+    if count >= len(labels):
+        return torch.arange(len(labels))
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    shuffled = labels[order]
+    by_class = torch.argsort(shuffled, stable=True)
+    sorted_labels = shuffled[by_class]
+    starts = torch.searchsorted(sorted_labels, sorted_labels, side="left")
+    rank_in_class = torch.empty_like(by_class)
+    rank_in_class[by_class] = torch.arange(len(labels)) - starts
+    # round robin over classes: the k-th image of every class before the (k+1)-th of any
+    key = rank_in_class * (int(labels.max()) + 1) + shuffled
+    return order[torch.argsort(key)[:count]].sort().values
+
+
+# ---------------------------------------------------------------------------------------- in memory
+
+
+class DeviceLoader:
+    """Batches from a uint8 set held on the device. ``shuffle`` (training): a new seeded order each epoch and
+    ``drop_last``; each rank takes a disjoint, equal share of every epoch. Without shuffle (testing): the set
+    in order, every image once across the ranks (shares differ by at most one image)."""
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        batch_size: int,
+        transform: aug.BatchTransform,
+        device: torch.device | str = "cpu",
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        if not 0 <= rank < world_size:
+            raise ConfigError(f"rank must lie in 0..world_size-1, found rank {rank}, world_size {world_size}")
+        self.device = torch.device(device)
+        self.images = images.to(self.device)
+        self.labels = labels.to(self.device)
+        self.batch_size, self.transform, self.shuffle = batch_size, transform, shuffle
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch = 0
+        if shuffle and len(self) == 0:
+            raise ConfigError(
+                f"batch size {batch_size} x {world_size} rank(s) exceeds the {len(labels):,} training "
+                "images; "
+                "lower the batch size or use more data"
+            )
+
+    @property
+    def num_samples(self) -> int:
+        """Images this rank sees per epoch."""
+        total = len(self.labels)
+        if self.shuffle:
+            return total // self.world_size
+        return len(range(self.rank, total, self.world_size))
+
+    def __len__(self) -> int:
+        if self.shuffle:
+            return self.num_samples // self.batch_size
+        return -(-self.num_samples // self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def epoch_indices(self, epoch: int) -> torch.Tensor:
+        """The indices this rank visits in ``epoch``, in order (on the CPU)."""
+        total = len(self.labels)
+        if not self.shuffle:
+            return torch.arange(self.rank, total, self.world_size)
+        # every rank draws the same permutation, then takes every world_size-th item from its own offset
+        order = torch.randperm(total, generator=torch.Generator().manual_seed(stream_seed(self.seed, epoch)))
+        return order[self.rank :: self.world_size][: self.num_samples]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        epoch = self.epoch
+        indices = self.epoch_indices(epoch).to(self.device)
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(stream_seed(self.seed, epoch, self.rank, 1))
+        for batch in indices.split(self.batch_size)[: len(self)]:
+            yield self.transform(self.images[batch], generator), self.labels[batch]
+        self.epoch = epoch + 1
+
+
+# ---------------------------------------------------------------------------------------- streaming
+
+
+class FolderDataset(torch.utils.data.Dataset):
+    """Decodes one image per item with Pillow into uint8 (size, size, 3): shorter side to ``size``, centre
+    square (the paper's 256x256 preparation, done in one resample). A file that cannot be decoded comes back
+    as a failure record, so the main process decides whether to skip and count it or to stop."""
+
+    def __init__(self, paths: list[Path], labels: list[int], size: int, max_pixels: int | None):
+        self.paths, self.labels, self.size, self.max_pixels = paths, labels, size, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        from PIL import Image
+
+        path = self.paths[index]
+        try:
+            image = formats.decode_image(path, max_pixels=self.max_pixels, draft=(self.size, self.size))
+        except DatasetError as error:
+            return None, self.labels[index], (str(path), str(error))
+        width, height = image.size
+        side = min(width, height)
+        box = ((width - side) / 2, (height - side) / 2, (width + side) / 2, (height + side) / 2)
+        square = image.resize((self.size, self.size), Image.Resampling.BILINEAR, box=box)
+        return torch.from_numpy(np.asarray(square).copy()), self.labels[index], None
+
+
+def _collate(items):
+    good = [(image, label) for image, label, failure in items if failure is None]
+    failures = [failure for _, _, failure in items if failure is not None]
+    if not good:
+        return None, None, failures
+    images = torch.stack([image for image, _ in good])  # B x S x S x 3
+    labels = torch.tensor([label for _, label in good], dtype=torch.int64)
+    return images, labels, failures
+
+
+class _Shard(torch.utils.data.Sampler):
+    """Every index once across ranks, in order (test sets: no padding, no duplicates)."""
+
+    def __init__(self, size: int, rank: int, world_size: int):
+        self.indices = range(rank, size, world_size)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def set_epoch(self, epoch: int) -> None:
+        pass
+
+
+class StreamingLoader:
+    """Image-folder batches: DataLoader workers decode, the device does the rest (``transform``)."""
+
+    def __init__(
+        self,
+        dataset: FolderDataset,
+        *,
+        batch_size: int,
+        transform: aug.BatchTransform,
+        device: torch.device | str = "cpu",
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 2,
+        on_bad: str = "skip",
+    ):
+        from torch.utils.data.distributed import DistributedSampler
+
+        self.device = torch.device(device)
+        self.transform, self.on_bad, self.seed, self.rank = transform, on_bad, seed, rank
+        self.epoch = 0
+        self.skipped: list[tuple[str, str]] = []  # (file, why) over all epochs
+        if shuffle:
+            # passing num_replicas and rank: no process group needed, and one rank is the plain shuffled case
+            self.sampler = DistributedSampler(
+                dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True
+            )
+        else:
+            self.sampler = _Shard(len(dataset), rank, world_size)
+        self.loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=self.sampler,
+            num_workers=num_workers,
+            collate_fn=_collate,
+            drop_last=shuffle,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=num_workers > 0,
+        )
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        epoch = self.epoch
+        self.sampler.set_epoch(epoch)
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(stream_seed(self.seed, epoch, self.rank, 1))
+        skipped_before = len(self.skipped)
+        for images, labels, failures in self.loader:
+            self._note_failures(failures)
+            if images is None:
+                continue
+            images = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2)  # NHWC bytes -> NCHW view
+            yield self.transform(images, generator), labels.to(self.device, non_blocking=True)
+        if len(self.skipped) > skipped_before:
+            first = self.skipped[skipped_before]
+            warnings.warn(
+                f"skipped {len(self.skipped) - skipped_before} unreadable image(s) this epoch "
+                f"(first: {first[0]}: {first[1]}); pass on_bad='error' to stop at the first one",
+                stacklevel=2,
+            )
+        self.epoch = epoch + 1
+
+    def _note_failures(self, failures: list[tuple[str, str]]) -> None:
+        if failures and self.on_bad == "error":
+            raise DatasetError(
+                f"{failures[0][1]} Fix or remove the file, or pass on_bad='skip' (--on-bad-image skip) "
+                "to skip and count unreadable images."
+            )
+        self.skipped.extend(failures)
+
+
+# -------------------------------------------------------------------------------------- the builder
+
+
+@dataclass
+class Loaders:
+    """What ``build_loaders`` returns: the two loaders and what a model and a checkpoint need to know."""
+
+    train: DeviceLoader | StreamingLoader
+    test: DeviceLoader | StreamingLoader
+    classes: list[str]
+    in_channels: int
+    num_classes: int
+    mean: tuple[float, ...]  # what was subtracted ((0, ...) without normalisation)
+    std: tuple[float, ...]  # what was divided by ((1, ...) without normalisation)
+    image_size: int
+    augment: str
+    dataset: str
+    train_size: int  # images in the training split used (after ``subset``), all ranks together
+    test_size: int
+    test_uncropped: DeviceLoader | StreamingLoader | None = None  # at pre_crop_size, for augment.ten_crop
+    pca: aug.ColourPCA | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # files left out while scanning folders
+
+
+def build_loaders(
+    dataset: str | tuple[ArrayDataset, ArrayDataset],
+    *,
+    data_dir: str | Path | None = None,
+    image_size: int,
+    batch_size: int,
+    eval_batch_size: int | None = None,
+    augment: str = "none",
+    normalize: bool = True,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    channels_last: bool = False,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    subset: int | None = None,
+    download: bool = True,
+    num_workers: int = 2,
+    on_bad: str = "skip",
+    max_pixels: int | None = formats.DEFAULT_MAX_PIXELS,
+    mirrors: list[str] | None = None,
+    cache_dir: str | Path | None = None,
+) -> Loaders:
+    """Train and test loaders for a named data set, an image folder (``"imagefolder"`` with ``data_dir``
+    holding train/ and val/ or test/), or a (train, test) pair of :class:`ArrayDataset`.
+
+    ``augment``: "none", "flip", "crop-flip" (random crop with zero padding, then flip), "resized-crop-flip"
+    (Inception-style crops), "paper" (random 224-of-256 crops, flips and PCA colour). ``normalize``: subtract
+    the training set's per-channel mean and divide by its std (the paper subtracts the mean image instead);
+    False keeps [0, 1] like d2l. ``subset``: only that many training images, balanced across classes.
+    """
+    if augment not in aug.AUGMENTS:
+        raise ConfigError(f"unknown augment {augment!r}; choose one of {', '.join(aug.AUGMENTS)}")
+    if on_bad not in ("skip", "error"):
+        raise ConfigError(f"on_bad must be 'skip' or 'error', found {on_bad!r}")
+    if image_size < 1 or batch_size < 1:
+        raise ConfigError(f"image_size and batch_size must be positive, found {image_size} and {batch_size}")
+    common = dict(
+        image_size=image_size,
+        batch_size=batch_size,
+        eval_batch_size=eval_batch_size or batch_size,
+        augment=augment,
+        normalize=normalize,
+        device=device,
+        dtype=dtype,
+        channels_last=channels_last,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        subset=subset,
+    )
+    if isinstance(dataset, str) and dataset.strip().lower().replace("_", "-") in (
+        "imagefolder",
+        "image-folder",
+    ):
+        if data_dir is None:
+            raise ConfigError(
+                "dataset 'imagefolder' needs data_dir (--data-dir) holding train/ and val/ or test/"
+            )
+        return _folder_loaders(
+            Path(data_dir), num_workers=num_workers, on_bad=on_bad, max_pixels=max_pixels, **common
+        )
+    if isinstance(dataset, str):
+        name = canonical_name(dataset)
+        load = dict(data_dir=data_dir, download=download, mirrors=mirrors, cache_dir=cache_dir)
+        if name == "synthetic":
+            load = {}
+        train_set, test_set = load_dataset(name, "train", **load), load_dataset(name, "test", **load)
+    else:
+        train_set, test_set = dataset
+    return _array_loaders(train_set, test_set, **common)
+
+
+def _transforms(common: dict, source: str, mean, std, pca, channels: int):
+    keep = dict(
+        image_size=common["image_size"],
+        augment=common["augment"],
+        source=source,
+        dtype=common["dtype"],
+        channels_last=common["channels_last"],
+        pca=pca,
+    )
+    if common["normalize"]:
+        keep.update(mean=tuple(mean), std=tuple(std))
+    stats = (tuple(mean), tuple(std)) if common["normalize"] else ((0.0,) * channels, (1.0,) * channels)
+    return (
+        aug.BatchTransform(train=True, **keep),
+        aug.BatchTransform(train=False, **keep),
+        aug.BatchTransform(train=False, uncropped=True, **keep),
+        stats,
+    )
+
+
+def _array_loaders(train_set: ArrayDataset, test_set: ArrayDataset, **common) -> Loaders:
+    if train_set.images.shape[1:] != test_set.images.shape[1:] or train_set.classes != test_set.classes:
+        raise DatasetError(
+            f"{train_set.name}: the train and test splits differ in image shape "
+            f"({tuple(train_set.images.shape[1:])} vs {tuple(test_set.images.shape[1:])}) or classes"
+        )
+    images, labels = train_set.images, train_set.labels
+    if common["subset"] is not None:
+        keep = balanced_subset(labels, common["subset"], common["seed"])
+        images, labels = images[keep], labels[keep]
+    mean, std = aug.channel_stats(images)
+    pca = aug.colour_pca(images, seed=common["seed"]) if common["augment"] == "paper" else None
+    channels = images.shape[1]
+    train_tf, test_tf, uncropped_tf, (mean, std) = _transforms(common, "array", mean, std, pca, channels)
+    placement = dict(
+        device=common["device"], seed=common["seed"], rank=common["rank"], world_size=common["world_size"]
+    )
+    train = DeviceLoader(
+        images, labels, batch_size=common["batch_size"], transform=train_tf, shuffle=True, **placement
+    )
+    test = DeviceLoader(
+        test_set.images,
+        test_set.labels,
+        batch_size=common["eval_batch_size"],
+        transform=test_tf,
+        shuffle=False,
+        **placement,
+    )
+    # shares the test loader's device tensors: no second copy
+    uncropped = DeviceLoader(
+        test.images,
+        test.labels,
+        batch_size=common["eval_batch_size"],
+        transform=uncropped_tf,
+        shuffle=False,
+        **placement,
+    )
+    return Loaders(
+        train,
+        test,
+        list(train_set.classes),
+        channels,
+        len(train_set.classes),
+        mean,
+        std,
+        common["image_size"],
+        common["augment"],
+        train_set.name,
+        len(labels),
+        len(test_set),
+        uncropped,
+        pca,
+    )
+
+
+def _split_dir(root: Path, names: tuple[str, ...]) -> Path:
+    for name in names:
+        if (root / name).is_dir():
+            return root / name
+    raise DatasetError(
+        f"image folder {root} has no {' or '.join(f'{n}/' for n in names)} sub-folder; expected "
+        f"{root}/train/<class>/<images> and {root}/val/<class>/<images> (or test/)."
+    )
+
+
+def _folder_loaders(root: Path, *, num_workers: int, on_bad: str, max_pixels, **common) -> Loaders:
+    train_scan = formats.scan_image_folder(_split_dir(root, ("train",)), on_bad=on_bad)
+    test_scan = formats.scan_image_folder(_split_dir(root, ("val", "test")), on_bad=on_bad)
+    if test_scan.classes != train_scan.classes:
+        raise DatasetError(
+            f"{root}: train/ and {test_scan.root.name}/ have different class folders "
+            f"(only in train: {sorted(set(train_scan.classes) - set(test_scan.classes))}, "
+            f"only in {test_scan.root.name}: {sorted(set(test_scan.classes) - set(train_scan.classes))})"
+        )
+    paths, labels = train_scan.paths, train_scan.labels
+    if common["subset"] is not None:
+        keep = balanced_subset(torch.tensor(labels), common["subset"], common["seed"]).tolist()
+        paths, labels = [paths[i] for i in keep], [labels[i] for i in keep]
+    size = aug.pre_crop_size(common["image_size"])
+    mean, std, pca = _folder_stats(paths, labels, max_pixels, num_workers, common["seed"])
+    train_tf, test_tf, uncropped_tf, (mean, std) = _transforms(
+        common, "folder", mean, std, pca if common["augment"] == "paper" else None, 3
+    )
+    stream = dict(
+        device=common["device"],
+        seed=common["seed"],
+        rank=common["rank"],
+        world_size=common["world_size"],
+        num_workers=num_workers,
+        on_bad=on_bad,
+    )
+    train = StreamingLoader(
+        FolderDataset(paths, labels, size, max_pixels),
+        batch_size=common["batch_size"],
+        transform=train_tf,
+        shuffle=True,
+        **stream,
+    )
+    test_data = FolderDataset(test_scan.paths, test_scan.labels, size, max_pixels)
+    test = StreamingLoader(
+        test_data, batch_size=common["eval_batch_size"], transform=test_tf, shuffle=False, **stream
+    )
+    uncropped = StreamingLoader(
+        test_data, batch_size=common["eval_batch_size"], transform=uncropped_tf, shuffle=False, **stream
+    )
+    skipped = [(str(p), why) for p, why in train_scan.skipped + test_scan.skipped]
+    if skipped:
+        warnings.warn(
+            f"{root}: left out {len(skipped)} file(s) that are not images (first: {skipped[0][0]})",
+            stacklevel=3,
+        )
+    return Loaders(
+        train,
+        test,
+        train_scan.classes,
+        3,
+        len(train_scan.classes),
+        mean,
+        std,
+        common["image_size"],
+        common["augment"],
+        f"imagefolder:{root}",
+        len(paths),
+        len(test_scan),
+        uncropped,
+        pca,
+        skipped,
+    )
+
+
+def _folder_stats(paths, labels, max_pixels, num_workers, seed, sample: int = 512, side: int = 64):
+    """Mean, std and colour PCA from a class-balanced sample of training images decoded small: the paper
+    computes its PCA over all of ImageNet; 512 images fix a 3x3 covariance well enough for jitter."""
+    keep = balanced_subset(torch.tensor(labels), sample, seed).tolist()
+    data = FolderDataset([paths[i] for i in keep], [labels[i] for i in keep], side, max_pixels)
+    loader = torch.utils.data.DataLoader(data, batch_size=64, num_workers=num_workers, collate_fn=_collate)
+    batches = [images.permute(0, 3, 1, 2) for images, _, _ in loader if images is not None]
+    if not batches:
+        raise DatasetError(f"none of the {len(data)} sampled training images could be decoded")
+    images = torch.cat(batches)
+    mean, std = aug.channel_stats(images)
+    return mean, std, aug.colour_pca(images)
