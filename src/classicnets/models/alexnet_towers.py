@@ -106,7 +106,12 @@ def split_towers(model: AlexNet, devices=("cuda:0", "cuda:1")) -> AlexNetTowers:
         raise ConfigError(
             f"split_towers needs the paper's alexnet (create_model('alexnet')); got {type(model).__name__}"
         )
-    if towers < 2 or any(c.groups != towers for c in tower_convs):
+    if tower_convs[0].groups == 1:
+        raise ConfigError(
+            "split_towers needs an alexnet with two towers (create_model('alexnet'), towers=2); this one has "
+            "a single tower (towers=1, or the d2l / one-weird-trick variants), so there is nothing to split"
+        )
+    if any(c.groups != towers for c in tower_convs):
         raise ConfigError(
             f"split_towers got {towers} device(s) for an alexnet with towers={tower_convs[0].groups}; "
             "pass one device per tower (alexnet's default is towers=2: devices=('cuda:0', 'cuda:1'))"

@@ -1,0 +1,285 @@
+"""Distributed training: launcher variables, the torchrun shortcut, DDP equivalence on two gloo
+processes, a dying rank, and AlexNet's two towers on two devices.
+
+The two-process checks share one process group (process start-up is the cost), run on the CPU with gloo,
+and use a tiny zoo model on fixed data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import socket
+import time
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from classicnets.errors import ConfigError
+from classicnets.launch import strip_flag, torchrun_args, under_launcher
+from classicnets.models.alexnet import TowerLRN
+from classicnets.models.alexnet_towers import split_towers
+from classicnets.registry import create_model
+from classicnets.train import distributed as D
+
+# ----------------------------------------------------------------------------------------------------
+# Launcher variables and the single-process context
+
+
+def test_torchrun_variables_win_over_slurm():
+    env = {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "SLURM_PROCID": "0", "SLURM_NTASKS": "2"}
+    assert D.launcher_env(env) == {"rank": 3, "world_size": 8, "local_rank": 1}
+
+
+def test_slurm_variables_give_rank_and_rank_zero_address():
+    env = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1",
+           "SLURM_JOB_NODELIST": "gpu[07-08,11]", "SLURM_JOB_ID": "123456"}
+    assert D.launcher_env(env) == {"rank": 5, "world_size": 8, "local_rank": 1}
+    assert env["MASTER_ADDR"] == "gpu07"
+    assert env["MASTER_PORT"] == str(20000 + 123456 % 20000)
+    # an address the job script exported is kept
+    env = {"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "4000"}
+    D.launcher_env(env)
+    assert (env["MASTER_ADDR"], env["MASTER_PORT"]) == ("10.0.0.1", "4000")
+
+
+@pytest.mark.parametrize("nodelist, first", [
+    ("node7", "node7"), ("gpu[03-05,09],cpu1", "gpu03"), ("a-b[1,2]", "a-b1"), ("n1,n2", "n1"),
+])
+def test_first_slurm_host(nodelist, first):
+    assert D.first_slurm_host(nodelist) == first
+
+
+def test_no_launcher_means_one_process_without_a_group(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS"):
+        monkeypatch.delenv(name, raising=False)
+    ctx = D.init_distributed("cpu")
+    assert (ctx.rank, ctx.world_size, ctx.backend, ctx.device) == (0, 1, None, torch.device("cpu"))
+    assert ctx.is_main and not ctx.distributed and not torch.distributed.is_initialized()
+    model = torch.nn.Linear(2, 2)
+    assert D.wrap_model(model, ctx, sync_batchnorm=True) is model
+    t = torch.tensor([2.0])
+    assert D.all_reduce_(t, ctx) is t and t.item() == 2.0
+    D.barrier(ctx)
+    D.shutdown_distributed(ctx)
+
+
+def test_bad_settings_are_clear_errors(monkeypatch):
+    with pytest.raises(ConfigError, match="RANK='one'"):
+        D.launcher_env({"RANK": "one", "WORLD_SIZE": "2"})
+    monkeypatch.setenv(D.TIMEOUT_ENV, "soon")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "1")
+    with pytest.raises(ConfigError, match="CLASSICNETS_DIST_TIMEOUT='soon'"):
+        D.init_distributed("cpu")
+    with pytest.raises(ConfigError, match="op 'mean'"):
+        D.all_reduce_(torch.ones(1), D.DistContext(0, 1, 0, torch.device("cpu"), None), op="mean")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no GPU"):
+            D.init_distributed("cuda")
+
+
+def test_nproc_shortcut_relaunches_the_same_command_under_torchrun():
+    argv = ["--traceback", "train", "--nproc", "2", "--epochs", "1", "--nproc=4", "--model", "alexnet_28"]
+    command = strip_flag(argv)
+    assert command == ["--traceback", "train", "--epochs", "1", "--model", "alexnet_28"]
+    from torch.distributed.run import get_args_parser
+
+    parsed = get_args_parser().parse_args(torchrun_args(command, 2))
+    assert (parsed.nproc_per_node, parsed.standalone, parsed.module) == ("2", True, True)
+    assert [parsed.training_script, *parsed.training_script_args] == ["classicnets", *command]
+    assert not under_launcher({})
+    assert under_launcher({"TORCHELASTIC_RUN_ID": "x"}) and under_launcher({"SLURM_NTASKS": "4"})
+
+
+# ----------------------------------------------------------------------------------------------------
+# Two gloo processes: DDP with 2 ranks x batch B ends where one process with batch 2B does
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tiny_net(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return create_model("alexnet_28", num_classes=10, in_channels=1, width_mult=1 / 16, dropout=0.0)
+
+
+def _max_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    pairs = zip(a.parameters(), b.parameters(), strict=True)
+    return max((x - y).abs().max().item() for x, y in pairs)
+
+
+def _sgd(model):
+    return torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+
+
+def _two_rank_worker(rank: int, port: int, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_RANK=str(rank), **{D.TIMEOUT_ENV: "20"})
+    torch.set_num_threads(1)
+    ctx = D.init_distributed("cpu")
+    assert (ctx.rank, ctx.world_size, ctx.backend, ctx.distributed) == (rank, 2, "gloo", True)
+
+    summed, largest = torch.tensor([rank + 1.0]), torch.tensor([rank + 1.0])
+    D.all_reduce_(summed, ctx)
+    D.all_reduce_(largest, ctx, op="max")
+
+    # Each rank initialises differently; DDP must start both from rank 0's weights.
+    model = D.wrap_model(_tiny_net(seed=rank), ctx)
+    reference = _tiny_net(seed=0)  # one process, the whole batch
+    ddp_opt, ref_opt = _sgd(model), _sgd(reference)
+    data = torch.Generator().manual_seed(123)
+    batch = 8  # per rank
+    for _ in range(4):
+        x = torch.rand(2 * batch, 1, 28, 28, generator=data)
+        y = torch.randint(0, 10, (2 * batch,), generator=data)
+        mine = slice(rank * batch, (rank + 1) * batch)
+        ddp_opt.zero_grad()
+        F.cross_entropy(model(x[mine]), y[mine]).backward()
+        ddp_opt.step()
+        ref_opt.zero_grad()
+        F.cross_entropy(reference(x), y).backward()
+        ref_opt.step()
+    inner = D.unwrap_model(model)
+    max_diff = _max_diff(inner, reference)
+    moved = _max_diff(inner, _tiny_net(seed=0))
+
+    sync_bn_error = ""
+    try:
+        D.wrap_model(torch.nn.BatchNorm2d(4), ctx, sync_batchnorm=True)
+    except ConfigError as error:
+        sync_bn_error = str(error)
+    D.barrier(ctx)
+
+    if rank == 1:
+        os._exit(3)  # a rank that dies; rank 0 must stop with a clear error, not hang
+    started = time.monotonic()
+    lost = ""
+    try:
+        with D.lost_rank_errors(ctx):
+            for _ in range(50):
+                D.all_reduce_(torch.ones(1), ctx)
+                time.sleep(0.05)
+    except D.LostRankError as error:
+        lost = str(error)
+    result = {
+        "sum": summed.item(), "max": largest.item(), "max_diff": max_diff, "moved": moved,
+        "unwrapped_is_plain": type(inner).__name__, "sync_bn_error": sync_bn_error,
+        "lost": lost, "lost_after_s": time.monotonic() - started,
+    }
+    with open(os.path.join(out_dir, "rank0.json"), "w") as f:
+        json.dump(result, f)
+    os._exit(0)  # the group cannot be torn down cleanly with a dead member
+
+
+def _child_errors(context) -> str:
+    """The tracebacks torch.multiprocessing saved for children that raised."""
+    found = []
+    for path in context.error_files:
+        if os.path.exists(path):
+            with open(path, "rb") as f:
+                found.append(str(pickle.load(f)))
+    return "\n" + "\n".join(found) if found else ""
+
+
+def test_two_gloo_ranks_match_one_process_with_the_double_batch(tmp_path):
+    context = mp.start_processes(_two_rank_worker, args=(_free_port(), str(tmp_path)), nprocs=2,
+                                 join=False, start_method="spawn")
+    for process in context.processes:
+        process.join(timeout=90)
+    codes = [process.exitcode for process in context.processes]
+    for process in context.processes:
+        if process.is_alive():
+            process.kill()
+    assert codes == [0, 3], f"rank exit codes {codes} (None = a hang){_child_errors(context)}"
+    result = json.loads((tmp_path / "rank0.json").read_text())
+    assert result["sum"] == 3.0 and result["max"] == 2.0
+    assert result["unwrapped_is_plain"] == "AlexNet"
+    assert result["moved"] > 1e-3  # the weights did train
+    assert result["max_diff"] < 1e-5, result
+    assert "SyncBatchNorm" in result["sync_bn_error"] and "CUDA" in result["sync_bn_error"]
+    # the survivor stopped by itself, well within the 20 s timeout, and said why
+    assert result["lost_after_s"] < 20
+    assert "rank 0 of 2 stopped: another rank died" in result["lost"], result["lost"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# AlexNet's two towers on two devices (here both on the CPU) = the grouped single-device model
+
+
+def _merged_grads(towers) -> dict[str, torch.Tensor]:
+    grads = {}
+    for prefix, stages in (("features", towers.feature_stages), ("classifier", towers.head_stages)):
+        for stage in stages:
+            for name, _ in stage[0].named_parameters():
+                grads[f"{prefix}.{name}"] = torch.cat([t.get_parameter(name).grad for t in stage])
+    return grads
+
+
+def test_two_towers_give_the_grouped_models_outputs_and_gradients():
+    # float64: the paper's N(0, 0.01) init leaves conv1's gradients so small that float32 rounding
+    # (a different summation order in each layout) blurs them by a few per cent
+    grouped = create_model("alexnet", num_classes=10, width_mult=0.125, dropout=0.0).double()
+    towers = split_towers(grouped, devices=("cpu", "cpu"))
+    # the split is where the paper exchanges: conv1..pool2 | conv3..pool5, and fc6 | fc7 | fc8
+    assert [list(stage[0]._modules)[0] for stage in towers.feature_stages] == ["conv1", "conv3"]
+    assert [list(stage[0]._modules)[0] for stage in towers.head_stages] == ["fc6", "fc7", "fc8"]
+    assert towers.feature_stages[0][1].conv1.out_channels == grouped.features.conv1.out_channels // 2
+    assert towers.feature_stages[0][1].conv2.in_channels == grouped.features.conv2.in_channels // 2
+
+    x = torch.randn(2, 3, 227, 227, dtype=torch.float64)
+    expected, found = grouped(x), towers(x)
+    assert found.shape == (2, 10)
+    torch.testing.assert_close(found, expected, rtol=1e-10, atol=1e-12)
+    expected.square().sum().backward()
+    found.square().sum().backward()
+    grads = _merged_grads(towers)
+    assert set(grads) == {name for name, _ in grouped.named_parameters()}
+    for name, parameter in grouped.named_parameters():
+        torch.testing.assert_close(grads[name], parameter.grad, rtol=1e-9, atol=1e-14, msg=name)
+    assert towers.grouped_state_dict().keys() == grouped.state_dict().keys()
+    for key, value in towers.grouped_state_dict().items():
+        assert torch.equal(value, grouped.state_dict()[key])
+    torch.testing.assert_close(towers.forward_head(towers.forward_features(x)), found)
+
+
+def test_grouped_alexnet_normalises_within_each_tower():
+    grouped = create_model("alexnet", num_classes=10, width_mult=0.25, dropout=0.0).eval()
+    assert isinstance(grouped.features.norm1, TowerLRN) and isinstance(grouped.features.norm2, TowerLRN)
+    maps = torch.rand(1, 24, 5, 5) * 40
+    per_tower = grouped.features.norm1(maps)
+    across = torch.nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)(maps)
+    # away from the 11/12 boundary the two agree; at it, one LRN over all maps would mix the towers
+    torch.testing.assert_close(per_tower[:, :10], across[:, :10])
+    torch.testing.assert_close(per_tower[:, 14:], across[:, 14:])
+    assert (per_tower[:, 10:14] - across[:, 10:14]).abs().max() > 1e-3
+
+
+def test_split_towers_rejects_other_models_and_device_counts():
+    with pytest.raises(ConfigError, match="paper's alexnet"):
+        split_towers(torch.nn.Linear(2, 2), devices=("cpu", "cpu"))
+    with pytest.raises(ConfigError, match="single tower"):
+        split_towers(create_model("alexnet_28", width_mult=1 / 16), devices=("cpu", "cpu"))
+    with pytest.raises(ConfigError, match="single tower"):
+        split_towers(create_model("alexnet", width_mult=0.125, towers=1), devices=("cpu", "cpu"))
+    with pytest.raises(ConfigError, match="3 device.*towers=2"):
+        split_towers(create_model("alexnet", width_mult=0.125), devices=("cpu", "cpu", "cpu"))
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_two_towers_on_two_gpus():
+    grouped = create_model("alexnet", num_classes=10, width_mult=0.5, dropout=0.0).eval()
+    towers = split_towers(grouped, devices=("cuda:0", "cuda:1")).eval()
+    x = torch.randn(4, 3, 227, 227)
+    found = towers(x)
+    assert found.device == torch.device("cuda:0")
+    assert {p.device for p in towers.feature_stages[0][1].parameters()} == {torch.device("cuda:1")}
+    torch.testing.assert_close(found.cpu(), grouped(x), rtol=1e-4, atol=1e-5)
