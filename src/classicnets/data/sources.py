@@ -532,12 +532,12 @@ def make_synthetic(
     patterns = torch.nn.functional.interpolate(coarse, size=image_size, mode="bicubic", align_corners=False)
     gen.manual_seed(seed * 2 + (1 if split == "train" else 2))  # the splits differ, the classes do not
     labels = torch.randperm(size, generator=gen) % num_classes
-    shifts = torch.randint(-2, 3, (size, 2), generator=gen)
+    shift = torch.randint(0, 25, (size,), generator=gen)  # one of 5 x 5 shifts of -2..2 pixels
     noise = torch.randn(size, channels, image_size, image_size, generator=gen)
-    images = patterns[labels]
-    for dy, dx in shifts.unique(dim=0).tolist():  # at most 25 whole-set steps, not one per image
-        moved = (shifts[:, 0] == dy) & (shifts[:, 1] == dx)
-        images[moved] = images[moved].roll((dy, dx), dims=(2, 3))
+    shifted = torch.stack(
+        [patterns.roll((dy, dx), dims=(2, 3)) for dy in range(-2, 3) for dx in range(-2, 3)], 1
+    )
+    images = shifted[labels, shift]  # shifted: classes x 25 x C x H x W, small
     images = images * 200 + 25 + noise * 20
     images = images.clamp_(0, 255).round_().to(torch.uint8)
     classes = [f"pattern-{c}" for c in range(num_classes)]
