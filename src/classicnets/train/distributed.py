@@ -161,8 +161,12 @@ def _resolve_device(device: str, local_rank: int, distributed: bool) -> torch.de
         if not torch.cuda.is_available():
             raise ConfigError(f"device {device!r} asks for CUDA but torch sees no GPU; use --device cpu")
         if distributed or resolved.index is None:
-            # one process per GPU: the launcher's LOCAL_RANK picks it, whatever index was asked for
+            # one process per GPU: the launcher's LOCAL_RANK picks it, whatever index was asked for;
+            # srun --gpus-per-task=1 instead binds one GPU to each task, the only one it sees
             index = local_rank if distributed else torch.cuda.current_device()
+            bound_by_slurm = "TORCHELASTIC_RUN_ID" not in os.environ and "SLURM_LOCALID" in os.environ
+            if distributed and bound_by_slurm and torch.cuda.device_count() == 1:
+                index = 0
             if index >= torch.cuda.device_count():
                 raise ConfigError(
                     f"LOCAL_RANK={local_rank} but this node has {torch.cuda.device_count()} GPU(s); "
