@@ -147,6 +147,7 @@ def _atomic_dir(target: Path, write: Callable[[Path], None]) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         write(tmp)
+        _set_usual_permissions(tmp)
         _fsync_dir(tmp)
         aside = None
         if target.exists():
@@ -161,6 +162,16 @@ def _atomic_dir(target: Path, write: Callable[[Path], None]) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def _set_usual_permissions(directory: Path) -> None:
+    # mkdtemp makes 0700 directories (and safetensors 0600 files); a checkpoint should be as readable as
+    # any file the user writes, so apply the process's umask to 0777 / 0666 as open() would.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(directory, 0o777 & ~umask)
+    for file in directory.iterdir():
+        os.chmod(file, 0o666 & ~umask)
 
 
 def _save_tensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str]) -> None:

@@ -1,0 +1,520 @@
+"""The training loop for any ``nn.Module``: optimizer, schedule, steps, evaluation, checkpoints, resume.
+
+The hot loop never waits for the device: loss and hits accumulate as device tensors (metrics.RunningSums)
+and are read only every ``log_every`` steps and at the end of an epoch. The same reads check that the loss
+is finite, so a diverging run stops within ``log_every`` steps and never saves a non-finite state.
+
+Exact resume: each epoch seeds every generator from (seed, epoch, rank) and the loader's ``set_epoch``
+fixes the data order, so a run resumed at an epoch boundary retraces the uninterrupted one bit for bit
+(in deterministic mode). A run stopped mid-epoch (Ctrl-C, SIGTERM) also saves its RNG states and
+partial sums, and on resume replays the epoch's data order up to the step where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import ClassicnetsError, ConfigError
+from . import checkpoint as ckpt
+from .config import TrainConfig, config_from_dict
+from .distributed import DistContext, all_reduce_, barrier, wrap_model
+from .logging import CONFIG_JSON, epoch_line, plot_curves, write_logs, write_text_atomic
+from .metrics import RunningSums
+
+# Settings that may change when a run resumes; any other difference is refused.
+RESUMABLE_CHANGES = {"epochs", "progress", "log_every", "num_workers", "out", "resume", "overwrite",
+                     "device", "data_dir", "eval_batch_size", "compile"}
+
+# Test-time augmentation: a batch -> the views to average (each a batch the model accepts).
+TTA = Callable[[torch.Tensor], list[torch.Tensor]]
+
+
+class NonFiniteLossError(ClassicnetsError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C or SIGTERM stopped the run after the current step; a checkpoint was saved."""
+
+    def __init__(self, signum: int, checkpoint: Path | None) -> None:
+        self.signum, self.checkpoint = signum, checkpoint
+        self.exit_code = 128 + signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+        where = f"; saved {checkpoint}, continue with --resume" if checkpoint else ""
+        super().__init__(f"stopped by {signal.Signals(signum).name}{where}")
+
+
+# ---------------------------------------------------------------------------------- setup helpers
+
+
+def seed_everything(*entropy: int) -> None:
+    """Seed torch (CPU and CUDA), numpy and random from the given integers, mixed by numpy's SeedSequence."""
+    seed = int(np.random.SeedSequence([int(e) for e in entropy]).generate_state(1)[0])
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def configure_torch(config: TrainConfig, device: torch.device) -> None:
+    """Global switches: deterministic algorithms, TF32 matmuls on CUDA."""
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 on Ampere+: ~fp32 accuracy, several times faster
+        torch.backends.cudnn.benchmark = not config.deterministic
+    if config.deterministic:
+        import os
+
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
+        torch.use_deterministic_algorithms(True)
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast on CPU or CUDA when asked; weights and optimizer state stay in fp32."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    # foreach kernels update all parameters in a few launches instead of one per tensor
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
+                               weight_decay=config.weight_decay, foreach=True)
+    cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
+    return cls(params, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay,
+               foreach=True)
+
+
+class Schedule:
+    """The learning-rate schedule: per-step schedulers step after each optimizer step, plateau per epoch."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int) -> None:
+        self.per_epoch = config.schedule == "plateau"
+        total = max(1, steps_per_epoch * config.epochs)
+        sched = torch.optim.lr_scheduler
+        if config.schedule == "onecycle":
+            # momentum stays as configured (cycle_momentum off) so the recipe's momentum means what it says
+            self.scheduler = sched.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total,
+                                              pct_start=config.onecycle_pct, cycle_momentum=False)
+        elif config.schedule == "plateau":
+            # "divided by 10 at most three times": the floor is the lr after the last allowed drop
+            floor = config.lr * config.gamma ** config.plateau_max_drops * (1 - 1e-6)
+            self.scheduler = sched.ReduceLROnPlateau(optimizer, mode="max", factor=config.gamma,
+                                                     patience=config.plateau_patience, min_lr=floor)
+        else:
+            self.scheduler = sched.LambdaLR(optimizer, _lr_factor(config, steps_per_epoch, total))
+
+    def step_batch(self) -> None:
+        if not self.per_epoch:
+            self.scheduler.step()
+
+    def step_epoch(self, test_acc: float) -> None:
+        if self.per_epoch:
+            self.scheduler.step(test_acc)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.scheduler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.scheduler.load_state_dict(state)
+
+
+def _lr_factor(config: TrainConfig, steps_per_epoch: int, total: int) -> Callable[[int], float]:
+    """Multiplier of the lr at optimizer step ``step``: warm-up, then constant, step or cosine."""
+    warmup = int(config.warmup_epochs * steps_per_epoch)
+    every = config.step_epochs * steps_per_epoch
+    floor = config.min_lr / config.lr
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return 0.01 + 0.99 * step / warmup
+        if config.schedule == "step":
+            return config.gamma ** (step // every)
+        if config.schedule == "cosine":
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        return 1.0
+
+    return factor
+
+
+class StopSignals:
+    """Ctrl-C / SIGTERM set a flag that the loop reads after each step; a second Ctrl-C aborts at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # asked twice: stop now, without saving
+        self.signum = signum
+
+
+# ------------------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, *, device: torch.device, precision: str = "fp32",
+             channels_last: bool = False, tta: TTA | None = None,
+             ctx: DistContext | None = None) -> dict[str, float]:
+    """Mean loss, top-1 and top-5 accuracy over ``loader`` (summed over all ranks)."""
+    model.eval()
+    sums = RunningSums(device, ks=(1, 5))
+    for x, y in loader:
+        x, y = _to_device(x, y, device, channels_last)
+        with autocast(device, precision):
+            logits = _logits(model, x, tta)
+        sums.add(F.cross_entropy(logits, y), logits, y)
+    if ctx is not None:
+        all_reduce_(sums.sums, ctx)
+    values = sums.values()
+    return {"loss": values["loss"], "acc": values["top1"], "top5": values["top5"], "count": values["count"]}
+
+
+def _logits(model: nn.Module, x: torch.Tensor, tta: TTA | None) -> torch.Tensor:
+    if tta is None:
+        return model(x).float()
+    # average the softmax over the views (the paper's 10-crop test); log turns it back into logits
+    probs = torch.stack([model(view).float().softmax(dim=1) for view in tta(x)]).mean(dim=0)
+    return probs.clamp_min(1e-12).log()
+
+
+def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device,
+               channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    memory_format = torch.channels_last if channels_last and x.dim() == 4 else torch.preserve_format
+    # no-ops when the loader already delivers device tensors in the right layout
+    x = x.to(device, non_blocking=True, memory_format=memory_format)
+    return x, y.to(device, non_blocking=True)
+
+
+# ---------------------------------------------------------------------------------------- trainer
+
+
+class Trainer:
+    """Trains ``model`` on ``train_loader`` and evaluates on ``test_loader`` after every epoch.
+
+    ``metadata`` is the header for ``model.safetensors`` (checkpoint.model_metadata); ``tta`` maps a test
+    batch to the views whose softmax is averaged. Only rank 0 prints, plots and writes files.
+    """
+
+    def __init__(self, model: nn.Module, train_loader, test_loader, config: TrainConfig, *,
+                 ctx: DistContext, metadata: dict[str, str], tta: TTA | None = None,
+                 print_fn: Callable[[str], None] = print) -> None:
+        self.config, self.ctx, self.metadata, self.tta = config, ctx, metadata, tta
+        self.train_loader, self.test_loader = train_loader, test_loader
+        self.device = ctx.device
+        self.run_dir = Path(config.out)
+        self.print = print_fn if ctx.is_main else (lambda *_: None)
+        configure_torch(config, self.device)
+        memory_format = torch.channels_last if config.channels_last else torch.preserve_format
+        self.model = model.to(self.device, memory_format=memory_format)  # the plain model: saved, loaded
+        self.optimizer = build_optimizer(self.model, config)
+        self.steps_per_epoch = math.ceil(len(train_loader) / config.grad_accum_steps)
+        self.schedule = Schedule(self.optimizer, config, self.steps_per_epoch)
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        self.history: list[dict[str, Any]] = []
+        self.best_acc, self.best_epoch = -1.0, 0
+        self.start_epoch, self.start_step = 0, 0
+        self.partial: dict[str, Any] | None = None
+        self.train_model = self.eval_model = self.model
+
+    # ----------------------------------------------------------------------------------- public
+
+    def fit(self) -> list[dict[str, Any]]:
+        """Train for the configured epochs (continuing a checkpoint with ``resume``); return the history."""
+        self._prepare_run_dir()
+        self._wrap_model()
+        with StopSignals() as stop:
+            for epoch in range(self.start_epoch, self.config.epochs):
+                record = self._run_epoch(epoch, stop)
+                if record is None:  # stopped mid-epoch; a checkpoint was saved
+                    barrier(self.ctx)
+                    raise TrainingInterrupted(stop.signum, self.run_dir / ckpt.LAST)
+                if stop.signum is not None and epoch + 1 < self.config.epochs:
+                    raise TrainingInterrupted(stop.signum, self.run_dir / ckpt.LAST)
+        barrier(self.ctx)
+        return self.history
+
+    # ------------------------------------------------------------------------------ run directory
+
+    def _prepare_run_dir(self) -> None:
+        last = self.run_dir / ckpt.LAST
+        has_run = last.exists() or any(self.run_dir.glob(f".{ckpt.LAST}.old-*"))
+        if self.config.resume and has_run:
+            self._resume()
+        elif self.config.resume:
+            self.print(f"no checkpoint in {self.run_dir}; starting a new run there")
+        elif has_run and not self.config.overwrite:
+            raise ConfigError(f"{self.run_dir} already holds a run; continue it with --resume, "
+                              "replace it with --overwrite, or choose another --out")
+        if self.ctx.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if self.config.overwrite and not self.config.resume:
+                for name in (ckpt.LAST, ckpt.BEST):
+                    shutil.rmtree(self.run_dir / name, ignore_errors=True)
+            write_text_atomic(self.run_dir / CONFIG_JSON, json.dumps(self.config.to_dict(), indent=1) + "\n")
+        barrier(self.ctx)
+
+    def _resume(self) -> None:
+        source = self.run_dir / ckpt.LAST
+        state = ckpt.load_trainer_state(self.run_dir)
+        weights, metadata = ckpt.load_model_weights(ckpt.resolve_checkpoint_dir(self.run_dir, (ckpt.LAST,)))
+        identity = ckpt.parse_metadata(self.metadata)
+        ckpt.check_same_model(metadata, model=identity["model"], model_options=identity["model_options"],
+                              num_classes=identity["num_classes"], in_channels=identity["in_channels"],
+                              source=source)
+        self._check_config_matches(state["config"], source)
+        ckpt.load_into_model(self.model, weights, source)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["scheduler"])
+        self.history = list(state["history"])
+        self.best_acc, self.best_epoch = state["best_acc"], state["best_epoch"]
+        self.start_epoch, self.start_step = state["epoch"], state["step_in_epoch"]
+        self.partial = state.get("partial")
+        self.print(f"resuming {source} at epoch {self.start_epoch + 1}"
+                   + (f", step {self.start_step}" if self.start_step else ""))
+
+    def _check_config_matches(self, saved: dict[str, Any], source: Path) -> None:
+        before = config_from_dict(saved, f"{source}/trainer.json").to_dict()
+        now = self.config.to_dict()
+        changed = {k for k in now if now[k] != before.get(k)} - RESUMABLE_CHANGES
+        if "epochs" in {k for k in now if now[k] != before.get(k)} and self.config.schedule in (
+                "onecycle", "cosine"):
+            changed.add("epochs")  # these schedules are laid out over the whole run
+        if changed:
+            diffs = "; ".join(f"{k}: saved {before.get(k)!r}, now {now[k]!r}" for k in sorted(changed))
+            raise ConfigError(f"--resume with other settings than {source} was trained with ({diffs}); "
+                              "use the saved settings (see config.json) or start a new run")
+
+    def _wrap_model(self) -> None:
+        self.ddp_model = self.train_model = wrap_model(self.model, self.ctx)
+        self.eval_model = self.model
+        if self.config.compile:
+            self.train_model = torch.compile(self.train_model)
+            self.eval_model = torch.compile(self.model) if self.ctx.distributed else self.train_model
+
+    # -------------------------------------------------------------------------------------- epochs
+
+    def _run_epoch(self, epoch: int, stop: StopSignals) -> dict[str, Any] | None:
+        start = time.perf_counter()
+        train, stopped_at = self._train_epoch(epoch, stop)
+        if stopped_at is not None:
+            self._save(epoch, stopped_at, train)
+            return None
+        train_time = time.perf_counter() - start
+        values = train.values()
+        self._check_finite(values["loss"], epoch, self.steps_per_epoch)
+        eval_start = time.perf_counter()
+        test = evaluate(self.eval_model, self.test_loader, device=self.device,
+                        precision=self.config.precision, channels_last=self.config.channels_last,
+                        tta=self.tta, ctx=self.ctx)
+        record = {
+            "epoch": epoch + 1, "train_loss": values["loss"], "train_acc": values["top1"],
+            "test_loss": test["loss"], "test_acc": test["acc"], "test_top5": test["top5"],
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "images_per_sec": values["count"] / max(train_time, 1e-9),
+            "train_time": train_time, "eval_time": time.perf_counter() - eval_start,
+            "time": time.perf_counter() - start,
+        }
+        self.schedule.step_epoch(test["acc"])
+        self.history.append(record)
+        is_best = test["acc"] > self.best_acc
+        if is_best:
+            self.best_acc, self.best_epoch = test["acc"], epoch + 1
+        self._save(epoch + 1, 0, None, is_best=is_best)
+        self._report(record)
+        return record
+
+    def _train_epoch(self, epoch: int, stop: StopSignals) -> tuple[RunningSums, int | None]:
+        """One pass; returns the sums and, if a signal stopped it, the step it stopped after."""
+        config, loader = self.config, self.train_loader
+        self.train_model.train()
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        seed_everything(config.seed, epoch, self.ctx.rank)
+        sums = RunningSums(self.device, ks=(1,))
+        skip = self._restore_partial(sums) if epoch == self.start_epoch else 0
+        total = len(loader)
+        with self._progress(epoch, total) as advance:
+            for step, (x, y) in enumerate(loader):
+                if step < skip:
+                    continue  # replaying the data order of an interrupted epoch
+                self._train_step(x, y, step, total, sums)
+                advance(step + 1, sums)
+                if self._should_stop(stop, step, total):
+                    return sums, step + 1
+        all_reduce_(sums.sums, self.ctx)
+        return sums, None
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor, step: int, total: int,
+                    sums: RunningSums) -> None:
+        config = self.config
+        x, y = _to_device(x, y, self.device, config.channels_last)
+        accum = config.grad_accum_steps
+        boundary = (step + 1) % accum == 0 or step + 1 == total
+        # DDP all-reduces gradients on every backward; skip that for all but the last micro-batch
+        skip_sync = self.ctx.distributed and not boundary
+        with self.ddp_model.no_sync() if skip_sync else contextlib.nullcontext():
+            with autocast(self.device, config.precision):
+                logits = self.train_model(x)
+                loss = self.loss_fn(logits, y)
+            (loss / accum if accum > 1 else loss).backward()
+        if boundary:
+            if config.grad_clip is not None:
+                # computes the norm and scales on the device (no host sync; foreach kernels)
+                nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip, foreach=True)
+            self.optimizer.step()
+            self.schedule.step_batch()
+            self.optimizer.zero_grad(set_to_none=True)
+        sums.add(loss.float(), logits, y)
+
+    def _should_stop(self, stop: StopSignals, step: int, total: int) -> bool:
+        boundary = (step + 1) % self.config.grad_accum_steps == 0
+        if not boundary or step + 1 == total:
+            return False  # stop only between optimizer steps; at the epoch's end it finishes normally
+        if not self.ctx.distributed:
+            return stop.signum is not None
+        if (step + 1) % self.config.log_every:
+            return False
+        # every rank must stop after the same step: agree on it every log_every steps
+        flag = torch.tensor([0.0 if stop.signum is None else float(stop.signum)], device=self.device)
+        all_reduce_(flag, self.ctx, op="max")
+        if flag.item() and stop.signum is None:
+            stop.signum = int(flag.item())
+        return bool(flag.item())
+
+    def _restore_partial(self, sums: RunningSums) -> int:
+        if not self.start_step or self.partial is None:
+            return 0
+        sums.load_state(self.partial["sums"])
+        if self.ctx.is_main and "rng" in self.partial:
+            _set_rng_states(self.partial["rng"])
+        return self.start_step
+
+    @contextlib.contextmanager
+    def _progress(self, epoch: int, total: int) -> Iterator[Callable[[int, RunningSums], None]]:
+        """A rich progress bar; ``advance(done, sums)`` moves it every step and reads the device every
+        ``log_every`` steps (to show the loss and check it is finite)."""
+        every = self.config.log_every
+        if not (self.config.progress and self.ctx.is_main and _is_terminal()):
+            def check_only(done: int, sums: RunningSums) -> None:
+                if done % every == 0:
+                    self._check_finite_sums(sums, epoch, done)
+
+            yield check_only
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        columns = (TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                   TimeRemainingColumn(), TextColumn("{task.fields[stats]}"))
+        with Progress(*columns, transient=True) as bar:
+            task = bar.add_task("train", total=total, epoch=f"{epoch + 1}/{self.config.epochs}", stats="")
+
+            def advance(done: int, sums: RunningSums) -> None:
+                stats = None
+                if done % every == 0:
+                    self._check_finite_sums(sums, epoch, done)
+                    values = sums.values()
+                    stats = f"loss {values['loss']:.4f}  acc {values['top1']:.3f}"
+                bar.update(task, completed=done, **({"stats": stats} if stats else {}))
+
+            yield advance
+
+    # ------------------------------------------------------------------------------- safety, saving
+
+    def _check_finite_sums(self, sums: RunningSums, epoch: int, step: int) -> None:
+        if not sums.loss_is_finite():
+            self._check_finite(float("nan"), epoch, step)
+
+    def _check_finite(self, loss: float, epoch: int, step: int) -> None:
+        if math.isfinite(loss):
+            return
+        last = self.run_dir / ckpt.LAST
+        kept = (f"the last good checkpoint, {last} (epoch {len(self.history)}), is kept"
+                if last.exists() else "no checkpoint was written")
+        raise NonFiniteLossError(
+            f"the training loss became NaN or infinite in epoch {epoch + 1} (by step {step}); {kept}. "
+            f"Lower the learning rate (now --lr {self.config.lr:g}), add --grad-clip 1.0 or "
+            "--warmup-epochs 1, or check the inputs for NaNs"
+        )
+
+    def _parameters_finite(self) -> bool:
+        norms = torch.stack([p.detach().float().norm() for p in self.model.parameters()])
+        return bool(torch.isfinite(norms).all())
+
+    def _save(self, epoch: int, step_in_epoch: int, partial_sums: RunningSums | None,
+              is_best: bool = False) -> None:
+        if not self._parameters_finite():
+            self._check_finite(float("nan"), max(epoch - 1, 0), step_in_epoch or self.steps_per_epoch)
+        if not self.ctx.is_main:
+            return
+        state = {
+            "epoch": epoch, "step_in_epoch": step_in_epoch, "config": self.config.to_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.schedule.state_dict(),
+            "history": self.history, "best_acc": self.best_acc, "best_epoch": self.best_epoch,
+        }
+        if partial_sums is not None:
+            state["partial"] = {"sums": partial_sums.state(), "rng": _rng_states()}
+        ckpt.save_checkpoint(self.run_dir, model_state=self.model.state_dict(), metadata=self.metadata,
+                             trainer_state=state, is_best=is_best)
+
+    def _report(self, record: dict[str, Any]) -> None:
+        if not self.ctx.is_main:
+            return
+        self.print(epoch_line(record))
+        write_logs(self.run_dir, self.history)
+        title = f"{self.metadata.get('model', '')} on {self.metadata.get('dataset', '')}"
+        plot_curves(self.run_dir, self.history, title=title)
+
+
+def _is_terminal() -> bool:
+    from rich.console import Console
+
+    return Console().is_terminal  # no live bar in logs and pipes: only the epoch lines
+
+
+def _rng_states() -> dict[str, Any]:
+    states: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                              "python": random.getstate()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    name, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, keys.numpy() if hasattr(keys, "numpy") else keys, pos, has_gauss, cached))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def fit(model: nn.Module, train_loader, test_loader, config: TrainConfig, *, ctx: DistContext,
+        metadata: dict[str, str], tta: TTA | None = None) -> list[dict[str, Any]]:
+    """Train ``model`` as ``config`` says and return the per-epoch history (see :class:`Trainer`)."""
+    return Trainer(model, train_loader, test_loader, config, ctx=ctx, metadata=metadata, tta=tta).fit()
