@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.utils.flop_counter import flop_registry
+from torch.utils.flop_counter import conv_flop_count, flop_registry
 
 aten = torch.ops.aten
 
@@ -25,7 +25,9 @@ CONVENTION = (
     "n neighbouring maps is such a window), 1 per input element of a reduction or adaptive pooling, 4 per "
     "element of batch norm in training (mean, variance, normalise, scale-shift) and 2 in eval. "
     "Backward FLOPs: the FLOPs of the backward pass of the same step (gradients of activations and of "
-    "trainable weights; none for the input image). Activation bytes: tensors autograd keeps for backward, "
+    "trainable weights; none for the input image); a convolution's grad-input and grad-weight cost its "
+    "forward FLOPs each (FlopCounterMode counts grouped convolutions' grad-weight as if ungrouped). "
+    "Activation bytes: tensors autograd keeps for backward, "
     "each storage counted once, at the first layer that keeps it; parameters are not activations."
 )
 
@@ -44,9 +46,25 @@ _BATCH_NORMS = {
 
 
 def matmul_flops(func, args, kwargs, out) -> int:
-    """FLOPs of ``func`` by FlopCounterMode's formulas (0 for ops it does not count)."""
+    """FLOPs of ``func`` by FlopCounterMode's formulas (0 for ops it does not count), grouped convolutions'
+    backward corrected."""
+    if func._overloadpacket is aten.convolution_backward:
+        return conv_backward_flops(*args)
     formula = flop_registry.get(func._overloadpacket)
     return int(formula(*args, **kwargs, out_val=out)) if formula is not None else 0
+
+
+def conv_backward_flops(grad_out, x, weight, bias_sizes, stride, padding, dilation, transposed,
+                        output_padding, groups, output_mask) -> int:
+    """FLOPs of a convolution's backward: each of grad-input and grad-weight repeats every forward MAC once.
+
+    Every forward product x_i * w_j -> y_k has one partner g_k * w_j -> dx_i and one g_k * x_i -> dw_j, so
+    each gradient costs exactly the forward FLOPs, for any stride, padding or groups. FlopCounterMode's
+    formula counts grad-weight as if ``groups`` were 1, so it overcounts grouped convolutions (AlexNet's
+    towers: 2x in grad-weight); forward FLOPs are not affected.
+    """
+    forward = conv_flop_count(list(x.shape), list(weight.shape), list(grad_out.shape), transposed=transposed)
+    return forward * (int(output_mask[0]) + int(output_mask[1]))
 
 
 def is_counted(func) -> bool:

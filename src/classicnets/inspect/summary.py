@@ -21,6 +21,9 @@ from .trace import LayerFailure, ModuleStats, trace_step
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
           "float64": torch.float64}
 ADAM_STEP_BYTES = 4  # torch.optim.Adam keeps a float32 `step` scalar per parameter tensor
+# Temporaries of one optimizer step, in trainable-parameter sizes: Adam's foreach step builds sqrt(v) for
+# every parameter at once; SGD (no weight decay) updates in place.
+OPTIMIZER_TEMPORARIES = {"sgd": 0, "sgd_momentum": 0, "adam": 1}
 
 
 @dataclass
@@ -218,8 +221,9 @@ def _totals(model: nn.Module, modules: list[ModuleStats], example: torch.Tensor,
              "adam": 2 * trainable_bytes + ADAM_STEP_BYTES * trainable_tensors}
     activations = sum(m.activation_bytes for m in modules)
     largest_output = max((m.output_bytes for m in modules if not m.has_children), default=0)
-    peak = {opt: peak_estimate(param_bytes + buffer_bytes, trainable_bytes, s, activations, largest_output)
-            for opt, s in state.items()}
+    peak = {opt: peak_estimate(param_bytes + buffer_bytes, trainable_bytes, state_bytes, activations,
+                               largest_output, OPTIMIZER_TEMPORARIES[opt] * trainable_bytes)
+            for opt, state_bytes in state.items()}
     leaves = [m for m in modules if m.name]
     return Totals(
         params_trainable=sum(m.params_trainable for m in modules),
@@ -235,12 +239,16 @@ def _totals(model: nn.Module, modules: list[ModuleStats], example: torch.Tensor,
 
 
 def peak_estimate(weight_bytes: int, gradient_bytes: int, state_bytes: int, activation_bytes: int,
-                  largest_output_bytes: int) -> int:
-    """Peak bytes of a training step: weights, gradients, optimizer state and saved activations all alive
-    at once (the start of backward, with the previous step's state), plus the gradient flowing into and out
-    of the largest layer (two tensors of its output's size) as the working set of backward.
+                  largest_output_bytes: int, step_temporary_bytes: int) -> int:
+    """Peak bytes of a training step after the first (the optimizer state exists).
+
+    Weights, gradients and optimizer state live throughout. On top: at the start of backward, the saved
+    activations plus the gradient flowing into and out of the largest layer (two tensors of its output's
+    size); or, in the optimizer step, its temporaries (Adam's ``sqrt(v)``), whichever is larger. An upper
+    bound for backward: gradients in fact grow while activations are freed.
     """
-    return weight_bytes + gradient_bytes + state_bytes + activation_bytes + 2 * largest_output_bytes
+    backward_extra = activation_bytes + 2 * largest_output_bytes
+    return weight_bytes + gradient_bytes + state_bytes + max(backward_extra, step_temporary_bytes)
 
 
 def _param_bytes(model: nn.Module, dtype: torch.dtype) -> tuple[int, int, int]:

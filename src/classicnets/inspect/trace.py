@@ -23,6 +23,7 @@ from torch.nn.modules.module import register_module_forward_hook, register_modul
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .costs import is_counted, matmul_flops, other_ops
+from .fastmeta import fast_meta_outputs
 
 _next_sequence_nr = torch._C._autograd._get_sequence_nr
 
@@ -168,7 +169,9 @@ class StepCounter(TorchDispatchMode):
                 result = func.decompose(*args, **kwargs)
             if result is not NotImplemented:
                 return result
-        out = func(*args, **kwargs)
+        out = fast_meta_outputs(func, args, kwargs)
+        if out is None:
+            out = func(*args, **kwargs)
         self._charge(func, args, kwargs, out)
         return out
 

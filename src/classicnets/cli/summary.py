@@ -1,0 +1,121 @@
+"""`classicnets summary MODEL [MODEL ...]`: per-layer shapes, parameters, MACs/FLOPs and memory; or several
+models side by side.
+
+    classicnets summary alexnet_d2l --num-classes 10
+    classicnets summary alexnet --input 3,227,227 --batch-size 128 --format markdown
+    classicnets summary alexnet_d2l --measure --batch-size 32 --repeats 5
+    classicnets summary alexnet vgg11 resnet18 --input 3,224,224
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+
+FORMATS = ("table", "markdown", "json", "csv")
+
+
+def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
+    parser = sub.add_parser(
+        name, help="layer-by-layer summary: shapes, parameters, MACs/FLOPs, memory; compare models",
+        description="Count one training step of a model (on meta tensors: fast, nothing allocated) and show "
+                    "per-layer output shapes, parameters, MACs and FLOPs (FLOPs = 2 x MACs), backward FLOPs, "
+                    "activation bytes, and memory totals. Several models: their totals side by side.",
+    )
+    parser.add_argument("models", nargs="+", metavar="MODEL", help="model name(s), see `classicnets models`")
+    parser.add_argument("--input", type=_input_size, metavar="C,H,W",
+                        help="input size without the batch (default: each model's default input)")
+    parser.add_argument("--batch-size", type=int, default=1, metavar="N", help="batch size (default: 1)")
+    parser.add_argument("--depth", type=_depth, default=3, metavar="D",
+                        help="fold modules deeper than D into their parent's row; 'all' for every module "
+                             "(default: 3)")
+    parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
+    parser.add_argument("--num-classes", type=int, metavar="N", help="classes (default: the builder's)")
+    parser.add_argument("--in-channels", type=int, metavar="C",
+                        help="input channels (default: C of --input, else the model's default)")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", type=_option,
+                        help="a model option, e.g. width_mult=0.5 or towers=1 (repeatable)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"],
+                        help="dtype of weights and activations; byte counts follow it (default: float32)")
+    parser.add_argument("--eval", action="store_true",
+                        help="count in eval mode (no dropout, BN running stats; default: training mode)")
+    parser.add_argument("--measure", action="store_true",
+                        help="also run real steps on --device: measured peak memory and per-layer times")
+    parser.add_argument("--device", default="cpu", help="device for --measure (default: cpu)")
+    parser.add_argument("--repeats", type=int, default=5, metavar="N",
+                        help="timed steps for --measure; medians are reported (default: 5)")
+    parser.add_argument("--optimizer", choices=["sgd", "sgd_momentum", "adam"], default="sgd_momentum",
+                        help="optimizer of the measured steps (default: sgd_momentum)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..inspect import render_comparison, summarize
+
+    summaries = []
+    for name in args.models:
+        model, input_size = _build(name, args)
+        summaries.append(summarize(model, input_size=input_size, batch_size=args.batch_size, dtype=args.dtype,
+                                   device=args.device, depth=args.depth, train=not args.eval,
+                                   measure=args.measure, repeats=args.repeats, optimizer=args.optimizer,
+                                   name=name))
+    width = shutil.get_terminal_size((200, 24)).columns if sys.stdout.isatty() else None
+    if len(summaries) == 1:
+        print(summaries[0].render(args.format, width=width), end="")
+    else:
+        print(render_comparison(summaries, args.format, width=width), end="")
+    return 0
+
+
+def _build(name: str, args: argparse.Namespace):
+    """The model and its input size, with --in-channels defaulting from --input, then from the model."""
+    from ..registry import create_model, model_info
+
+    info = model_info(name)
+    in_channels = args.in_channels or (args.input[0] if args.input else info.default_input[0])
+    kwargs = dict(args.option)
+    if args.num_classes is not None:
+        kwargs["num_classes"] = args.num_classes
+    model = create_model(name, in_channels=in_channels, **kwargs)
+    input_size = args.input or (in_channels, *info.default_input[1:])
+    return model, input_size
+
+
+def _input_size(text: str) -> tuple[int, ...]:
+    try:
+        size = tuple(int(part) for part in text.replace("x", ",").split(","))
+    except ValueError:
+        size = ()
+    if len(size) != 3 or min(size) < 1:
+        raise argparse.ArgumentTypeError(f"expected C,H,W as three positive integers, e.g. 3,224,224; "
+                                         f"got {text!r}")
+    return size
+
+
+def _depth(text: str) -> int | None:
+    if text == "all":
+        return None
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer or 'all'; got {text!r}")
+    return int(text)
+
+
+def _option(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, e.g. width_mult=0.5; got {text!r}")
+    return key, _option_value(value)
+
+
+def _option_value(value: str):
+    """'0.5' -> 0.5, '2' -> 2, 'true'/'false' -> bool, anything else stays a string."""
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    for convert in (int, float):
+        try:
+            return convert(value)
+        except ValueError:
+            pass
+    return value
+
