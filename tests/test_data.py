@@ -540,6 +540,34 @@ def test_resized_crop_of_the_whole_image_is_a_resize():
     assert small.shape == (4, 3, 6, 6)
 
 
+def test_matmul_resampling_matches_interpolate_and_grid_sample():
+    x = torch.rand(6, 3, 28, 28)
+    rows = aug.resize_matrix(28, 224, x.device)
+    expected = F.interpolate(x, size=224, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(aug.resample(x, rows, rows), expected, atol=1e-6, rtol=0)
+    as_channels_last = aug.resample(x, rows, rows, channels_last=True)
+    assert as_channels_last.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(as_channels_last, expected, atol=1e-6, rtol=0)
+    boxes = aug.random_boxes(6, torch.Generator().manual_seed(3))
+    crops = aug.resample(x, *aug.box_matrices(boxes, 28, 28, 40))
+    reference = aug.random_resized_crop(x, 40, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(crops, reference, atol=1e-5, rtol=0)
+
+
+def test_paper_crops_are_whole_pixel_windows_of_the_256_resize():
+    """At 14 px from 8 px images: resize to 16 (14 * 256 / 224), then one of 3 x 3 crops, maybe mirrored."""
+    images = torch.randint(0, 256, (1, 3, 8, 8), dtype=torch.uint8).expand(400, 3, 8, 8)
+    silent = aug.ColourPCA(torch.zeros(3), torch.eye(3))  # no colour change, to compare geometry only
+    transform = aug.BatchTransform(image_size=14, augment="paper", pca=silent)
+    out = transform(images, torch.Generator().manual_seed(0))
+    resized = F.interpolate(images[:1].float() / 255, size=16, mode="bilinear", align_corners=False)[0]
+    windows = [resized[:, t : t + 14, s : s + 14] for t in range(3) for s in range(3)]
+    candidates = torch.stack(windows + [w.flip(-1) for w in windows])  # 18 x 3 x 14 x 14
+    distance = (out[:, None] - candidates[None]).abs().flatten(2).amax(2)  # 400 x 18
+    assert bool((distance.min(1).values < 1e-5).all())  # every view is exactly one window (or its mirror)
+    assert bool((distance < 1e-5).any(0).all())  # and every window and mirror occurs
+
+
 def test_colour_pca_recovers_covariance_and_jitters_along_eigenvectors():
     rng = np.random.default_rng(0)
     mixing = np.array([[0.20, 0.05, 0.0], [0.05, 0.15, 0.02], [0.0, 0.02, 0.05]])

@@ -82,6 +82,21 @@ def center_crop(images: torch.Tensor, size: int) -> torch.Tensor:
     return images[..., top : top + size, left : left + size]
 
 
+def random_boxes(count: int, generator: torch.Generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    """Inception-style crop boxes as fractions of the image: width, height (a random area fraction in
+    ``scale`` and aspect ratio in ``ratio``, relative to the image's) and centre (in [-1, 1]). Boxes that do
+    not fit are shrunk to fit rather than redrawn (torchvision redraws up to 10 times, then centre-crops)."""
+    device = generator.device
+    uniform = torch.rand(count, 4, device=device, generator=generator)
+    area = scale[0] + (scale[1] - scale[0]) * uniform[:, 0]
+    aspect = (math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * uniform[:, 1]).exp()
+    width = (area * aspect).sqrt().clamp(max=1.0)
+    height = (area / aspect).sqrt().clamp(max=1.0)
+    centre_x = (uniform[:, 2] * 2 - 1) * (1 - width)
+    centre_y = (uniform[:, 3] * 2 - 1) * (1 - height)
+    return width, height, centre_x, centre_y
+
+
 def random_resized_crop(
     images: torch.Tensor,
     size: int,
@@ -89,26 +104,78 @@ def random_resized_crop(
     scale: tuple[float, float] = (0.08, 1.0),
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
 ) -> torch.Tensor:
-    """Inception-style crops (a random area fraction and aspect ratio, resized to size x size) as one
-    ``grid_sample`` over per-image affine grids. Boxes that do not fit are shrunk to fit rather than
-    redrawn (torchvision redraws up to 10 times, then falls back to a centre crop)."""
-    count, device = images.shape[0], images.device
-    uniform = torch.rand(count, 4, device=device, generator=generator)
-    area = scale[0] + (scale[1] - scale[0]) * uniform[:, 0]
-    log_ratio = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * uniform[:, 1]
-    aspect = log_ratio.exp()
-    # width and height as fractions of the image's (so the aspect ratio is relative to the image's)
-    crop_w = (area * aspect).sqrt().clamp(max=1.0)
-    crop_h = (area / aspect).sqrt().clamp(max=1.0)
-    centre_x = (uniform[:, 2] * 2 - 1) * (1 - crop_w)
-    centre_y = (uniform[:, 3] * 2 - 1) * (1 - crop_h)
-    theta = torch.zeros(count, 2, 3, device=device)
-    theta[:, 0, 0], theta[:, 0, 2] = crop_w, centre_x
-    theta[:, 1, 1], theta[:, 1, 2] = crop_h, centre_y
+    """Inception-style random crops resized to size x size, as one ``grid_sample`` over per-image affine
+    grids (the general path; small images upsampled take the matmul path in :class:`BatchTransform`)."""
+    count = images.shape[0]
+    width, height, centre_x, centre_y = random_boxes(count, generator, scale, ratio)
+    theta = torch.zeros(count, 2, 3, device=images.device)
+    theta[:, 0, 0], theta[:, 0, 2] = width, centre_x
+    theta[:, 1, 1], theta[:, 1, 2] = height, centre_y
     grid = F.affine_grid(theta, [count, images.shape[1], size, size], align_corners=False)
     return F.grid_sample(
         images, grid.to(images.dtype), mode="bilinear", padding_mode="border", align_corners=False
     )
+
+
+# --------------------------------------------------------------------- resampling as two matmuls
+#
+# Bilinear resampling is separable and linear: out[b, c] = R[b] @ x[b, c] @ C[b].T, with R (S x h) and
+# C (S x w) holding two weights per row. A resize, a crop of a resize, a flip (C's rows reversed) and a
+# resized crop are all just other R and C, so one batched matmul does the geometry of a whole batch. For a
+# 28 -> 224 upsample that is 4x faster on a CPU than F.interpolate (BLAS instead of a gather per output
+# pixel) and gives the same numbers (F.interpolate's and grid_sample's sample positions, align_corners=False,
+# edges clamped).
+
+
+def interpolation_matrices(start: torch.Tensor, length: torch.Tensor, source: int, size: int) -> torch.Tensor:
+    """(B, size, source) bilinear weights: ``size`` outputs spanning [start, start + length) source pixels."""
+    steps = torch.arange(size, device=start.device, dtype=torch.float32) + 0.5
+    position = (start[:, None] + steps * (length[:, None] / size) - 0.5).clamp(0, source - 1)
+    low = position.floor()
+    weight = position - low
+    low = low.long()
+    high = (low + 1).clamp(max=source - 1)
+    matrices = torch.zeros(start.shape[0], size, source, device=start.device)
+    matrices.scatter_add_(2, low[..., None], (1 - weight)[..., None])
+    return matrices.scatter_add_(2, high[..., None], weight[..., None])
+
+
+def box_matrices(boxes, height: int, width: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column matrices of ``random_boxes`` crops: the same samples as ``random_resized_crop``."""
+    box_w, box_h, centre_x, centre_y = boxes
+    rows = interpolation_matrices((centre_y + 1 - box_h) * height / 2, box_h * height, height, size)
+    cols = interpolation_matrices((centre_x + 1 - box_w) * width / 2, box_w * width, width, size)
+    return rows, cols
+
+
+def resize_matrix(source: int, size: int, device) -> torch.Tensor:
+    """(1, size, source): the plain resize, F.interpolate(mode="bilinear", align_corners=False)."""
+    whole = torch.tensor([float(source)], device=device)
+    return interpolation_matrices(torch.zeros(1, device=device), whole, source, size)
+
+
+def resample(
+    images: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """(B, C, h, w) -> (B, C, S, S) = rows @ images @ cols.T per image; rows and cols (B or 1, S, h or w).
+
+    The second (large) product runs in ``dtype`` when that is bf16 (AMX on CPUs, tensor cores on GPUs);
+    with ``channels_last`` the result is computed straight into that layout."""
+    dtype = dtype or images.dtype
+    low = dtype == torch.bfloat16 or (dtype == torch.float16 and images.device.type == "cuda")
+    final = dtype if low else images.dtype
+    if channels_last:
+        pixels = images.permute(0, 2, 3, 1)  # B h w C view
+        half = torch.matmul(cols[:, None], pixels)  # B h S C
+        count, height, size, channels = half.shape
+        out = torch.matmul(rows.to(final), half.reshape(count, height, size * channels).to(final))
+        return out.view(count, rows.shape[1], size, channels).permute(0, 3, 1, 2)
+    half = torch.matmul(rows[:, None], images)  # B C S w
+    return torch.matmul(half.to(final), cols[:, None].transpose(-1, -2).to(final))
 
 
 # -------------------------------------------------------------------------------------------- colour
@@ -262,20 +329,48 @@ class BatchTransform:
         size = self.image_size
         if mode == "crop-flip":
             # crop with padding at the stored size (4 px at 32, as in the CIFAR recipes), before the resize
-            images = random_crop(
-                images, images.shape[-1], generator, padding=max(1, round(images.shape[-1] / 8))
-            )
-        if mode in ("flip", "crop-flip", "paper"):
-            images = random_flip(images, generator)  # on the small uint8 images; commutes with the resize
-        x = self._colour(to_float(images), mode, generator).contiguous(memory_format=layout)
+            padding = max(1, round(images.shape[-1] / 8))
+            images = random_crop(images, images.shape[-1], generator, padding=padding)
+        x = self._colour(to_float(images), mode, generator)  # on the small images
+        height, width = x.shape[-2:]
+        target = pre_crop_size(size) if self.uncropped else size
+        if target < max(height, width):  # shrinking: anti-aliased F.interpolate (the matrices do not filter)
+            return self._shrunk_views(x, mode, generator, layout)
+        rows, cols = self._geometry(x, mode, generator, target)
+        return resample(x, rows, cols, self.dtype, self.channels_last)
+
+    def _geometry(self, x, mode, generator, target):
+        """The row and column matrices of this batch's views (resize, paper crop or resized crop; flips)."""
+        count, device = x.shape[0], x.device
+        (height, width), size = x.shape[-2:], target
+        if mode == "resized-crop-flip":
+            rows, cols = box_matrices(random_boxes(count, generator), height, width, size)
+        elif mode == "paper" and not self.uncropped:
+            # shorter side to 256, a random 224 crop (the same proportions at other sizes): as boxes in the
+            # small image, at the whole-pixel offsets of the 256 grid
+            grid = pre_crop_size(size)
+            top, left = torch.randint(0, grid - size + 1, (2, count), device=device, generator=generator)
+            span = torch.full((count,), float(size), device=device)
+            rows = interpolation_matrices(top * (height / grid), span * (height / grid), height, size)
+            cols = interpolation_matrices(left * (width / grid), span * (width / grid), width, size)
+        else:
+            rows, cols = resize_matrix(height, size, device), resize_matrix(width, size, device)
+        if mode != "none" and not self.uncropped:
+            flip = torch.rand(count, device=device, generator=generator) < 0.5
+            cols = torch.where(flip[:, None, None], cols.flip(1), cols)  # reversed output columns = a mirror
+        return rows, cols
+
+    def _shrunk_views(self, x, mode, generator, layout):
+        size = self.image_size
+        x = x.contiguous(memory_format=layout)
         if self.uncropped:
             return resize(x, pre_crop_size(size))
         if mode == "resized-crop-flip":
             return random_flip(random_resized_crop(x, size, generator), generator)
         if mode == "paper":
-            # shorter side to 256, then a random 224 crop (the same proportions at other sizes)
-            return random_crop(resize(x, pre_crop_size(size)), size, generator)
-        return resize(x, size)
+            return random_flip(random_crop(resize(x, pre_crop_size(size)), size, generator), generator)
+        x = resize(x, size)
+        return random_flip(x, generator) if mode != "none" else x
 
     def _folder_views(self, x, mode, generator):
         size = self.image_size
