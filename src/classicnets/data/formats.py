@@ -251,7 +251,7 @@ def scan_image_folder(root: Path, *, on_bad: str = "skip") -> FolderScan:
             elif on_bad == "error":
                 raise DatasetError(
                     f"{path} is not an image (extensions read: {', '.join(IMAGE_EXTENSIONS)}). Remove it, "
-                    "or pass on_bad='skip' (--on-bad-image skip) to skip and count such files."
+                    "or pass on_bad='skip' to skip and count such files."
                 )
             else:
                 scan.skipped.append((path, "not an image file extension"))
@@ -287,10 +287,10 @@ def decode_image(
             if draft is not None:
                 image.draft(None, draft)
             image.load()
+            return image if image.mode == "RGB" else image.convert("RGB")
     except DatasetError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise DatasetError(f"{path}: refused as a possible decompression bomb ({error}).") from error
     except (OSError, SyntaxError, ValueError) as error:  # what Pillow raises for unreadable images
         raise DatasetError(f"{path} cannot be read as an image ({error}).") from error
-    return image if image.mode == "RGB" else image.convert("RGB")

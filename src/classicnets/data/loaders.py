@@ -249,7 +249,7 @@ class StreamingLoader:
     def _note_failures(self, failures: list[tuple[str, str]]) -> None:
         if failures and self.on_bad == "error":
             raise DatasetError(
-                f"{failures[0][1]} Fix or remove the file, or pass on_bad='skip' (--on-bad-image skip) "
+                f"{failures[0][1]} Fix or remove the file, or pass on_bad='skip' "
                 "to skip and count unreadable images."
             )
         self.skipped.extend(failures)

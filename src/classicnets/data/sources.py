@@ -270,15 +270,15 @@ def _read_idx_verified(path: Path, spec: FileSpec, verify: bool) -> np.ndarray:
 
 def _check_file(path: Path, spec: FileSpec, content: bytes | None = None) -> None:
     """Pass if the stored file matches the published md5 or its content the recorded sha256; else stop."""
+    sha = "(not computed)"
+    if spec.content_sha256:  # first: it covers recompressed and uncompressed copies alike
+        sha = hashlib.sha256(content if content is not None else formats.read_bytes(path)).hexdigest()
+        if sha == spec.content_sha256:
+            return
     raw = path.read_bytes()
     md5 = hashlib.md5(raw).hexdigest()
     if spec.md5 and md5 == spec.md5:
         return
-    sha = "(not computed)"
-    if spec.content_sha256:
-        sha = hashlib.sha256(content if content is not None else formats.read_bytes(path)).hexdigest()
-        if sha == spec.content_sha256:
-            return
     if not spec.md5 and not spec.content_sha256:
         warnings.warn(
             f"{path}: no published checksum to verify it against; its format and counts were checked",
