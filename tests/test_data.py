@@ -161,6 +161,14 @@ def test_image_and_label_counts_must_agree(tmp_path):
         load_dataset("mnist", data_dir=tmp_path, download=False, verify=False)
 
 
+def test_labels_out_of_range(tmp_path):
+    images, labels = _tiny_mnist(6)
+    labels[2] = 12
+    _write_mnist(tmp_path, images, labels)
+    with pytest.raises(DatasetError, match=r"labels must lie in 0..9, found 0..12"):
+        load_dataset("mnist", data_dir=tmp_path, download=False, verify=False)
+
+
 def test_checksum_mismatch_stops_and_verify_false_warns(tmp_path):
     images, labels = _tiny_mnist(6)
     _write_mnist(tmp_path, images, labels)
