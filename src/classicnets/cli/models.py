@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from ..zoo_table import zoo_rows, zoo_table_markdown
 
@@ -33,8 +34,11 @@ def _print_rich_table(rows) -> None:
 
     table = Table(title="classicnets model zoo (3 input channels, 1000 classes)")
     for column, justify in [("name", "left"), ("parameters", "right"), ("default input", "right"),
-                            ("year", "right"), ("paper", "left")]:
-        table.add_column(column, justify=justify)
+                            ("year", "right")]:
+        table.add_column(column, justify=justify, no_wrap=True)
+    table.add_column("paper", overflow="ellipsis", no_wrap=True)
     for row in rows:
         table.add_row(row.name, f"{row.parameters:,}", row.default_input, str(row.year), row.paper)
-    Console().print(table)
+    # Piped output gets a wide line rather than titles wrapped over five rows.
+    console = Console() if sys.stdout.isatty() else Console(width=160)
+    console.print(table)
