@@ -74,6 +74,7 @@ class _Entry:
     builder: Callable[..., nn.Module]
     info: ModelInfo
     options: frozenset[str] = field(default_factory=frozenset)
+    defaults: dict = field(default_factory=dict)
 
 
 _REGISTRY: dict[str, _Entry] = {}
@@ -86,9 +87,14 @@ def register_model(info: ModelInfo) -> Callable[[Callable[..., nn.Module]], Call
         name = builder.__name__
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
-        params = inspect.signature(builder).parameters.values()
-        options = frozenset(p.name for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD)
-        _REGISTRY[name] = _Entry(builder, replace(info, name=name), options)
+        params = [p for p in inspect.signature(builder).parameters.values()
+                  if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        missing = {"num_classes", "in_channels"} - {p.name for p in params}
+        if missing:
+            raise TypeError(f"builder {name!r} must take {sorted(missing)}")
+        options = frozenset(p.name for p in params)
+        defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+        _REGISTRY[name] = _Entry(builder, replace(info, name=name), options, defaults)
         return builder
 
     return decorator
@@ -105,18 +111,29 @@ def model_info(name: str) -> ModelInfo:
     return _entry(name).info
 
 
-def create_model(name: str, num_classes: int = 1000, in_channels: int = 3, **options) -> nn.Module:
+def create_model(name: str, num_classes: int | None = None, in_channels: int | None = None, **options) -> nn.Module:
     """Build a registered model on the CPU in float32.
 
+    ``num_classes`` and ``in_channels`` default to the builder's own defaults (1000 classes and
+    3 channels for ImageNet nets, 10 classes and 1 channel for d2l's Fashion-MNIST nets).
     The model carries its metadata as ``model.info`` (a :class:`ModelInfo` for its ``in_channels``).
     """
     entry = _entry(name)
     unknown = sorted(set(options) - entry.options)
     if unknown:
         raise ModelOptionError(_unknown_option_message(name, unknown, entry.options))
-    model = entry.builder(num_classes=num_classes, in_channels=in_channels, **options)
-    model.info = entry.info.for_channels(in_channels)
+    if num_classes is not None:
+        options["num_classes"] = num_classes
+    if in_channels is not None:
+        options["in_channels"] = in_channels
+    model = entry.builder(**options)
+    model.info = entry.info.for_channels(options.get("in_channels", entry.defaults["in_channels"]))
     return model
+
+
+def model_defaults(name: str) -> dict:
+    """The builder's default options, e.g. ``{"num_classes": 10, "in_channels": 1, "width_mult": 1.0, ...}``."""
+    return dict(_entry(name).defaults)
 
 
 def _entry(name: str) -> _Entry:

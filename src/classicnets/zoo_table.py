@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .registry import create_model, list_models, model_info
+from .registry import create_model, list_models, model_defaults, model_info
 
 
 @dataclass(frozen=True)
@@ -14,6 +14,7 @@ class ZooRow:
     name: str
     parameters: int
     default_input: str
+    num_classes: int
     year: int
     paper: str
 
@@ -28,10 +29,12 @@ def _row(name: str) -> ZooRow:
     with torch.device("meta"):
         model = create_model(name)
     parameters = sum(p.numel() for p in model.parameters())
-    return ZooRow(name, parameters, "x".join(map(str, info.default_input)), info.year, info.paper)
+    classes = model_defaults(name)["num_classes"]
+    return ZooRow(name, parameters, "x".join(map(str, info.default_input)), classes, info.year, info.paper)
 
 
 def zoo_table_markdown(rows: list[ZooRow]) -> str:
-    lines = ["| model | parameters | default input | year | paper |", "|---|---:|---:|---:|---|"]
-    lines += [f"| `{r.name}` | {r.parameters:,} | {r.default_input} | {r.year} | {r.paper} |" for r in rows]
+    lines = ["| model | parameters | default input | classes | year | paper |", "|---|---:|---:|---:|---:|---|"]
+    lines += [f"| `{r.name}` | {r.parameters:,} | {r.default_input} | {r.num_classes} | {r.year} | {r.paper} |"
+              for r in rows]
     return "\n".join(lines)

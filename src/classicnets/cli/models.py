@@ -32,13 +32,14 @@ def _print_rich_table(rows) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="classicnets model zoo (3 input channels, 1000 classes)")
+    table = Table(title="classicnets model zoo (parameters at each model's default input and classes)")
     for column, justify in [("name", "left"), ("parameters", "right"), ("default input", "right"),
-                            ("year", "right")]:
+                            ("classes", "right"), ("year", "right")]:
         table.add_column(column, justify=justify, no_wrap=True)
     table.add_column("paper", overflow="ellipsis", no_wrap=True)
     for row in rows:
-        table.add_row(row.name, f"{row.parameters:,}", row.default_input, str(row.year), row.paper)
+        table.add_row(row.name, f"{row.parameters:,}", row.default_input, str(row.num_classes), str(row.year),
+                      row.paper)
     # Piped output gets a wide line rather than titles wrapped over five rows.
     console = Console() if sys.stdout.isatty() else Console(width=160)
     console.print(table)

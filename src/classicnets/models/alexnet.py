@@ -256,7 +256,7 @@ D2L_DEVIATIONS = (
     default_input=(1, 224, 224), min_input=(1, 193, 193), mean=D2L_MEAN, std=D2L_STD, family="alexnet",
     deviations=D2L_DEVIATIONS,
 ))
-def alexnet_d2l(num_classes: int = 1000, in_channels: int = 1, width_mult: float = 1.0,
+def alexnet_d2l(num_classes: int = 10, in_channels: int = 1, width_mult: float = 1.0,
                 dropout: float = 0.5) -> AlexNet:
     """d2l's AlexNet for Fashion-MNIST at 224: conv1 96x54x54 ... pool5 256x5x5, 6400-4096-4096-classes."""
     c1 = scaled(PAPER_CHANNELS[0], width_mult)
@@ -272,7 +272,7 @@ def alexnet_d2l(num_classes: int = 1000, in_channels: int = 1, width_mult: float
         "conv1 5x5 stride 1 padding 2 and a 3/1 first pool, for 28x28 input; valid inputs are 25..28 px",
     ),
 ))
-def alexnet_28(num_classes: int = 1000, in_channels: int = 1, width_mult: float = 1.0,
+def alexnet_28(num_classes: int = 10, in_channels: int = 1, width_mult: float = 1.0,
                dropout: float = 0.5) -> AlexNet:
     """d2l's AlexNet on raw 28x28 Fashion-MNIST: conv1 96x28x28, pool1 96x26x26, then as alexnet_d2l."""
     c1 = scaled(PAPER_CHANNELS[0], width_mult)

@@ -202,5 +202,5 @@ def googlenet(num_classes: int = 1000, in_channels: int = 3, width_mult: float =
         "xavier-uniform init (d2l's train_ch6)",
     ),
 ))
-def googlenet_d2l(num_classes: int = 1000, in_channels: int = 1, width_mult: float = 1.0) -> GoogLeNetD2L:
+def googlenet_d2l(num_classes: int = 10, in_channels: int = 1, width_mult: float = 1.0) -> GoogLeNetD2L:
     return GoogLeNetD2L(num_classes, in_channels, width_mult)

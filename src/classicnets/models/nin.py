@@ -60,5 +60,5 @@ class NiN(ClassicNet):
         "xavier-uniform init (d2l's train_ch6)",
     ),
 ))
-def nin(num_classes: int = 1000, in_channels: int = 1, width_mult: float = 1.0, dropout: float = 0.5) -> NiN:
+def nin(num_classes: int = 10, in_channels: int = 1, width_mult: float = 1.0, dropout: float = 0.5) -> NiN:
     return NiN(num_classes, in_channels, width_mult, check_dropout(dropout))
