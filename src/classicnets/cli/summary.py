@@ -70,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _build(name: str, args: argparse.Namespace):
     """The model and its input size, with --in-channels defaulting from --input, then from the model."""
+    import torch
+
     from ..registry import create_model, model_info
 
     info = model_info(name)
@@ -77,7 +79,10 @@ def _build(name: str, args: argparse.Namespace):
     kwargs = dict(args.option)
     if args.num_classes is not None:
         kwargs["num_classes"] = args.num_classes
-    model = create_model(name, in_channels=in_channels, **kwargs)
+    # Counting needs only shapes: without --measure the model is built on the meta device (no weights
+    # allocated or initialised, a second saved for VGG's 138M parameters).
+    with torch.device("cpu" if args.measure else "meta"):
+        model = create_model(name, in_channels=in_channels, **kwargs)
     input_size = args.input or (in_channels, *info.default_input[1:])
     return model, input_size
 
