@@ -157,7 +157,10 @@ def test_cut_gzip_and_wrong_magic(tmp_path):
 def test_image_and_label_counts_must_agree(tmp_path):
     images, labels = _tiny_mnist(6)
     _write_mnist(tmp_path, images, labels[:5])
-    with pytest.raises(DatasetError, match="6 images but 5 labels"):
+    with (
+        pytest.warns(UserWarning, match="without checksum"),
+        pytest.raises(DatasetError, match="6 images but 5 labels"),
+    ):
         load_dataset("mnist", data_dir=tmp_path, download=False, verify=False)
 
 
@@ -165,7 +168,10 @@ def test_labels_out_of_range(tmp_path):
     images, labels = _tiny_mnist(6)
     labels[2] = 12
     _write_mnist(tmp_path, images, labels)
-    with pytest.raises(DatasetError, match=r"labels must lie in 0..9, found 0..12"):
+    with (
+        pytest.warns(UserWarning, match="without checksum"),
+        pytest.raises(DatasetError, match=r"labels must lie in 0..9, found 0..12"),
+    ):
         load_dataset("mnist", data_dir=tmp_path, download=False, verify=False)
 
 

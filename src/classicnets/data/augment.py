@@ -224,18 +224,20 @@ def colour_pca(images: torch.Tensor, max_images: int = 10_000, seed: int = 0) ->
     return ColourPCA(eigenvalues.clamp(min=0).float(), eigenvectors.float())
 
 
+def pca_shift(count: int, pca: ColourPCA, generator: torch.Generator, std: float = 0.1) -> torch.Tensor:
+    """(B, C): the paper's colour shift P @ (alpha * lambda) per image, alpha ~ N(0, std), batched."""
+    values, vectors = pca.eigenvalues, pca.eigenvectors
+    alpha = torch.randn(count, len(values), device=values.device, generator=generator) * std
+    return (alpha * values) @ vectors.T
+
+
 def pca_colour(
     images: torch.Tensor, pca: ColourPCA, generator: torch.Generator, std: float = 0.1
 ) -> torch.Tensor:
-    """The paper's colour augmentation: to every pixel of an image add P @ (alpha * lambda),
-    alpha ~ N(0, std),
-    one alpha per image per call. A batched matmul; the same shift for every pixel of an image."""
-    count, channels = images.shape[0], images.shape[1]
-    alpha = torch.randn(count, channels, device=images.device, generator=generator) * std
-    values = pca.eigenvalues.to(images.device, images.dtype)
-    vectors = pca.eigenvectors.to(images.device, images.dtype)
-    shift = (alpha * values) @ vectors.T  # B x C
-    return images + shift[:, :, None, None]
+    """The paper's colour augmentation: the same ``pca_shift`` added to every pixel of an image, one draw of
+    alpha per image per call."""
+    pca = ColourPCA(pca.eigenvalues.to(images.device), pca.eigenvectors.to(images.device))
+    return images + pca_shift(images.shape[0], pca, generator, std).to(images.dtype)[:, :, None, None]
 
 
 def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
@@ -300,28 +302,35 @@ class BatchTransform:
             raise ConfigError("random augmentation needs a torch.Generator on the batch's device")
         layout = torch.channels_last if self.channels_last else torch.contiguous_format
         if self.source == "folder":
-            x = self._colour(self._folder_views(to_float(images), mode, generator), mode, generator)
+            x = self._colour(self._folder_views(images, mode, generator), mode, generator)
         else:
             x = self._array_views(images, mode, generator, layout)
         return x.to(dtype=self.dtype, memory_format=layout)
 
-    def _colour(self, x: torch.Tensor, mode: str, generator) -> torch.Tensor:
-        """PCA colour and normalisation: per-image, per-channel affine maps, so they commute with bilinear
-        resampling and cropping; the in-memory path applies them before upsampling, on 64x fewer pixels."""
-        if mode == "paper":
-            x = pca_colour(x, self._on(x.device, "pca"), generator)
-        return normalize(x, *self._on(x.device, "stats")) if self.mean is not None else x
+    def _colour(self, images: torch.Tensor, mode: str, generator) -> torch.Tensor:
+        """uint8 (or [0, 1] float) -> float: /255, PCA colour, normalisation, fused into one multiply-add.
 
-    def _on(self, device: torch.device, what: str):
-        """Constants moved to the batch's device once, not on every batch (no host-to-device copies)."""
+        All three are per-image, per-channel affine maps, so they commute with bilinear resampling and
+        cropping: the in-memory path applies them before upsampling, on 64x fewer pixels."""
+        mean, std = self._on(images.device, "stats")
+        scale = (1 / 255 if images.dtype == torch.uint8 else 1.0) / std  # C
+        offset = (-mean / std).expand(images.shape[0], -1)  # B x C
+        if mode == "paper":  # the shift is in [0, 1] units, so normalisation divides it by std too
+            offset = offset + pca_shift(len(images), self._on(images.device, "pca"), generator) / std
+        return torch.addcmul(offset[:, :, None, None], images, scale[:, None, None])
+
+    def _on(self, device: torch.device, what):
+        """Constants made on the batch's device once, not on every batch (no host-to-device copies):
+        "stats" (mean, std; 0 and 1 without normalisation), "pca", or ("resize", source, size)."""
         key = (str(device), what)
         if key not in self._device_constants:
             if what == "pca":
                 value = ColourPCA(self.pca.eigenvalues.to(device), self.pca.eigenvectors.to(device))
+            elif what == "stats":
+                stats = (self.mean, self.std) if self.mean is not None else ((0.0,), (1.0,))
+                value = tuple(torch.tensor(v, dtype=torch.float32, device=device) for v in stats)
             else:
-                value = tuple(
-                    torch.tensor(v, dtype=torch.float32, device=device) for v in (self.mean, self.std)
-                )
+                value = resize_matrix(what[1], what[2], device)
             self._device_constants[key] = value
         return self._device_constants[key]
 
@@ -331,7 +340,7 @@ class BatchTransform:
             # crop with padding at the stored size (4 px at 32, as in the CIFAR recipes), before the resize
             padding = max(1, round(images.shape[-1] / 8))
             images = random_crop(images, images.shape[-1], generator, padding=padding)
-        x = self._colour(to_float(images), mode, generator)  # on the small images
+        x = self._colour(images, mode, generator)  # on the small images
         height, width = x.shape[-2:]
         target = pre_crop_size(size) if self.uncropped else size
         if target < max(height, width):  # shrinking: anti-aliased F.interpolate (the matrices do not filter)
@@ -354,7 +363,8 @@ class BatchTransform:
             rows = interpolation_matrices(top * (height / grid), span * (height / grid), height, size)
             cols = interpolation_matrices(left * (width / grid), span * (width / grid), width, size)
         else:
-            rows, cols = resize_matrix(height, size, device), resize_matrix(width, size, device)
+            rows = self._on(device, ("resize", height, size))
+            cols = self._on(device, ("resize", width, size))
         if mode != "none" and not self.uncropped:
             flip = torch.rand(count, device=device, generator=generator) < 0.5
             cols = torch.where(flip[:, None, None], cols.flip(1), cols)  # reversed output columns = a mirror
@@ -373,12 +383,13 @@ class BatchTransform:
         return random_flip(x, generator) if mode != "none" else x
 
     def _folder_views(self, x, mode, generator):
+        """Views of uint8 images decoded at pre_crop_size: the paper's random or centre crops."""
         size = self.image_size
         if self.uncropped:
             return x
         if mode == "resized-crop-flip":
-            return random_flip(random_resized_crop(x, size, generator), generator)
-        if mode in ("crop-flip", "paper"):
+            return random_flip(random_resized_crop(to_float(x), size, generator), generator)
+        if mode in ("crop-flip", "paper"):  # crops and flips on the uint8 bytes: a quarter of the traffic
             return random_flip(random_crop(x, size, generator), generator)
         x = center_crop(x, size)
         return random_flip(x, generator) if mode == "flip" else x

@@ -208,6 +208,10 @@ def load_dataset(
         return make_synthetic(split)
     spec = SPECS[name]
     where = locate(spec, split, data_dir, download=download, mirrors=mirrors)
+    if not verify:
+        warnings.warn(
+            f"{spec.name} {split} from {where} used without checksum and count checks", stacklevel=2
+        )
     sources = _source_files(spec, split, where)
     key = {p.name: _sha256_file(p) for p in sources}
     cache = _cache_paths(spec, split, key, verify, cache_dir)
@@ -247,16 +251,12 @@ def _parse(spec: DatasetSpec, split: str, where: Path, verify: bool):
         classes = list(spec.classes)
     else:
         images, labels = _read_cifar_verified(spec, split, where, verify)
-        classes = _read_classes(spec, where, verify)
+        classes = _read_classes(spec, where)
     expected = spec.counts[split]
     if verify and len(labels) != expected:
         raise DatasetError(
             f"{spec.name} {split} in {where} has {len(labels):,} images, expected {expected:,}. The files "
             "are incomplete or from another data set; delete them and download again (or pass verify=False)."
-        )
-    if not verify:
-        warnings.warn(
-            f"{spec.name} {split} from {where} used without checksum and count checks", stacklevel=3
         )
     return images, labels, classes
 
@@ -320,7 +320,7 @@ def _read_cifar_verified(spec: DatasetSpec, split: str, where: Path, verify: boo
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def _read_classes(spec: DatasetSpec, where: Path, verify: bool) -> list[str]:
+def _read_classes(spec: DatasetSpec, where: Path) -> list[str]:
     if spec.kind == "idx":
         return list(spec.classes)
     data = formats.read_members(where, spec.folder, [spec.meta.name])[spec.meta.name]
