@@ -90,13 +90,17 @@ def device_loader_rows(args, device: torch.device) -> list[dict]:
         ("paper (crop 224/256, flip, PCA colour)", dict(augment="paper")),
     ]
     rows = []
+    default_threads = torch.get_num_threads()
     for label, options in configs:
         loaders = build_loaders(
             "fashion-mnist", data_dir=args.data_dir, image_size=args.image_size, batch_size=args.batch_size,
             device=device, **options,
         )  # fmt: skip
-        result = batches_per_second(loaders.train, args.batches, device)
-        rows.append({"loader": f"device loader: {label}", **result})
+        for threads in args.loader_threads or [default_threads]:
+            torch.set_num_threads(threads)
+            result = batches_per_second(loaders.train, args.batches, device)
+            rows.append({"loader": f"device loader: {label}", "threads": threads, **result})
+    torch.set_num_threads(default_threads)
     return rows
 
 
@@ -107,7 +111,8 @@ def baseline_row(args, device: torch.device) -> dict:
         batch_size=args.batch_size, shuffle=True, num_workers=args.num_workers,
     )  # fmt: skip
     result = batches_per_second(loader, args.batches, device)
-    return {"loader": f"d2l: PIL Resize + ToTensor, DataLoader({args.num_workers} workers)", **result}
+    label = f"d2l: PIL Resize + ToTensor, DataLoader({args.num_workers} workers)"
+    return {"loader": label, "threads": f"{args.num_workers} procs x 1", **result}
 
 
 def folder_row(args, device: torch.device, root: Path) -> dict:
@@ -129,7 +134,7 @@ def folder_row(args, device: torch.device, root: Path) -> dict:
     batches = min(args.batches, len(loaders.train) - 1)
     result = batches_per_second(loaders.train, batches, device)
     label = f"streaming image folder: 500x375 JPEG, paper pipeline, {args.num_workers} workers"
-    return {"loader": label, **result}
+    return {"loader": label, "threads": f"{args.num_workers} procs + {torch.get_num_threads()}", **result}
 
 
 def model_rows(args, device: torch.device) -> list[dict]:
@@ -154,8 +159,10 @@ def model_rows(args, device: torch.device) -> list[dict]:
 
         step()  # warm-up
         seconds = common.median([common.time_call(step, device) for _ in range(args.model_steps)])
-        rows.append({"model": f"alexnet_d2l train step, {label}", "batch": args.model_batch,
-                     "images_per_s": args.model_batch / seconds})  # fmt: skip
+        rows.append({
+            "model": f"alexnet_d2l train step, {label}", "batch": args.model_batch,
+            "threads": torch.get_num_threads(), "images_per_s": args.model_batch / seconds,
+        })  # fmt: skip
     return rows
 
 
@@ -165,16 +172,18 @@ def markdown(info: dict, settings: dict, load: dict, loaders: list[dict], models
     rows = []
     for r in loaders:
         vs_model = f"{r['images_per_s'] / fastest_model:,.0f}x" if fastest_model else "-"
-        rows.append([r["loader"], common.fmt(r["images_per_s"], 0), f"{r['images_per_s'] / baseline:.1f}x",
+        rows.append([r["loader"], r["threads"], common.fmt(r["images_per_s"], 0),
+                     f"{r['images_per_s'] / baseline:.1f}x",
                      vs_model, common.fmt(r["first_batch_s"], 2)])  # fmt: skip
     for m in models:
-        rows.append([f"{m['model']} (batch {m['batch']})", common.fmt(m["images_per_s"], 1), "", "", ""])
-    headers = ["what", "img/s", "x d2l PIL", "x fastest model step", "first batch s"]
+        rows.append([f"{m['model']} (batch {m['batch']})", m["threads"], common.fmt(m["images_per_s"], 1),
+                     "", "", ""])  # fmt: skip
+    headers = ["what", "threads", "img/s", "x d2l PIL", "x fastest model step", "first batch s"]
     size = settings["image_size"]
     return (
         f"Loader throughput at {size}x{size}, batch {settings['batch_size']}, "
-        f"on {common.device_label(info)}, {info['date_utc']}, {info['torch_threads']} torch thread(s) "
-        f"(1-min load average {info['load_average_1m']:.1f}). "
+        f"on {common.device_label(info)}, {info['date_utc']} (1-min load average "
+        f"{info['load_average_1m']:.1f}; `threads`: torch intra-op threads of the process that transforms). "
         f"Fashion-MNIST .gz -> uint8 tensors (train + test): {load['first']:.2f} s first, "
         f"{load['cached']:.2f} s with the parsed-array cache.\n\n" + common.markdown_table(headers, rows)
     )
@@ -193,10 +202,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-steps", type=int, default=3, help="timed model steps (median)")
     parser.add_argument("--skip-model", action="store_true", help="leave out the model step timing")
     parser.add_argument("--out-name", default="loader_throughput", help="results/<name>.json and .md")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument(
+        "--loader-threads", type=lambda text: [int(t) for t in text.split(",")],
+        help="torch threads to time the device loader with, e.g. 2,1 (default: torch's choice)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
 
     device = common.resolve_device(args.device)
     info = common.machine_info(device)
