@@ -84,8 +84,7 @@ class DeviceLoader:
         if shuffle and len(self) == 0:
             raise ConfigError(
                 f"batch size {batch_size} x {world_size} rank(s) exceeds the {len(labels):,} training "
-                "images; "
-                "lower the batch size or use more data"
+                "images; lower the batch size or use more data"
             )
 
     @property
