@@ -197,21 +197,28 @@ def init_weights(m: nn.Module) -> None:
         nn.init.xavier_uniform_(m.weight)
 
 
-def train_ch6(
-    net: nn.Module, train_iter, test_iter, num_epochs: int, lr: float, device: torch.device
-) -> dict:
-    """d2l.train_ch6 with its Animator replaced by a record per epoch (same work, same syncs)."""
-    net.apply(init_weights)
-    net.to(device)
-    optimizer = torch.optim.SGD(net.parameters(), lr=lr)
-    loss = nn.CrossEntropyLoss()
-    step_seconds = 0.0  # d2l's Timer: the step only, loading excluded
-    epochs = []
-    for epoch in range(num_epochs):
+class TrainCh6:
+    """d2l.train_ch6 cut at its epoch boundary, so another pipeline's epoch can run in between.
+
+    ``__init__`` is train_ch6's preamble, ``epoch()`` one pass of its epoch loop (same work, same host
+    syncs); d2l's Animator is replaced by a record per epoch.
+    """
+
+    def __init__(self, net: nn.Module, train_iter, test_iter, lr: float, device: torch.device):
+        net.apply(init_weights)
+        net.to(device)
+        self.net, self.train_iter, self.test_iter, self.device = net, train_iter, test_iter, device
+        self.optimizer = torch.optim.SGD(net.parameters(), lr=lr)
+        self.loss = nn.CrossEntropyLoss()
+        self.step_seconds = 0.0  # d2l's Timer: the step only, loading excluded
+        self.epochs: list[dict] = []
+
+    def epoch(self) -> dict:
+        net, optimizer, loss, device = self.net, self.optimizer, self.loss, self.device
         metric = Accumulator(3)
         net.train()
         epoch_start = time.perf_counter()
-        for X, y in train_iter:
+        for X, y in self.train_iter:
             step_start = time.perf_counter()
             optimizer.zero_grad()
             X, y = X.to(device), y.to(device)
@@ -221,65 +228,57 @@ def train_ch6(
             optimizer.step()
             with torch.no_grad():
                 metric.add(l * X.shape[0], accuracy(y_hat, y), X.shape[0])
-            step_seconds += time.perf_counter() - step_start
+            self.step_seconds += time.perf_counter() - step_start
         common.synchronize(device)
         train_seconds = time.perf_counter() - epoch_start
         eval_start = time.perf_counter()
-        test_acc = evaluate_accuracy_gpu(net, test_iter, device)
-        epochs.append(
-            {
-                "epoch": epoch + 1,
-                "train_loss": metric[0] / metric[2],
-                "train_acc": metric[1] / metric[2],
-                "test_acc": test_acc,
-                "train_seconds": train_seconds,  # wall time including the loader
-                "eval_seconds": time.perf_counter() - eval_start,
-                "examples": int(metric[2]),
-            }
-        )
+        test_acc = evaluate_accuracy_gpu(net, self.test_iter, device)
+        record = {
+            "epoch": len(self.epochs) + 1,
+            "train_loss": metric[0] / metric[2],
+            "train_acc": metric[1] / metric[2],
+            "test_acc": test_acc,
+            "train_seconds": train_seconds,  # wall time including the loader
+            "eval_seconds": time.perf_counter() - eval_start,
+            "examples": int(metric[2]),
+            "images_per_s": metric[2] / train_seconds,
+        }
+        self.epochs.append(record)
         print(
-            f"  d2l epoch {epoch + 1}: loss {metric[0] / metric[2]:.3f}, "
-            f"train acc {metric[1] / metric[2]:.3f}, "
-            f"test acc {test_acc:.3f}, {metric[2] / train_seconds:.1f} img/s incl. loading",
+            f"  d2l epoch {record['epoch']}: loss {record['train_loss']:.3f}, "
+            f"train acc {record['train_acc']:.3f}, test acc {test_acc:.3f}, "
+            f"{record['images_per_s']:.1f} img/s incl. loading",
             flush=True,
         )
-    examples = sum(e["examples"] for e in epochs)
-    train_seconds = sum(e["train_seconds"] for e in epochs)
-    return {
-        "epochs": epochs,
-        "train_images_per_s": examples / train_seconds,
-        "d2l_printed_examples_per_s": examples / step_seconds,  # what train_ch6 prints
-        "train_seconds": train_seconds,
-        "total_seconds": train_seconds + sum(e["eval_seconds"] for e in epochs),
-        "final_test_acc": epochs[-1]["test_acc"],
-    }
+        return record
+
+    def summary(self) -> dict:
+        examples = sum(e["examples"] for e in self.epochs)
+        train_seconds = sum(e["train_seconds"] for e in self.epochs)
+        return {
+            "epochs": self.epochs,
+            "train_images_per_s": examples / train_seconds,
+            "d2l_printed_examples_per_s": examples / self.step_seconds,  # what train_ch6 prints
+            "train_seconds": train_seconds,
+            "total_seconds": train_seconds + sum(e["eval_seconds"] for e in self.epochs),
+            "final_test_acc": self.epochs[-1]["test_acc"],
+        }
 
 
-def run_baseline(
-    epochs: int = 1,
-    batch_size: int = 128,
-    lr: float = 0.01,
-    resize: int = 224,
-    train_subset: int | None = None,
-    test_subset: int | None = None,
-    workers: int = D2L_WORKERS,
-    device: torch.device | None = None,
-    seed: int = 0,
-    data_dir: Path = FASHION_MNIST_DIR,
+def train_ch6(
+    net: nn.Module, train_iter, test_iter, num_epochs: int, lr: float, device: torch.device
 ) -> dict:
-    """Build d2l's AlexNet (the zoo's ``alexnet_d2l``), its loaders, and train it the d2l way."""
-    # imported here, not at the top: importing the classicnets.train package first would shadow the
-    # public classicnets.train() function with the package of the same name
-    from classicnets.train.loop import seed_everything
+    """d2l.train_ch6: init, then ``num_epochs`` epochs each followed by a test pass."""
+    run = TrainCh6(net, train_iter, test_iter, lr, device)
+    for _ in range(num_epochs):
+        run.epoch()
+    return run.summary()
 
-    device = device or common.resolve_device("auto")
-    seed_everything(seed)  # as classicnets.train does before building the model: the same initial weights
-    net = classicnets.create_model("alexnet_d2l", num_classes=10, in_channels=1)
-    train_iter, test_iter = load_data_fashion_mnist(
-        batch_size, resize, data_dir, train_subset, test_subset, workers, seed
-    )
-    result = train_ch6(net, train_iter, test_iter, epochs, lr, device)
-    result["settings"] = {
+
+def baseline_settings(
+    epochs: int, batch_size: int, lr: float, resize: int, train_iter, test_iter, workers: int, seed: int
+) -> dict:
+    return {
         "model": "alexnet_d2l",
         "epochs": epochs,
         "batch_size": batch_size,
@@ -292,6 +291,42 @@ def run_baseline(
         "precision": "fp32",
         "optimizer": "SGD (no momentum, no weight decay)",
     }
+
+
+def prepare_baseline(
+    batch_size: int = 128,
+    lr: float = 0.01,
+    resize: int = 224,
+    train_subset: int | None = None,
+    test_subset: int | None = None,
+    workers: int = D2L_WORKERS,
+    device: torch.device | None = None,
+    seed: int = 0,
+    data_dir: Path = FASHION_MNIST_DIR,
+) -> TrainCh6:
+    """d2l's AlexNet (the zoo's ``alexnet_d2l``) and its loaders, ready to train epoch by epoch."""
+    # imported here, not at the top: importing the classicnets.train package first would shadow the
+    # public classicnets.train() function with the package of the same name
+    from classicnets.train.loop import seed_everything
+
+    device = device or common.resolve_device("auto")
+    seed_everything(seed)  # as classicnets.train does before building the model: the same initial weights
+    net = classicnets.create_model("alexnet_d2l", num_classes=10, in_channels=1)
+    train_iter, test_iter = load_data_fashion_mnist(
+        batch_size, resize, data_dir, train_subset, test_subset, workers, seed
+    )
+    run = TrainCh6(net, train_iter, test_iter, lr, device)
+    run.settings = baseline_settings(0, batch_size, lr, resize, train_iter, test_iter, workers, seed)
+    return run
+
+
+def run_baseline(epochs: int = 1, **options) -> dict:
+    """Train d2l's way for ``epochs`` (options: those of :func:`prepare_baseline`); the summary."""
+    run = prepare_baseline(**options)
+    for _ in range(epochs):
+        run.epoch()
+    result = run.summary()
+    result["settings"] = {**run.settings, "epochs": epochs}
     return result
 
 
@@ -324,15 +359,15 @@ def main(argv: list[str] | None = None) -> int:
     device = common.resolve_device(args.device)
     result = run_baseline(
         args.epochs,
-        args.batch_size,
-        args.lr,
-        args.resize,
-        args.train_subset or None,
-        args.test_subset or None,
-        args.workers,
-        device,
-        args.seed,
-        args.data_dir,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        resize=args.resize,
+        train_subset=args.train_subset or None,
+        test_subset=args.test_subset or None,
+        workers=args.workers,
+        device=device,
+        seed=args.seed,
+        data_dir=args.data_dir,
     )
     payload = {"benchmark": "d2l_baseline", "machine": common.machine_info(device), **result}
     s = result["settings"]
