@@ -226,6 +226,28 @@ def test_depth_folds_submodules():
     assert layer1.params == sum(r.params for r in inside)
 
 
+class ReadsValues(nn.Module):
+    """A forward that meta tensors cannot run: it reads a value and keeps a plain CPU tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.scale = torch.full((8,), 2.0)  # an attribute, not a buffer: stays on the CPU
+
+    def forward(self, x):
+        if x.abs().sum().item() >= 0:
+            x = x * self.scale
+        return self.fc(x)
+
+
+def test_forward_that_meta_cannot_run_is_counted_on_the_cpu():
+    model = ReadsValues()
+    rows = rows_by_name(summarize(model, input_size=(8,), batch_size=4, depth=None))
+    assert rows["fc"].macs == 4 * 8 * 8 and rows[""].other_ops >= 4 * 8
+    assert rows["fc"].backward_flops == rows["fc"].flops  # its weight's gradient; the input needs none
+    assert model.fc.weight.grad is None
+
+
 # ------------------------------------------------------------------------------------------------
 # Activation memory, by hand
 
@@ -234,6 +256,8 @@ def test_saved_activation_bytes_by_hand():
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
     rows = summarize(model, input_size=(8,), batch_size=2, depth=None).rows
     saved = {r.name: r.activation_bytes for r in rows}
+    # Linear 0 computes the gradient of its weight only, Linear 2 those of its weight and its input
+    assert [r.backward_flops for r in rows] == [0, 2 * 2 * 8 * 16, 0, 2 * (2 * 2 * 16 * 4)]
     # Linear 0 keeps its input for grad-weight (2x8 floats), not its weight (a parameter);
     # ReLU keeps its output (2x16); Linear 2 keeps that same tensor, counted once, at the ReLU.
     assert saved == {"": 0, "0": 2 * 8 * 4, "1": 2 * 16 * 4, "2": 0}

@@ -184,11 +184,26 @@ def meta_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
 
 def _traced_modules(model: nn.Module, example: torch.Tensor, dtype: torch.dtype, train: bool,
                     label: str) -> list[ModuleStats]:
-    twin = meta_copy(model, dtype).train(train)
     try:
-        return trace_step(twin, example)
+        return trace_step(meta_copy(model, dtype).train(train), example)
+    except LayerFailure as failure:
+        if not _meta_unsupported(failure.error) or _on_meta(model):
+            raise InputShapeError(_failure_message(model, label, example, failure)) from failure.error
+    # The forward does what meta tensors cannot (reads values with .item(), keeps plain CPU tensors as
+    # attributes): count on a real CPU copy instead; slower, the same numbers.
+    real = copy.deepcopy(model).to(device="cpu", dtype=dtype).train(train)
+    try:
+        return trace_step(real, torch.zeros(example.shape, dtype=dtype))
     except LayerFailure as failure:
         raise InputShapeError(_failure_message(model, label, example, failure)) from failure.error
+
+
+def _meta_unsupported(error: BaseException) -> bool:
+    return isinstance(error, NotImplementedError) or "meta" in str(error)
+
+
+def _on_meta(model: nn.Module) -> bool:
+    return any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers()))
 
 
 def _failure_message(model: nn.Module, label: str, example: torch.Tensor, failure: LayerFailure) -> str:

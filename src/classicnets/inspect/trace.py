@@ -144,8 +144,10 @@ class ModuleStack:
         self._first_seq = min(first for first, _, _ in self.calls)
         end = max(last for _, last, _ in self.calls)
         self._owner_by_seq = [root] * (end - self._first_seq)
-        # outer calls first, so the inner calls (which start later) overwrite their own range
-        for first, last, entry in sorted(self.calls, key=lambda call: (call[0], -call[1])):
+        # Outer calls first, so inner calls overwrite their own range. Calls are listed as they end, inner
+        # first, so of two calls with the same range (a parent that made no node itself) the later is outer.
+        order = sorted(range(len(self.calls)), key=lambda i: (self.calls[i][0], -self.calls[i][1], -i))
+        for first, last, entry in (self.calls[i] for i in order):
             self._owner_by_seq[first - self._first_seq:last - self._first_seq] = [entry] * (last - first)
 
     def owner_of_node(self, node, root: ModuleStats) -> ModuleStats:
