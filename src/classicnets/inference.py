@@ -32,16 +32,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .errors import CheckpointError, ClassicnetsError, ConfigError
 from .train.checkpoint import FORMAT_VERSION, load_model_weights, parse_metadata
+from .train.metrics import topk_correct
 
 TTA_MODES = ("none", "flip", "ten-crop")
 EXPORT_FORMATS = ("onnx", "torchscript")
-# The paper's test protocol: 224 crops from images whose shorter side is 256, so ten-crop first resizes
-# to image_size * 256 / 224 and crops image_size (28 -> 32 -> 28 for the 28-pixel nets).
-TEN_CROP_SCALE = 256 / 224
 # ITU-R 601 luma, the weights PIL's convert("L") uses, to feed colour images to a grey model.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 REQUIRED_METADATA = ("model", "num_classes", "in_channels", "classes", "image_size")
@@ -184,43 +181,42 @@ def _resolve_device(device: str | torch.device) -> torch.device:
 # ------------------------------------------------------------------------------------- preprocessing
 
 
-def prepare_batch(images: torch.Tensor, prep: Preprocessing, size: int | None = None) -> torch.Tensor:
+def prepare_batch(images: torch.Tensor, prep: Preprocessing, *, uncropped: bool = False,
+                  channels_last: bool = False) -> torch.Tensor:
     """uint8 (N, C, H, W) images -> the float input the model was trained on, on the images' device.
 
-    Channels are converted to the model's (grey -> repeated, colour -> luma), the images resized to
-    ``size`` (default: the model's image size) with bilinear interpolation as the training loader does,
-    scaled to [0, 1] and normalised with the checkpoint's mean/std when it has them.
+    Channels are converted to the model's (grey repeated, colour to luma), then the data layer's test
+    transform runs, the one the trainer evaluates with: resize to the image size, scale to [0, 1],
+    normalise with the checkpoint's mean/std when it has them. ``uncropped`` resizes to the paper's
+    pre-crop size instead (256 for 224), for ten-crop TTA.
     """
-    size = size or prep.image_size
-    x = _match_channels(images.float(), prep.in_channels)
-    if x.shape[-2:] != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    x = x.div_(255.0)
-    if prep.mean is not None:
-        mean = torch.tensor(prep.mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(prep.std, device=x.device).view(1, -1, 1, 1)
-        x = x.sub_(mean).div_(std)
-    return x
+    from .data.augment import BatchTransform
+
+    transform = BatchTransform(image_size=prep.image_size, train=False, mean=prep.mean, std=prep.std,
+                               channels_last=channels_last, uncropped=uncropped)
+    return transform(_match_channels(images, prep.in_channels))
 
 
-def _match_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
-    found = x.shape[1]
+def _match_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    found = images.shape[1]
     if found == channels:
-        return x
+        return images
     if found == 1:
-        return x.expand(-1, channels, -1, -1)
+        return images.expand(-1, channels, -1, -1)
     if found == 3 and channels == 1:
-        weights = torch.tensor(LUMA_WEIGHTS, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        return (x * weights).sum(dim=1, keepdim=True)
+        weights = torch.tensor(LUMA_WEIGHTS, device=images.device).view(1, 3, 1, 1)
+        return (images.float() * weights).sum(dim=1, keepdim=True).round_().to(torch.uint8)
     raise ConfigError(f"images have {found} channels and the model takes {channels}; only grey <-> RGB "
                       "conversions are defined")
 
 
 def tta_views(x: torch.Tensor, tta: str, size: int) -> Iterator[torch.Tensor]:
-    """The model inputs whose softmax outputs TTA averages, made batch-wise by flipping and slicing.
+    """The model inputs whose softmax outputs TTA averages.
 
     ``none``: ``x``. ``flip``: ``x`` and its mirror. ``ten-crop`` (the paper's test): the four corner and the
-    centre ``size`` crops of ``x`` (prepared at ``ten_crop_size(size)``) and their mirrors.
+    centre ``size`` crops of ``x`` (prepared with ``uncropped=True``) and their mirrors. The same views as
+    ``data.augment.flip_tta``/``ten_crop``, yielded one at a time as slices: those stack all views into one
+    new tensor, ten times the batch (a GB for 500 images at 256 px), where a slice costs nothing.
     """
     if tta == "none":
         yield x
@@ -237,10 +233,6 @@ def tta_views(x: torch.Tensor, tta: str, size: int) -> Iterator[torch.Tensor]:
         raise ConfigError(f"unknown TTA mode {tta!r}; expected one of {', '.join(TTA_MODES)}")
 
 
-def ten_crop_size(image_size: int) -> int:
-    return int(round(image_size * TEN_CROP_SCALE))
-
-
 def _check_tta(tta: str) -> None:
     if tta not in TTA_MODES:
         raise ConfigError(f"unknown TTA mode {tta!r}; expected one of {', '.join(TTA_MODES)}")
@@ -250,9 +242,12 @@ def _scores(model: nn.Module, x: torch.Tensor, tta: str, size: int) -> torch.Ten
     """Logits without TTA; with TTA, the softmax averaged over the views (the paper averages softmax)."""
     if tta == "none":
         return model(x).float()
-    views = list(tta_views(x, tta, size))
-    total = sum(model(v).float().softmax(dim=1) for v in views)
-    return total / len(views)
+    total, count = None, 0
+    for view in tta_views(x, tta, size):
+        probabilities = model(view).float().softmax(dim=1)
+        total = probabilities if total is None else total.add_(probabilities)
+        count += 1
+    return total.div_(count)
 
 
 # ---------------------------------------------------------------------------------------- evaluation
@@ -364,17 +359,15 @@ def _accumulate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, pr
     top_k = min(5, num_classes)
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
     top_k_hits = torch.zeros((), dtype=torch.int64, device=device)
-    size = ten_crop_size(prep.image_size) if tta == "ten-crop" else prep.image_size
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     with torch.inference_mode(), _autocast(device, bf16):
         for start in range(0, len(images), batch_size):
             x = images[start:start + batch_size].to(device, non_blocking=True)
             y = labels[start:start + batch_size].to(device, non_blocking=True)
-            x = prepare_batch(x, prep, size).contiguous(memory_format=memory_format)
+            x = prepare_batch(x, prep, uncropped=tta == "ten-crop", channels_last=channels_last)
             scores = _scores(model, x, tta, prep.image_size)
             predicted = scores.argmax(dim=1)
             confusion += torch.bincount(y * num_classes + predicted, minlength=num_classes * num_classes)
-            top_k_hits += (scores.topk(top_k, dim=1).indices == y[:, None]).sum()
+            top_k_hits += topk_correct(scores, y, (top_k,))[0]
     return confusion.view(num_classes, num_classes), top_k_hits
 
 
@@ -410,7 +403,8 @@ def write_eval_outputs(result: EvalResult, out_dir: Path) -> dict[str, str]:
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"json": str(out_dir / "metrics.json"), "png": str(out_dir / "confusion.png")}
     settings = result.settings
-    title = f"{settings['model']} on {settings['dataset']} {settings['split']}: top-1 {result.top1:.2%}"
+    tta = "" if settings["tta"] == "none" else f", TTA {settings['tta']}"
+    title = f"{settings['model']} on {settings['dataset']} {settings['split']}{tta}: top-1 {result.top1:.2%}"
     plot_confusion(np.asarray(result.confusion), result.classes, Path(files["png"]), title=title)
     payload = result.to_dict()
     payload["files"] = files
@@ -442,7 +436,7 @@ def plot_confusion(confusion: np.ndarray, classes: Sequence[str], path: Path, ti
             for j in range(n):
                 ax.text(j, i, str(int(confusion[i, j])), ha="center", va="center", fontsize=7,
                         color="white" if shares[i, j] > 0.5 else "black")
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
 
 
 # ---------------------------------------------------------------------------------------- prediction
@@ -480,12 +474,11 @@ def predict(
         raise ConfigError("no images given; pass one or more image files")
     loaded = load_checkpoint(checkpoint)
     prep = loaded.preprocessing
-    size = ten_crop_size(prep.image_size) if tta == "ten-crop" else prep.image_size
     run_device = _resolve_device(device)
     model = loaded.model.to(run_device)
     with torch.inference_mode():
         x = torch.cat([prepare_batch(_square_image(image, prep.in_channels, invert)[None].to(run_device),
-                                     prep, size) for image in images])
+                                     prep, uncropped=tta == "ten-crop") for image in images])
         probabilities = _scores(model, x, tta, prep.image_size)
         if tta == "none":
             probabilities = probabilities.softmax(dim=1)
@@ -517,7 +510,6 @@ def _square_image(image: str | Path | Any, channels: int, invert: bool) -> torch
         pil = ImageOps.invert(pil)
     array = np.asarray(pil, dtype=np.uint8)
     tensor = torch.from_numpy(array.copy()).reshape(array.shape[0], array.shape[1], -1).permute(2, 0, 1)
-    tensor = _match_channels(tensor, channels) if tensor.shape[0] != channels else tensor
     height, width = tensor.shape[-2:]
     side = min(height, width)
     top, left = (height - side) // 2, (width - side) // 2
@@ -639,11 +631,15 @@ def _quiet_onnx_exporter():
 
 
 def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, str]):
-    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.jit's deprecation notice; trace is still supported
+    # torch.jit warns that it is deprecated in favour of torch.export; it is still what C++ and mobile
+    # runtimes load, and what this format promises, so the notice is silenced here. Its TracerWarnings come
+    # from the models' input-shape check, which compares channels and H, W: constants of the export.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         traced = torch.jit.trace(model, example)
-    torch.jit.save(traced, str(path), _extra_files={"classicnets.json": json.dumps(metadata)})
-    reloaded = torch.jit.load(str(path), map_location="cpu")
+        torch.jit.save(traced, str(path), _extra_files={"classicnets.json": json.dumps(metadata)})
+        reloaded = torch.jit.load(str(path), map_location="cpu")
 
     def run(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():

@@ -1,0 +1,350 @@
+"""Evaluation, prediction and export of checkpoints, end to end on the real Fashion-MNIST.
+
+One tiny AlexNet (d2l's 28x28 variant at 1/16 width) is trained once for the module on 3,000 real training
+images (seconds on two cores), saved with the trainer's checkpoint writer, then evaluated, asked to classify
+image files and exported. The crafted-checkpoint tests prove that a pickle payload never runs.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import save_file
+
+import classicnets
+from classicnets.cli import main
+from classicnets.errors import CheckpointError, ClassicnetsError, ConfigError
+from classicnets.inference import (
+    ExportVerificationError,
+    MissingDependencyError,
+    Preprocessing,
+    load_checkpoint,
+    prepare_batch,
+    tta_views,
+)
+from classicnets.train.checkpoint import model_metadata, save_checkpoint
+
+MODEL, OPTIONS = "alexnet_28", {"width_mult": 0.0625}
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot"]
+MEAN, STD = (0.2860,), (0.3530,)  # Fashion-MNIST's training-set pixel mean and std
+TRAIN_IMAGES = 3000
+
+
+def _metadata(model: str = MODEL, options: dict | None = None, classes=FASHION_CLASSES) -> dict[str, str]:
+    return model_metadata(model=model, model_options=OPTIONS if options is None else options,
+                          num_classes=len(classes), in_channels=1, classes=classes, image_size=28,
+                          mean=MEAN, std=STD, dataset="fashion-mnist")
+
+
+@pytest.fixture(scope="module")
+def fashion_test(fashion_mnist_dir):
+    data = classicnets.load_dataset("fashion-mnist", "test", data_dir=fashion_mnist_dir, download=False)
+    return torch.as_tensor(data.images), torch.as_tensor(data.labels)
+
+
+@pytest.fixture(scope="module")
+def trained_run(fashion_mnist_dir, tmp_path_factory) -> Path:
+    """A run directory holding a tiny AlexNet trained for two epochs on 3,000 real Fashion-MNIST images.
+
+    Random mirroring in training, as the recipes' "flip" augmentation does, so flip TTA is fair to it.
+    """
+    torch.manual_seed(0)
+    data = classicnets.load_dataset("fashion-mnist", "train", data_dir=fashion_mnist_dir, download=False)
+    images, labels = torch.as_tensor(data.images[:TRAIN_IMAGES]), torch.as_tensor(data.labels[:TRAIN_IMAGES])
+    model = classicnets.create_model(MODEL, num_classes=10, in_channels=1, **OPTIONS)
+    model = model.to(memory_format=torch.channels_last)
+    prep = Preprocessing(in_channels=1, image_size=28, mean=MEAN, std=STD)
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    for _ in range(2):
+        for batch in torch.randperm(TRAIN_IMAGES).split(100):
+            x = prepare_batch(images[batch], prep, channels_last=True)
+            x = torch.where(torch.rand(len(x), 1, 1, 1) < 0.5, x.flip(-1), x)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = F.cross_entropy(model(x), labels[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    run = tmp_path_factory.mktemp("run")
+    save_checkpoint(run, model_state=model.state_dict(), metadata=_metadata(), trainer_state={"epoch": 2},
+                    is_best=True)
+    return run
+
+
+# ------------------------------------------------------------------------------------------ evaluate
+
+
+def test_evaluate_matches_a_plain_loop_and_writes_json_and_png(trained_run, fashion_test, fashion_mnist_dir,
+                                                               tmp_path):
+    result = classicnets.evaluate(trained_run, data_dir=fashion_mnist_dir, out_dir=tmp_path, batch_size=777)
+
+    images, labels = fashion_test
+    model, prep = load_checkpoint(trained_run).model, Preprocessing(1, 28, MEAN, STD)
+    with torch.inference_mode():
+        logits = torch.cat([model(prepare_batch(batch, prep)) for batch in images.split(1000)])
+    assert result.count == 10_000
+    assert result.top1 == pytest.approx((logits.argmax(1) == labels).double().mean().item(), abs=1e-4)
+    top5 = (logits.topk(5, dim=1).indices == labels[:, None]).any(1).double().mean().item()
+    assert result.top5 == pytest.approx(top5, abs=1e-4)
+    assert 0.65 < result.top1 < result.top5 and result.top5 > 0.95  # 2 epochs on 3k images: about 71%
+
+    confusion = np.array(result.confusion)
+    assert confusion.shape == (10, 10) and confusion.sum() == 10_000
+    assert confusion.sum(axis=1).tolist() == [1000] * 10  # the test split has 1,000 images of each class
+    assert result.per_class["Trouser"] == confusion[1, 1] / 1000
+    assert np.mean(list(result.per_class.values())) == pytest.approx(result.top1)  # balanced classes
+
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["top1"] == result.top1 and saved["confusion"] == result.confusion
+    assert saved["settings"]["dataset"] == "fashion-mnist" and saved["settings"]["tta"] == "none"
+    png = (tmp_path / "confusion.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+    width, height = Image.open(tmp_path / "confusion.png").size
+    assert width > 500 and height > 500
+
+
+def test_tta_flip_and_ten_crop_keep_shapes_and_accuracy(trained_run, fashion_mnist_dir):
+    plain = classicnets.evaluate(trained_run, data_dir=fashion_mnist_dir, limit=1000)
+    flip = classicnets.evaluate(trained_run, data_dir=fashion_mnist_dir, limit=1000, tta="flip")
+    crops = classicnets.evaluate(trained_run, data_dir=fashion_mnist_dir, limit=1000, tta="ten-crop")
+    for result in (flip, crops):
+        assert result.count == 1000 and np.array(result.confusion).shape == (10, 10)
+        assert result.top5 >= result.top1
+    # Trained with mirrors, the net scores its mirror as well; the crops (4 px shifts at 28 px, which it
+    # never saw) cost a little. Both stay close to the plain score.
+    assert abs(flip.top1 - plain.top1) < 0.03
+    assert crops.top1 > plain.top1 - 0.08 and crops.top1 > 0.6
+
+
+def test_tta_views_are_the_papers_crops_and_mirrors():
+    x = torch.arange(2 * 1 * 32 * 32, dtype=torch.float32).view(2, 1, 32, 32)
+    assert [v.shape for v in tta_views(x, "flip", 32)] == [(2, 1, 32, 32)] * 2
+    views = list(tta_views(x, "ten-crop", 28))
+    assert len(views) == 10 and all(v.shape == (2, 1, 28, 28) for v in views)
+    assert torch.equal(views[0], x[..., :28, :28]) and torch.equal(views[6], x[..., 4:, 4:])
+    assert torch.equal(views[8], x[..., 2:30, 2:30]) and torch.equal(views[9], x[..., 2:30, 2:30].flip(-1))
+
+
+def test_bf16_evaluation_agrees_with_float32(trained_run, fashion_mnist_dir):
+    fp32 = classicnets.evaluate(trained_run, data_dir=fashion_mnist_dir, limit=1000)
+    bf16 = classicnets.evaluate(trained_run, data_dir=fashion_mnist_dir, limit=1000, bf16=True)
+    assert bf16.settings["bf16"] and abs(bf16.top1 - fp32.top1) < 0.02
+
+
+def test_eval_command_end_to_end(trained_run, fashion_mnist_dir, tmp_path, capsys):
+    rc = main(["eval", str(trained_run), "--data-dir", str(fashion_mnist_dir), "--limit", "500",
+               "--tta", "flip", "--out", str(tmp_path / "ev"), "--json"])
+    assert rc == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["count"] == 500 and printed["settings"]["tta"] == "flip"
+    assert (tmp_path / "ev" / "confusion.png").stat().st_size > 20_000
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["top1"] == printed["top1"]
+
+    # the default output directory is the run's, beside best/ and last/; tables name every class
+    assert main(["eval", str(trained_run), "--data-dir", str(fashion_mnist_dir), "--limit", "300"]) == 0
+    out = capsys.readouterr().out
+    assert "top-1" in out and "Ankle boot" in out
+    assert (trained_run / "eval-test" / "metrics.json").is_file()
+
+
+def test_eval_refuses_a_dataset_with_other_classes(trained_run, fashion_mnist_dir, tmp_path, capsys):
+    renamed = tmp_path / "renamed.safetensors"
+    state = load_checkpoint(trained_run).model.state_dict()
+    save_file(state, str(renamed), metadata=_metadata(classes=[f"digit {i}" for i in range(10)]))
+    assert main(["eval", str(renamed), "--data-dir", str(fashion_mnist_dir), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "digit 0" in err and "T-shirt/top" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------------------------------ predict
+
+
+def _clear_example(run: Path, fashion_test, label: int) -> np.ndarray:
+    """Of the first 100 test images of a class, the one the net is surest of (the net is right on ~71%)."""
+    images, labels = fashion_test
+    candidates = images[labels == label][:100]
+    with torch.inference_mode():
+        logits = load_checkpoint(run).model(prepare_batch(candidates, Preprocessing(1, 28, MEAN, STD)))
+    return candidates[int(logits.softmax(1)[:, label].argmax())][0].numpy()
+
+
+def test_predict_grey_png_and_colour_jpeg_of_odd_sizes(trained_run, fashion_test, tmp_path, capsys):
+    # A trouser as a 45x37 grey PNG, and a bag as a 91x67 colour JPEG: the bag scaled to 67x67, tinted
+    # and padded with black on the left and right, which the centre crop removes again.
+    trouser = Image.fromarray(_clear_example(trained_run, fashion_test, 1)).resize((45, 37), Image.BILINEAR)
+    trouser.save(tmp_path / "trouser.png")
+    bag = Image.fromarray(_clear_example(trained_run, fashion_test, 8)).resize((67, 67), Image.BILINEAR)
+    bag = np.asarray(bag)
+    colour = np.zeros((67, 91, 3), np.uint8)
+    colour[:, 12:79] = (bag[..., None] * np.array([1.0, 0.9, 0.8])).astype(np.uint8)
+    Image.fromarray(colour).save(tmp_path / "bag.jpg", quality=90)
+
+    predictions = classicnets.predict(trained_run, [tmp_path / "trouser.png", tmp_path / "bag.jpg"])
+    assert [p.label for p in predictions] == ["Trouser", "Bag"]
+    for prediction in predictions:
+        probabilities = [p for _, p in prediction.top]
+        assert len(prediction.top) == 5 and probabilities == sorted(probabilities, reverse=True)
+        assert 0.4 < probabilities[0] <= sum(probabilities) <= 1.0 + 1e-6
+        assert len({name for name, _ in prediction.top}) == 5
+
+    assert main(["predict", str(trained_run), str(tmp_path / "trouser.png"), str(tmp_path / "bag.jpg"),
+                 "--json", "--top-k", "3", "--tta", "flip"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert [p["top"][0]["class"] for p in printed] == ["Trouser", "Bag"]
+    assert all(len(p["top"]) == 3 for p in printed)
+
+
+def test_predict_reports_missing_and_broken_images(trained_run, tmp_path, capsys):
+    (tmp_path / "notes.png").write_text("not an image")
+    assert main(["predict", str(trained_run), str(tmp_path / "missing.png")]) == 2
+    assert "missing.png does not exist" in capsys.readouterr().err
+    assert main(["predict", str(trained_run), str(tmp_path / "notes.png")]) == 2
+    assert "not an image" in capsys.readouterr().err
+
+
+def test_prepare_batch_converts_channels_like_pil():
+    rgb = np.random.default_rng(0).integers(0, 256, (1, 3, 8, 8), dtype=np.uint8)
+    grey = prepare_batch(torch.from_numpy(rgb), Preprocessing(1, 8, None, None))
+    pil_grey = np.asarray(Image.fromarray(rgb[0].transpose(1, 2, 0)).convert("L"), np.float32) / 255
+    assert grey.shape == (1, 1, 8, 8) and np.abs(grey[0, 0].numpy() - pil_grey).max() <= 1 / 255 + 1e-6
+    grey_51 = torch.full((2, 1, 5, 5), 51, dtype=torch.uint8)
+    to_rgb = prepare_batch(grey_51, Preprocessing(3, 7, (0.1,) * 3, (0.5,) * 3))
+    assert to_rgb.shape == (2, 3, 7, 7) and torch.allclose(to_rgb, torch.full_like(to_rgb, (0.2 - 0.1) / 0.5))
+
+
+# --------------------------------------------------------------------------------- unsafe and foreign
+
+
+class _Payload:
+    """Unpickling this creates ``marker``: the side effect a malicious checkpoint would have."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("protocol", [0, 2, pickle.HIGHEST_PROTOCOL])
+def test_pickle_payload_checkpoints_never_execute(protocol, tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps({"state_dict": _Payload(marker)}, protocol=protocol)
+    pickle.loads(payload)  # the payload is live: loading it the unsafe way creates the marker
+    assert marker.exists()
+    marker.unlink()
+
+    disguised = tmp_path / "run" / "best" / "model.safetensors"
+    disguised.parent.mkdir(parents=True)
+    disguised.write_bytes(payload)
+    as_pt = tmp_path / "model.pt"
+    as_pt.write_bytes(payload)
+    zipped = tmp_path / "zipped" / "model.safetensors"
+    zipped.parent.mkdir()
+    torch.save({"w": _Payload(marker)}, zipped)  # torch.save's zip format under the safetensors name
+
+    for path in (disguised.parent.parent, disguised, as_pt, zipped):
+        with pytest.raises(CheckpointError):
+            load_checkpoint(path)
+        assert main(["predict", str(path), str(tmp_path / "any.png")]) == 2
+        assert main(["export", str(path), "--format", "torchscript", "--out", str(tmp_path / "x.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "pickle" in err and "Traceback" not in err
+    assert not marker.exists()
+
+
+def test_checkpoint_of_another_model_is_refused(trained_run, tmp_path):
+    state = load_checkpoint(trained_run).model.state_dict()
+    relabelled = tmp_path / "relabelled.safetensors"
+    save_file(state, str(relabelled), metadata=_metadata(model="alexnet_d2l"))
+    mismatch = r"alexnet_d2l.*features\.conv1\.weight \(6, 1, 5, 5\) vs \(6, 1, 11, 11\)"
+    with pytest.raises(CheckpointError, match=mismatch):
+        load_checkpoint(relabelled)
+
+    resnet = tmp_path / "resnet.safetensors"
+    save_file(state, str(resnet), metadata=_metadata(model="resnet18", options={}))
+    with pytest.raises(CheckpointError, match=r"do not fit model 'resnet18'.*missing.*unexpected"):
+        load_checkpoint(resnet)
+
+    wider = tmp_path / "wider.safetensors"
+    save_file(state, str(wider), metadata=_metadata(options={"width_mult": 0.25}))
+    with pytest.raises(CheckpointError, match="shape mismatch"):
+        load_checkpoint(wider)
+
+    unknown = tmp_path / "unknown.safetensors"
+    save_file(state, str(unknown), metadata=_metadata(model="alexnet_29"))
+    with pytest.raises(CheckpointError, match="alexnet_29.*cannot be built"):
+        load_checkpoint(unknown)
+
+    foreign = tmp_path / "foreign.safetensors"  # a safetensors file from another library: no header
+    save_file(state, str(foreign))
+    with pytest.raises(CheckpointError, match="not a classicnets checkpoint"):
+        load_checkpoint(foreign)
+
+
+# ------------------------------------------------------------------------------------------- export
+
+
+def test_onnx_export_round_trip(trained_run, fashion_test, tmp_path, capsys):
+    import onnx
+    import onnxruntime
+
+    out = tmp_path / "tiny.onnx"
+    assert main(["export", str(trained_run), "--format", "onnx", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "max abs difference" in printed and str(out) in printed
+
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert json.loads(props["classicnets.classes"]) == FASHION_CLASSES
+    assert json.loads(props["classicnets.mean"]) == list(MEAN) and props["classicnets.model"] == MODEL
+
+    x = prepare_batch(fashion_test[0][:64], Preprocessing(1, 28, MEAN, STD))
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    exported = session.run(None, {"images": x.numpy()})[0]
+    with torch.inference_mode():
+        reference = load_checkpoint(trained_run).model(x).numpy()
+    assert exported.shape == (64, 10) and np.abs(exported - reference).max() < 1e-4
+    assert (exported.argmax(1) == reference.argmax(1)).all()
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+def test_torchscript_export_round_trip(trained_run, fashion_test, tmp_path):
+    result = classicnets.export(trained_run, "torchscript")
+    assert Path(result.path) == trained_run / f"{MODEL}.torchscript.pt"  # beside best/ and last/
+    assert result.max_abs_diff <= 1e-4 and result.bytes == Path(result.path).stat().st_size > 100_000
+
+    extra = {"classicnets.json": ""}
+    scripted = torch.jit.load(result.path, _extra_files=extra)
+    assert json.loads(json.loads(extra["classicnets.json"])["classes"]) == FASHION_CLASSES
+    x = prepare_batch(fashion_test[0][:50], Preprocessing(1, 28, MEAN, STD))
+    with torch.inference_mode():
+        assert torch.allclose(scripted(x), load_checkpoint(trained_run).model(x), atol=1e-5)
+
+
+def test_export_fails_above_tolerance(trained_run, tmp_path):
+    with pytest.raises(ExportVerificationError, match="differs from PyTorch by up to"):
+        classicnets.export(trained_run, "onnx", tmp_path / "m.onnx", tolerance=1e-12)
+
+
+def test_export_without_onnxruntime_says_what_to_install(trained_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
+    with pytest.raises(MissingDependencyError, match=r"onnxruntime.*pip install 'classicnets\[export\]'"):
+        classicnets.export(trained_run, "onnx", tmp_path / "m.onnx")
+    assert main(["export", str(trained_run), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 2
+    assert "classicnets[export]" in capsys.readouterr().err
+
+
+def test_bad_settings_are_clear_errors(trained_run):
+    with pytest.raises(ConfigError, match="unknown TTA mode 'five-crop'"):
+        classicnets.evaluate(trained_run, tta="five-crop")
+    with pytest.raises(ConfigError, match="unknown export format 'tflite'"):
+        classicnets.export(trained_run, "tflite")
+    with pytest.raises(ClassicnetsError, match="no images given"):
+        classicnets.predict(trained_run, [])
