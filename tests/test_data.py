@@ -417,7 +417,8 @@ def test_image_folder_paper_pipeline_with_workers_and_two_ranks(tmp_path):
     seen = []
     for rank in (0, 1):
         loaders = build_loaders(
-            "imagefolder", data_dir=tmp_path, image_size=24, batch_size=3, augment="paper", num_workers=2,
+            str(tmp_path),  # a path is an image folder, as `--dataset PATH` passes it
+            image_size=24, batch_size=3, augment="paper", num_workers=2,
             rank=rank, world_size=2, channels_last=True,
         )  # fmt: skip
         assert len(loaders.train) == 2  # 12 images / 2 ranks / batch 3
@@ -428,7 +429,7 @@ def test_image_folder_paper_pipeline_with_workers_and_two_ranks(tmp_path):
         assert sum(len(x) for x in test) == 6  # 12 val images, half on each rank, none repeated
         assert test[0].shape[1:] == (3, 24, 24)
         assert next(iter(loaders.test_uncropped))[0].shape[-2:] == (aug.pre_crop_size(24),) * 2
-    assert len(torch.cat(seen)) == len(made["train"])
+    assert len(torch.cat(seen)) == len(made["train"]) and loaders.dataset == str(tmp_path)
     # the class colour (red for cats, green for dogs) survives the pipeline into the normalised stats
     assert loaders.pca is not None and loaders.pca.eigenvalues.shape == (3,)
     assert loaders.mean[2] < loaders.mean[0] and loaders.mean[2] < loaders.mean[1]

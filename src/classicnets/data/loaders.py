@@ -270,7 +270,7 @@ class Loaders:
     std: tuple[float, ...]  # what was divided by ((1, ...) without normalisation)
     image_size: int
     augment: str
-    dataset: str
+    dataset: str  # the name, or the image folder's path (either can be passed back to build_loaders)
     train_size: int  # images in the training split used (after ``subset``), all ranks together
     test_size: int
     test_uncropped: DeviceLoader | StreamingLoader | None = None  # at pre_crop_size, for augment.ten_crop
@@ -279,7 +279,7 @@ class Loaders:
 
 
 def build_loaders(
-    dataset: str | tuple[ArrayDataset, ArrayDataset],
+    dataset: str | Path | tuple[ArrayDataset, ArrayDataset],
     *,
     data_dir: str | Path | None = None,
     image_size: int,
@@ -301,8 +301,8 @@ def build_loaders(
     mirrors: list[str] | None = None,
     cache_dir: str | Path | None = None,
 ) -> Loaders:
-    """Train and test loaders for a named data set, an image folder (``"imagefolder"`` with ``data_dir``
-    holding train/ and val/ or test/), or a (train, test) pair of :class:`ArrayDataset`.
+    """Train and test loaders for a named data set, an image folder (its path, or ``"imagefolder"`` with
+    ``data_dir``; it holds train/ and val/ or test/), or a (train, test) pair of :class:`ArrayDataset`.
 
     ``augment``: "none", "flip", "crop-flip" (random crop with zero padding, then flip), "resized-crop-flip"
     (Inception-style crops), "paper" (random 224-of-256 crops, flips and PCA colour). ``normalize``: subtract
@@ -329,16 +329,10 @@ def build_loaders(
         world_size=world_size,
         subset=subset,
     )
-    if isinstance(dataset, str) and dataset.strip().lower().replace("_", "-") in (
-        "imagefolder",
-        "image-folder",
-    ):
-        if data_dir is None:
-            raise ConfigError(
-                "dataset 'imagefolder' needs data_dir (--data-dir) holding train/ and val/ or test/"
-            )
+    folder = _folder_root(dataset, data_dir)
+    if folder is not None:
         return _folder_loaders(
-            Path(data_dir), num_workers=num_workers, on_bad=on_bad, max_pixels=max_pixels, **common
+            folder, num_workers=num_workers, on_bad=on_bad, max_pixels=max_pixels, **common
         )
     if isinstance(dataset, str):
         name = canonical_name(dataset)
@@ -349,6 +343,25 @@ def build_loaders(
     else:
         train_set, test_set = dataset
     return _array_loaders(train_set, test_set, **common)
+
+
+def _folder_root(dataset, data_dir) -> Path | None:
+    """The image folder that ``dataset`` asks for: "imagefolder" with ``data_dir``, "imagefolder:<path>",
+    or a path to a directory; None for a named data set or an ArrayDataset pair."""
+    if isinstance(dataset, tuple):
+        return None
+    text = str(dataset)
+    if text.strip().lower().replace("_", "-") in ("imagefolder", "image-folder"):
+        if data_dir is None:
+            raise ConfigError(
+                "dataset 'imagefolder' needs data_dir (--data-dir) holding train/ and val/ or test/"
+            )
+        return Path(data_dir)
+    if text.startswith("imagefolder:"):
+        return Path(text.removeprefix("imagefolder:"))
+    if isinstance(dataset, Path) or Path(text).is_dir():
+        return Path(text)
+    return None
 
 
 def _transforms(common: dict, source: str, mean, std, pca, channels: int):
@@ -492,7 +505,7 @@ def _folder_loaders(root: Path, *, num_workers: int, on_bad: str, max_pixels, **
         std,
         common["image_size"],
         common["augment"],
-        f"imagefolder:{root}",
+        str(root),
         len(paths),
         len(test_scan),
         uncropped,
