@@ -444,16 +444,22 @@ def locate(spec: DatasetSpec, split: str, data_dir=None, *, download=True, mirro
 
 
 def _missing_message(spec: DatasetSpec, split: str, searched: list[Path], why: str) -> str:
-    files = spec.archive.name if spec.kind == "cifar" else " and ".join(f.name for f in spec.files[split])
+    if spec.kind == "cifar":
+        files = f"{spec.archive.name} (or its extracted {spec.folder}/)"
+    else:
+        files = " and ".join(f.name for f in spec.files[split])
     ways = [
         f"put {files} in a directory and pass it with --data-dir (Python: data_dir=...)",
-        f"or set {ENV_DATA} to a directory holding {spec.layouts[0]}/{files.split(' ')[0]}",
+        f"or set {ENV_DATA} to a directory with a {spec.layouts[0]}/ folder holding them",
     ]
     if spec.debian_package:
         ways.append(
             f"or install it: apt-get install {spec.debian_package} (files land in {DEBIAN_ROOT / spec.name})"
         )
-    ways.append(f"or allow the download from {spec.urls[0]} (or a mirror in {ENV_MIRROR})")
+    ways.append(
+        f"or download it (download=True, the default) where {spec.urls[0]} can be reached, "
+        f"or from a mirror named in {ENV_MIRROR}"
+    )
     shown = "\n  ".join(str(p) for p in searched)
     return (
         f"{spec.name} ({split}) not found; looked in:\n  {shown}\nand could not download it: {why}.\n"
