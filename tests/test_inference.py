@@ -111,6 +111,24 @@ def test_evaluate_matches_a_plain_loop_and_writes_json_and_png(trained_run, fash
     assert width > 500 and height > 500
 
 
+@pytest.mark.slow
+def test_eval_of_a_trained_run_reproduces_the_trainers_test_accuracy(fashion_mnist_dir, tmp_path, capsys):
+    # The `quick` recipe (bf16, normalised inputs) shrunk to seconds; the trainer scores the test split
+    # after its last epoch, and `classicnets eval` must find the same number from the checkpoint alone.
+    history = classicnets.train(recipe="quick", model_options={"width_mult": 0.0625}, epochs=2, subset=3000,
+                                batch_size=100, out=str(tmp_path / "run"), data_dir=str(fashion_mnist_dir),
+                                progress=False)
+    capsys.readouterr()
+    last = tmp_path / "run" / "last"
+    assert main(["eval", str(last), "--bf16", "--json", "--out", str(tmp_path / "ev")]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["count"] == 10_000 and printed["settings"]["checkpoint"].endswith("last/model.safetensors")
+    assert printed["top1"] > 0.5
+    # bf16 on both sides; a different batch size may tip an image or two
+    assert printed["top1"] == pytest.approx(history[-1]["test_acc"], abs=0.002)
+    assert printed["top5"] == pytest.approx(history[-1]["test_top5"], abs=0.002)
+
+
 def test_tta_flip_and_ten_crop_keep_shapes_and_accuracy(trained_run, fashion_mnist_dir):
     plain = classicnets.evaluate(trained_run, data_dir=fashion_mnist_dir, limit=1000)
     flip = classicnets.evaluate(trained_run, data_dir=fashion_mnist_dir, limit=1000, tta="flip")
