@@ -62,9 +62,10 @@ def run(args: argparse.Namespace) -> int:
                                    name=name))
     width = shutil.get_terminal_size((200, 24)).columns if sys.stdout.isatty() else None
     if len(summaries) == 1:
-        print(summaries[0].render(args.format, width=width), end="")
+        text = summaries[0].render(args.format, width=width)
     else:
-        print(render_comparison(summaries, args.format, width=width), end="")
+        text = render_comparison(summaries, args.format, width=width)
+    print(text, end="" if text.endswith("\n") else "\n")
     return 0
 
 

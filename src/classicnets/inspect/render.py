@@ -36,7 +36,8 @@ def render_comparison(summaries: list[Summary], fmt: str = "table", width: int |
     if fmt == "csv":
         return _comparison_csv(summaries)
     header = ["", *(f"{s.model} {_input_text(s)}" for s in summaries)]
-    body = [[label, *(value(s) for s in summaries)] for label, value in _COMPARED]
+    compared = _COMPARED + (_COMPARED_MEASURED if any(s.measurement for s in summaries) else [])
+    body = [[label, *(value(s) for s in summaries)] for label, value in compared]
     if fmt == "markdown":
         return _markdown_table(header, body)
     return _rich_text(header, body, title="model comparison", width=width, justify_first="left")
@@ -263,6 +264,8 @@ _COMPARED = [
     ("peak train memory, Adam", lambda s: bytes_text(s.totals.peak_train_bytes["adam"])),
     ("most parameters", lambda s: s.totals.most_params_layer or "-"),
     ("most compute", lambda s: s.totals.most_flops_layer or "-"),
+]
+_COMPARED_MEASURED = [
     ("measured peak", lambda s: bytes_text(s.measurement.peak_bytes) if s.measurement else "-"),
     ("measured fwd+bwd ms", lambda s: f"{s.measurement.forward_ms + s.measurement.backward_ms:.1f}"
                                       if s.measurement else "-"),

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 import torch.nn as nn
 
-from ..errors import ConfigError, InputShapeError
+from ..errors import ClassicnetsError, ConfigError, InputShapeError
 from .costs import CONVENTION
 from .trace import LayerFailure, ModuleStats, trace_step
 
@@ -209,11 +209,13 @@ def _on_meta(model: nn.Module) -> bool:
 def _failure_message(model: nn.Module, label: str, example: torch.Tensor, failure: LayerFailure) -> str:
     where = f"layer '{failure.stats.name}' ({failure.stats.type})" if failure.stats.name else (
         f"the model's own forward ({failure.stats.type})")
+    head = f"{label} failed in {where} on input of shape {tuple(example.shape)} (batch first)"
+    if isinstance(failure.error, ClassicnetsError):  # the model checked its input and said what it wants
+        return f"{head}: {failure.error}"
     info = getattr(model, "info", None)
     hint = (f"; {label} takes input like {','.join(map(str, info.default_input))} "
             f"(smallest {','.join(map(str, info.min_input))})" if info is not None else "")
-    return (f"{label} failed in {where} on input of shape {tuple(example.shape)} (batch first); that layer "
-            f"got {_shape_text(failure.input_shape)}: {failure.error}{hint}; "
+    return (f"{head}; that layer got {_shape_text(failure.input_shape)}: {failure.error}{hint}; "
             "pass an input size the model takes")
 
 
