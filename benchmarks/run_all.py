@@ -22,21 +22,23 @@ from pathlib import Path
 import torch
 
 import common
+import train_step
 
 HERE = Path(__file__).resolve().parent
-# one model per family and size class: the quick zoo table on a CPU (--zoo all: every registered model)
-QUICK_ZOO = ["alexnet", "alexnet_owt", "alexnet_28", "vgg11", "nin", "googlenet", "resnet18", "resnet50"]
+# On the CPU: the four eager configs and two compiled ones (compiling costs a minute or more each there)
+CPU_CONFIGS = ["fp32", "fp32+cl", "bf16", "bf16+cl", "fp32+compile", "bf16+cl+compile"]
 
 
 def steps(args) -> dict[str, list[str]]:
     """Step name -> command line (script and arguments)."""
     cuda = args.device == "cuda"
     dev = ["--device", args.device]
-    zoo = ["*"] if (args.zoo == "all" or cuda) else QUICK_ZOO
+    zoo = ["*"] if (args.zoo == "all" or cuda) else list(train_step.QUICK_ZOO)
+    configs = ["all"] if cuda else CPU_CONFIGS
     zoo_size = [] if cuda else ["--batch-size", "8", "--steps", "1", "--reps", "3", "--warmup", "1"]
     plan = {
-        "train_step": ["train_step.py", "--models", "alexnet_d2l", "--configs", "all", "--out", "train_step",
-                       *([] if cuda else ["--steps", "2", "--warmup", "1"]), *dev],
+        "train_step": ["train_step.py", "--models", "alexnet_d2l", "--configs", *configs,
+                       "--out", "train_step", *([] if cuda else ["--steps", "2", "--warmup", "1"]), *dev],
         "train_step_zoo": ["train_step.py", "--models", *zoo, "--configs", "fp32", "bf16+cl",
                            "--out", "train_step_zoo", *zoo_size, *dev],
         "loader_throughput": ["loader_throughput.py", *dev],
@@ -161,7 +163,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--zoo",
         choices=("quick", "all"),
         default="quick",
-        help=f"quick: {' '.join(QUICK_ZOO)}; all: every registered model (slow on a CPU)",
+        help=f"quick: {' '.join(train_step.QUICK_ZOO)}; all: every registered model (slow on a CPU)",
     )
     p.add_argument("--only", nargs="+", metavar="STEP", help="run only these steps")
     p.add_argument("--tables-only", action="store_true", help="only rebuild README-table.md from results/")

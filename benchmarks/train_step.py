@@ -38,7 +38,9 @@ import common
 # Input side of each model under its Fashion-MNIST recipe: d2l chapter 8 trains AlexNet, VGG and NiN at 224,
 # GoogLeNet and ResNet at 96; the other models run at their own default size.
 D2L_INPUT_SIDE = {"alexnet_d2l": 224, "vgg*": 224, "nin*": 224, "googlenet*": 96, "resnet*": 96}
-QUICK_MODELS = ("alexnet_d2l",)
+QUICK_MODELS = ("alexnet_d2l",)  # --quick: every asked config on these
+# --quick: one model per family and size class, at the slowest and the fastest eager config
+QUICK_ZOO = ("alexnet", "alexnet_owt", "alexnet_28", "vgg11", "nin", "googlenet", "resnet18", "resnet50")
 QUICK_OTHER_CONFIGS = ("fp32", "bf16+cl")
 
 
@@ -279,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 here; bf16 is the fast path measured
     if args.quick and args.models == ["*"]:
-        args.models = list(QUICK_MODELS) + ["*"]
+        args.models = [*QUICK_MODELS, *QUICK_ZOO]
     names, per_model = select(args)
     if args.profile:
         for name in names:
