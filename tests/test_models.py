@@ -1,0 +1,539 @@
+"""The model zoo: parameter counts, torchvision key compatibility, shapes, input checks, the paper's details.
+
+Counts and keys are checked on the meta device (free); forward and backward sweeps use narrow nets
+(``width_mult``) at batch 1-2 so the file stays fast on two cores. Full-width forwards are marked slow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+import classicnets
+from classicnets.errors import ConfigError, InputShapeError
+from classicnets.registry import ModelOptionError, UnknownModelError, model_info
+
+FIXTURES = Path(__file__).parent / "fixtures" / "torchvision_keys"
+ALL_MODELS = [
+    "alexnet", "alexnet_owt", "alexnet_d2l", "alexnet_28",
+    "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn",
+    "nin", "googlenet", "googlenet_d2l",
+    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+]
+# One net per family and block type; the deeper variants reuse the same blocks, so their real-valued
+# forward/backward sweeps run with the slow tests.
+REPRESENTATIVE = {"alexnet", "alexnet_owt", "alexnet_d2l", "alexnet_28", "vgg11", "vgg11_bn", "nin",
+                  "googlenet", "googlenet_d2l", "resnet18", "resnet50"}
+SWEEP = [n if n in REPRESENTATIVE else pytest.param(n, marks=pytest.mark.slow) for n in ALL_MODELS]
+# Nets whose fc6 takes a fixed-size flattened map: (smallest, largest) input side they accept.
+FIXED_SIZE = {"alexnet": (227, 258), "alexnet_d2l": (193, 224), "alexnet_28": (25, 28)}
+
+
+def meta_model(name: str, **kwargs) -> nn.Module:
+    with torch.device("meta"):
+        return classicnets.create_model(name, **kwargs)
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def side_sizes(name: str) -> tuple[int, int]:
+    """(default, minimum) input side of a model."""
+    info = model_info(name)
+    return info.default_input[1], info.min_input[1]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Registry, metadata, parameter counts
+
+
+def test_the_zoo_has_every_model():
+    assert sorted(classicnets.list_models()) == sorted(ALL_MODELS)
+    resnets = ["resnet101", "resnet152", "resnet18", "resnet34", "resnet50"]
+    assert classicnets.list_models("resnet*") == resnets
+
+
+@pytest.mark.parametrize(("name", "kwargs", "expected"), [
+    ("alexnet", {}, 60_965_224),  # two towers, the paper
+    ("alexnet", {"towers": 1}, 62_378_344),
+    ("alexnet_owt", {}, 61_100_840),  # torchvision's alexnet
+    ("alexnet_d2l", {"num_classes": 10, "in_channels": 1}, 46_764_746),
+    ("alexnet_d2l", {}, 46_764_746),  # d2l's nets default to 1 channel and 10 classes
+    ("alexnet_28", {"num_classes": 10, "in_channels": 1}, 46_755_530),
+    ("vgg16", {}, 138_357_544),
+    ("googlenet", {}, 6_624_904),
+    ("googlenet", {"aux_logits": True}, 13_004_888),
+    ("resnet18", {}, 11_689_512),
+    ("resnet34", {}, 21_797_672),
+    ("resnet50", {}, 25_557_032),
+])
+def test_parameter_counts(name, kwargs, expected):
+    assert n_params(meta_model(name, **kwargs)) == expected
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_metadata_and_docstring_name_the_paper_and_deviations(name):
+    info = model_info(name)
+    assert info.name == name and info.family and 2012 <= info.year <= 2016
+    assert info.deviations, f"{name} lists no deviations from its paper"
+    module_doc = " ".join(sys.modules[classicnets.models.__name__ + "." + info.family].__doc__.split())
+    title = info.paper.split(": ", 1)[1].split(" (")[0].split(",")[0]  # "Authors: Title (as in ...)"
+    assert title in module_doc
+    assert "Deviation" in module_doc or "deviation" in module_doc
+    # the metadata's minimum is the model's own, and the default size is valid
+    model = meta_model(name)
+    lo, hi = model.input_sizes
+    assert info.min_input[1:] == (lo, lo)
+    assert lo <= info.default_input[1] and (hi is None or info.default_input[1] <= hi)
+
+
+def test_model_carries_info_for_its_channels():
+    model = meta_model("alexnet_d2l", num_classes=10, in_channels=1)
+    assert model.info.default_input == (1, 224, 224) and model.info.mean == (0.0,)
+    model = meta_model("resnet18", in_channels=1)
+    assert model.info.default_input == (1, 224, 224) and len(model.info.mean) == 1
+
+
+def test_unknown_option_lists_the_accepted_ones():
+    with pytest.raises(ModelOptionError) as error:
+        classicnets.create_model("alexnet", tower=1)
+    message = str(error.value)
+    assert "tower" in message and "did you mean towers" in message
+    for option in ("width_mult", "towers", "lrn", "overlap_pool", "dropout", "activation"):
+        assert option in message
+
+
+def test_unknown_model_suggests_close_names():
+    with pytest.raises(UnknownModelError, match="alexnet"):
+        classicnets.create_model("alexnt")
+
+
+@pytest.mark.parametrize(("name", "kwargs"), [
+    ("alexnet", {"activation": "gelu"}),
+    ("alexnet", {"dropout": 1.5}),
+    ("alexnet", {"towers": 0}),
+    ("alexnet", {"width_mult": 0}),
+    ("vgg11", {"dropout": -0.1}),
+    ("googlenet", {"branch3_kernel": 7}),
+])
+def test_bad_option_values_are_config_errors(name, kwargs):
+    with pytest.raises(ConfigError):
+        meta_model(name, **kwargs)
+
+
+def test_activation_error_names_the_choices():
+    with pytest.raises(ConfigError, match="relu, tanh"):
+        meta_model("alexnet", activation="gelu")
+
+
+# ---------------------------------------------------------------------------------------------------
+# torchvision compatibility: keys and shapes equal the fixtures, and such a state_dict loads strictly
+
+TORCHVISION = {  # fixture -> (our model, options)
+    "alexnet": ("alexnet_owt", {}),
+    **{n: (n, {}) for n in ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn",
+                            "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")},
+    "googlenet": ("googlenet", {}),
+    "googlenet_aux": ("googlenet", {"aux_logits": True}),
+    **{n: (n, {}) for n in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")},
+}
+
+
+@pytest.mark.parametrize("fixture", sorted(TORCHVISION))
+def test_state_dict_matches_torchvision(fixture):
+    expected = json.loads((FIXTURES / f"{fixture}.json").read_text())
+    name, kwargs = TORCHVISION[fixture]
+    model = meta_model(name, **kwargs)
+    ours = {key: list(value.shape) for key, value in model.state_dict().items()}
+    assert ours == expected
+    zeros = {key: torch.zeros(shape, device="meta") for key, shape in expected.items()}
+    model.load_state_dict(zeros, strict=True, assign=True)
+
+
+def test_torchvision_alexnet_state_dict_loads_on_cpu():
+    expected = json.loads((FIXTURES / "alexnet.json").read_text())
+    model = classicnets.create_model("alexnet_owt", width_mult=1.0)
+    state = {key: torch.full(shape, 0.5) for key, shape in expected.items()}
+    model.load_state_dict(state, strict=True)
+    assert torch.equal(model.features[0].weight, torch.full((64, 3, 11, 11), 0.5))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Forward and backward sweeps
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_output_shape_at_default_and_minimum_size(name):
+    """Full width on the meta device: every layer's shape checked, for free."""
+    default, smallest = side_sizes(name)
+    for in_channels in (1, 3):
+        full = meta_model(name, num_classes=10, in_channels=in_channels).eval()
+        for side in (default, smallest):
+            assert full(torch.empty(1, in_channels, side, side, device="meta")).shape == (1, 10)
+
+
+@pytest.mark.parametrize("name", SWEEP)
+def test_forward_values_at_default_and_minimum_size(name):
+    """An eighth-width net (the same layers and sizes, ~1/64 of the work): finite outputs at the minimum
+    size for 1 and 3 channels, and at the default size."""
+    default, smallest = side_sizes(name)
+    for in_channels in (1, 3):
+        narrow = classicnets.create_model(name, num_classes=10, in_channels=in_channels, width_mult=0.125)
+        for side in (default, smallest) if in_channels == 1 else (smallest,):
+            with torch.no_grad():
+                out = narrow.eval()(torch.randn(1, in_channels, side, side))
+            assert out.shape == (1, 10) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_minimum_size_is_the_true_minimum(name):
+    """One pixel less breaks the net itself, not only the check; for fixed-size nets one more does too."""
+    model = classicnets.create_model(name, num_classes=10, in_channels=3, width_mult=0.125).eval()
+    model.check_input = lambda x: None  # reach the layers themselves
+    _, smallest = side_sizes(name)
+    sizes = [smallest - 1] if smallest > 1 else []
+    if name in FIXED_SIZE:
+        sizes.append(FIXED_SIZE[name][1] + 1)
+    for side in sizes:
+        with torch.no_grad(), pytest.raises(RuntimeError):
+            model(torch.randn(1, 3, side, side))
+
+
+@pytest.mark.parametrize("name", SWEEP)
+def test_backward_reaches_every_parameter(name):
+    kwargs = {"aux_logits": True} if name == "googlenet" else {}
+    model = classicnets.create_model(name, num_classes=10, in_channels=3, width_mult=0.125, **kwargs).train()
+    _, smallest = side_sizes(name)
+    side = smallest if name in FIXED_SIZE else max(smallest, 16)  # small, but more than 1x1 maps early on
+    out = model(torch.randn(2, 3, side, side))
+    outputs = out if isinstance(out, tuple) else (out,)
+    assert len(outputs) == (3 if name == "googlenet" else 1)
+    sum(o.square().mean() for o in outputs).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, f"no gradient reached {missing}"
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize(("name", "side", "features_shape"), [
+    ("alexnet", 227, (1, 256, 6, 6)),
+    ("alexnet_owt", 224, (1, 256, 6, 6)),
+    ("vgg16", 224, (1, 512, 7, 7)),
+    ("nin", 224, (1, 384, 5, 5)),
+    ("googlenet", 224, (1, 1024, 7, 7)),
+    ("googlenet_d2l", 96, (1, 1024, 3, 3)),
+    ("resnet18", 224, (1, 512, 7, 7)),
+    ("resnet50", 224, (1, 2048, 7, 7)),
+])
+def test_forward_features_then_head_is_forward(name, side, features_shape):
+    with torch.device("meta"):
+        model = classicnets.create_model(name, num_classes=10, in_channels=3).eval()
+        features = model.forward_features(torch.empty(1, 3, side, side))
+        assert features.shape == features_shape
+        assert model.forward_head(features).shape == (1, 10)
+    narrow = classicnets.create_model(name, num_classes=10, in_channels=3, width_mult=0.125).eval()
+    x = torch.randn(1, 3, *[side_sizes(name)[1]] * 2)
+    with torch.no_grad():
+        torch.testing.assert_close(narrow(x), narrow.forward_head(narrow.forward_features(x)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["alexnet", "alexnet_owt", "alexnet_d2l", "alexnet_28", "nin", "googlenet",
+                                  "googlenet_d2l", "resnet50", "vgg11"])
+def test_full_width_forward_at_default_size(name):
+    """The real init at full width gives finite outputs (the deeper VGGs and ResNets share these blocks)."""
+    model = classicnets.create_model(name, num_classes=10, in_channels=3).eval()
+    side, _ = side_sizes(name)
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, side, side))
+    assert out.shape == (1, 10) and torch.isfinite(out).all()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Input checks
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_bad_input_raises_input_shape_error_naming_the_expected_shape(name):
+    model = meta_model(name, num_classes=10, in_channels=3)
+    default, smallest = side_sizes(name)
+    bad_inputs = [(1, 1, default, default), (3, default, default), (1, 3, default)]
+    if smallest > 1:
+        bad_inputs.append((1, 3, smallest - 1, smallest - 1))
+        bad_inputs.append((1, 3, default, smallest - 1))
+    if name in FIXED_SIZE:
+        bad_inputs.append((1, 3, FIXED_SIZE[name][1] + 1, FIXED_SIZE[name][1] + 1))
+    for shape in bad_inputs:
+        with pytest.raises(InputShapeError) as error:
+            model(torch.empty(shape, device="meta"))
+        message = str(error.value)
+        assert name in message and "(N, 3, H, W)" in message and str(shape) in message
+        assert str(smallest) in message
+
+
+def test_input_error_says_what_to_do():
+    model = meta_model("alexnet_d2l", num_classes=10, in_channels=1)
+    with pytest.raises(InputShapeError, match=r"193 <= H, W <= 224.*resize"):
+        model(torch.empty(1, 1, 28, 28, device="meta"))
+    with pytest.raises(InputShapeError, match="in_channels=3"):
+        model(torch.empty(1, 3, 224, 224, device="meta"))
+    with pytest.raises(InputShapeError, match="unsqueeze"):
+        model(torch.empty(1, 224, 224, device="meta"))
+
+
+def test_input_check_is_an_error_the_cli_prints():
+    assert issubclass(InputShapeError, classicnets.ClassicnetsError)
+
+
+# ---------------------------------------------------------------------------------------------------
+# AlexNet: the paper's details and ablations
+
+
+def layer_shapes(model: nn.Module, side: int) -> dict[str, tuple[int, ...]]:
+    x = torch.empty(1, 1, side, side, device="meta")
+    shapes = {}
+    for name, layer in model.features.named_children():
+        x = layer(x)
+        shapes[name] = tuple(x.shape[1:])
+    x = torch.flatten(x, 1)
+    shapes["flatten"] = tuple(x.shape[1:])
+    for name, layer in model.classifier.named_children():
+        x = layer(x)
+        if name.startswith("fc"):
+            shapes[name] = tuple(x.shape[1:])
+    return shapes
+
+
+D2L_SHAPES_AFTER_POOL1 = {  # reference.md section 3, the same for both variants from conv2 on
+    "conv2": (256, 26, 26), "pool2": (256, 12, 12), "conv3": (384, 12, 12), "conv4": (384, 12, 12),
+    "conv5": (256, 12, 12), "pool5": (256, 5, 5), "flatten": (6400,), "fc6": (4096,), "fc7": (4096,),
+    "fc8": (10,),
+}
+
+
+def test_alexnet_d2l_layer_shapes():
+    model = meta_model("alexnet_d2l", num_classes=10, in_channels=1)
+    shapes = layer_shapes(model, 224)
+    assert shapes["conv1"] == (96, 54, 54) and shapes["pool1"] == (96, 26, 26)
+    assert {k: shapes[k] for k in D2L_SHAPES_AFTER_POOL1} == D2L_SHAPES_AFTER_POOL1
+    assert model.features.conv1.padding == (1, 1) and model.features.conv1.kernel_size == (11, 11)
+    assert not any(isinstance(m, nn.LocalResponseNorm) for m in model.modules())
+
+
+def test_alexnet_28_layer_shapes():
+    model = meta_model("alexnet_28", num_classes=10, in_channels=1)
+    shapes = layer_shapes(model, 28)
+    assert shapes["conv1"] == (96, 28, 28) and shapes["pool1"] == (96, 26, 26)
+    assert {k: shapes[k] for k in D2L_SHAPES_AFTER_POOL1} == D2L_SHAPES_AFTER_POOL1
+    conv1 = model.features.conv1
+    assert (conv1.kernel_size, conv1.stride, conv1.padding) == ((5, 5), (1, 1), (2, 2))
+    assert model.features.pool1.stride == 1
+
+
+def test_alexnet_paper_layer_shapes():
+    model = meta_model("alexnet")
+    x = torch.empty(1, 3, 227, 227, device="meta")
+    shapes = {}
+    for name, layer in model.features.named_children():
+        x = layer(x)
+        shapes[name] = tuple(x.shape[1:])
+    assert shapes["conv1"] == (96, 55, 55) and shapes["pool1"] == (96, 27, 27)
+    assert shapes["conv2"] == (256, 27, 27) and shapes["pool2"] == (256, 13, 13)
+    assert shapes["conv5"] == (256, 13, 13) and shapes["pool5"] == (256, 6, 6)
+    assert model.classifier.fc6.in_features == 9216
+
+
+def test_alexnet_lrn_has_the_papers_constants():
+    model = meta_model("alexnet")
+    names = list(dict(model.features.named_children()))
+    assert names.index("norm1") == names.index("relu1") + 1
+    assert names.index("pool1") == names.index("norm1") + 1
+    assert names.index("norm2") == names.index("relu2") + 1
+    norms = [m for m in model.modules() if isinstance(m, nn.LocalResponseNorm)]
+    assert len(norms) == 2
+    for lrn in norms:  # torch divides alpha by size: 5e-4 / 5 = the paper's 1e-4
+        assert (lrn.size, lrn.alpha, lrn.beta, lrn.k) == (5, 5e-4, 0.75, 2.0)
+
+
+def test_lrn_module_computes_the_papers_formula():
+    from classicnets.layers import paper_lrn
+
+    a = torch.rand(1, 7, 2, 2)
+    b = paper_lrn()(a)
+    # b_i = a_i / (k + alpha * sum_{j=i-2}^{i+2} a_j^2)^beta, k=2, alpha=1e-4, beta=0.75
+    squares = torch.nn.functional.pad(a.square(), (0, 0, 0, 0, 2, 2))
+    window = sum(squares[:, j:j + 7] for j in range(5))
+    torch.testing.assert_close(b, a / (2 + 1e-4 * window) ** 0.75)
+
+
+def test_alexnet_towers_are_grouped_convolutions():
+    model = meta_model("alexnet")
+    groups = {name: m.groups for name, m in model.features.named_children() if isinstance(m, nn.Conv2d)}
+    assert groups == {"conv1": 1, "conv2": 2, "conv3": 1, "conv4": 2, "conv5": 2}
+    assert set(model.TOWER_CONVS) == {n for n, g in groups.items() if g == 2}
+    assert model.features.conv2.weight.shape == (256, 48, 5, 5)  # each tower sees its own 48 maps
+    one = meta_model("alexnet", towers=1)
+    assert all(m.groups == 1 for m in one.modules() if isinstance(m, nn.Conv2d))
+
+
+def test_alexnet_paper_init():
+    model = classicnets.create_model("alexnet")
+    layers = {**dict(model.features.named_children()), **dict(model.classifier.named_children())}
+    for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"):
+        weight = layers[name].weight
+        assert abs(weight.std().item() - 0.01) < 0.0005, name
+        assert abs(weight.mean().item()) < 0.001, name
+        expected_bias = 1.0 if name in ("conv2", "conv4", "conv5", "fc6", "fc7") else 0.0
+        assert torch.equal(layers[name].bias, torch.full_like(layers[name].bias, expected_bias)), name
+
+
+def test_d2l_alexnet_uses_xavier_uniform_init():
+    model = classicnets.create_model("alexnet_d2l", num_classes=10, in_channels=1)
+    fc6 = model.classifier.fc6.weight  # fan_in 6400, fan_out 4096
+    bound = math.sqrt(6 / (6400 + 4096))
+    assert fc6.abs().max().item() <= bound * (1 + 1e-6)  # float32 rounding at the edge
+    assert abs(fc6.std().item() - bound / math.sqrt(3)) < 0.01 * bound
+
+
+def test_alexnet_ablations_change_the_net():
+    no_lrn = meta_model("alexnet", lrn=False)
+    assert not any(isinstance(m, nn.LocalResponseNorm) for m in no_lrn.modules())
+    assert n_params(no_lrn) == 60_965_224  # LRN has no parameters
+
+    plain_pools = classicnets.create_model("alexnet", overlap_pool=False, width_mult=0.125).eval()
+    pools = [m for m in plain_pools.modules() if isinstance(m, nn.MaxPool2d)]
+    assert len(pools) == 3 and all((p.kernel_size, p.stride) == (2, 2) for p in pools)
+    with torch.no_grad():
+        assert plain_pools(torch.randn(1, 3, 227, 227)).shape == (1, 1000)
+    overlapping = meta_model("alexnet")
+    pools = [m for m in overlapping.modules() if isinstance(m, nn.MaxPool2d)]
+    assert all((p.kernel_size, p.stride) == (3, 2) for p in pools)
+
+    dropouts = [m.p for m in meta_model("alexnet", dropout=0.3).modules() if isinstance(m, nn.Dropout)]
+    assert dropouts == [0.3, 0.3]
+    assert [m.p for m in meta_model("alexnet").modules() if isinstance(m, nn.Dropout)] == [0.5, 0.5]
+
+    tanh = meta_model("alexnet", activation="tanh")
+    assert sum(isinstance(m, nn.Tanh) for m in tanh.modules()) == 7
+    assert not any(isinstance(m, nn.ReLU) for m in tanh.modules())
+
+
+def test_alexnet_owt_layout_is_torchvisions():
+    model = meta_model("alexnet_owt")
+    convs = [i for i, m in enumerate(model.features) if isinstance(m, nn.Conv2d)]
+    linears = [i for i, m in enumerate(model.classifier) if isinstance(m, nn.Linear)]
+    assert convs == [0, 3, 6, 8, 10] and linears == [1, 4, 6]
+    assert isinstance(model.classifier[0], nn.Dropout) and isinstance(model.classifier[3], nn.Dropout)
+    assert model.avgpool.output_size == 6
+
+
+# ---------------------------------------------------------------------------------------------------
+# width_mult and the other families' details
+
+
+def test_width_mult_shrinks_channels_and_alexnet_fc_widths():
+    half = meta_model("alexnet", width_mult=0.5)
+    assert half.features.conv1.out_channels == 48 and half.classifier.fc6.out_features == 2048
+    assert half.classifier.fc6.in_features == 128 * 6 * 6
+    assert n_params(half) < n_params(meta_model("alexnet")) / 3
+    odd = meta_model("alexnet", width_mult=0.3)  # tower convs stay divisible by the two towers
+    assert all(m.out_channels % 2 == 0 for m in odd.modules() if isinstance(m, nn.Conv2d) and m.groups == 2)
+    assert meta_model("resnet18", width_mult=0.5).fc.in_features == 256
+    assert meta_model("vgg11", width_mult=0.25).features[0].out_channels == 16
+    assert meta_model("googlenet", width_mult=0.5).conv1.conv.out_channels == 32
+    assert meta_model("nin", width_mult=0.5).features[0][0].out_channels == 48
+    d2l = meta_model("alexnet_d2l", num_classes=10, in_channels=1, width_mult=0.25)
+    assert d2l.classifier.fc6.in_features == 64 * 5 * 5 and d2l.classifier.fc6.out_features == 1024
+
+
+def test_vgg_configs_are_the_papers_table():
+    from classicnets.models.vgg import CONFIGS
+
+    conv_counts = {k: sum(v != "M" for v in cfg) for k, cfg in CONFIGS.items()}
+    assert conv_counts == {"A": 8, "B": 10, "D": 13, "E": 16}  # + 3 fc = 11, 13, 16, 19 weight layers
+    for name, convs in [("vgg11", 8), ("vgg16", 13), ("vgg19_bn", 16)]:
+        model = meta_model(name)
+        assert sum(isinstance(m, nn.Conv2d) for m in model.modules()) == convs
+        assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == (convs if "bn" in name else 0)
+
+
+def test_googlenet_has_nine_inception_blocks_and_optional_aux_heads():
+    from classicnets.layers import Inception
+
+    model = classicnets.create_model("googlenet", num_classes=10, width_mult=0.125, aux_logits=True)
+    assert sum(isinstance(m, Inception) for m in model.modules()) == 9
+    out = model.train()(torch.randn(2, 3, 64, 64))
+    assert [o.shape for o in out] == [(2, 10)] * 3 and out.logits is out[0]
+    with torch.no_grad():
+        assert model.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 10)
+    assert meta_model("googlenet").aux1 is None
+    assert meta_model("googlenet").inception3a.branch3[1].conv.kernel_size == (3, 3)  # torchvision's
+    assert meta_model("googlenet", branch3_kernel=5).inception3a.branch3[1].conv.kernel_size == (5, 5)
+    bn = meta_model("googlenet").conv1.bn
+    assert bn.eps == 0.001 and not meta_model("googlenet").conv1.conv.bias
+
+
+def test_googlenet_d2l_has_no_batchnorm_and_trains_at_96():
+    model = meta_model("googlenet_d2l", num_classes=10, in_channels=1)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert model_info("googlenet_d2l").default_input == (1, 96, 96)
+    assert model.features[2][0].branch3[1].conv.kernel_size == (5, 5)
+
+
+@pytest.mark.parametrize(("name", "projections", "blocks"), [
+    ("resnet18", 3, 8), ("resnet34", 3, 16), ("resnet50", 4, 16), ("resnet101", 4, 33), ("resnet152", 4, 50),
+])
+def test_resnet_projects_only_where_the_shape_changes(name, projections, blocks):
+    from classicnets.layers import BasicBlock, Bottleneck
+
+    model = meta_model(name)
+    all_blocks = [m for m in model.modules() if isinstance(m, (BasicBlock, Bottleneck))]
+    assert len(all_blocks) == blocks
+    projected = [b for b in all_blocks if b.downsample is not None]
+    assert len(projected) == projections  # the first block of each stage that changes channels or resolution
+    for block in projected:
+        first_conv = block.conv1
+        assert block.downsample[0].in_channels == first_conv.in_channels
+
+
+def test_resnet_zero_init_residual():
+    model = classicnets.create_model("resnet18", width_mult=0.25, zero_init_residual=True)
+    assert all(torch.count_nonzero(layer[0].bn2.weight) == 0 for layer in (model.layer1, model.layer4))
+
+
+def test_nin_has_no_fully_connected_layers():
+    model = meta_model("nin", num_classes=10, in_channels=1)
+    assert not any(isinstance(m, nn.Linear) for m in model.modules())
+    assert model.head[1][0].out_channels == 10  # one map per class, then global average pooling
+
+
+# ---------------------------------------------------------------------------------------------------
+# CLI
+
+
+def test_cli_models_table_lists_the_zoo():
+    from classicnets.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["models", "--format", "json"]) == 0
+    rows = {row["name"]: row for row in json.loads(out.getvalue())}
+    assert sorted(rows) == sorted(ALL_MODELS)
+    assert rows["alexnet"]["parameters"] == 60_965_224 and rows["alexnet"]["default_input"] == "3x227x227"
+    assert rows["vgg16"]["parameters"] == 138_357_544
+    assert rows["alexnet_d2l"]["default_input"] == "1x224x224"
+    assert rows["alexnet_d2l"]["parameters"] == 46_764_746  # d2l's nets default to 1 channel, 10 classes
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["models", "alexnet*"]) == 0
+    text = out.getvalue()
+    assert "60,965,224" in text and "61,100,840" in text and "resnet18" not in text
