@@ -20,8 +20,14 @@ import torch.nn as nn
 from .errors import ConfigError
 from .train.checkpoint import model_metadata
 from .train.config import TrainConfig, config_from_dict, format_config, load_config_file, resolve_config
-from .train.distributed import DistContext, init_distributed, shutdown_distributed
-from .train.loop import TTA, Trainer, seed_everything
+from .train.distributed import (
+    DistContext,
+    init_distributed,
+    lost_rank_errors,
+    restart_count,
+    shutdown_distributed,
+)
+from .train.loop import TTA, StopSignals, Trainer, seed_everything
 
 
 def train(config: TrainConfig | Mapping[str, Any] | str | Path | None = None, **overrides) -> list[dict]:
@@ -33,9 +39,13 @@ def train(config: TrainConfig | Mapping[str, Any] | str | Path | None = None, **
     stops the run, and :class:`~classicnets.train.loop.NonFiniteLossError` when the loss diverges.
     """
     config = as_config(config, overrides)
+    if restart_count() > 0 and not config.resume:
+        # torchrun (--max-restarts) started the processes again after one failed: continue from last/
+        config = config_from_dict({**config.to_dict(), "resume": True}, "settings")
     ctx = init_distributed(config.device)
     try:
-        return run(config, ctx)
+        with lost_rank_errors(ctx):
+            return run(config, ctx)
     finally:
         shutdown_distributed(ctx)
 
@@ -53,7 +63,7 @@ def as_config(config: TrainConfig | Mapping[str, Any] | str | Path | None,
     return resolve_config(None, dict(config or {}), overrides)
 
 
-def run(config: TrainConfig, ctx: DistContext) -> list[dict]:
+def run(config: TrainConfig, ctx: DistContext, stop: StopSignals | None = None) -> list[dict]:
     """Build the loaders and the model for ``config`` and train on ``ctx``'s device."""
     from . import registry
     from .data import build_loaders
@@ -84,7 +94,7 @@ def run(config: TrainConfig, ctx: DistContext) -> list[dict]:
     # the paper's 10-crop test cuts its crops out of larger views (256 for 224 crops)
     test_loader = loaders.test_uncropped if config.tta == "ten-crop" else loaders.test
     trainer = Trainer(model, loaders.train, test_loader, config, ctx=ctx, metadata=metadata,
-                      tta=_tta(config, image_size))
+                      tta=_tta(config, image_size), stop=stop)
     return trainer.fit()
 
 

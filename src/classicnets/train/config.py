@@ -94,6 +94,8 @@ class TrainConfig:
     grad_clip: float | None = _f(None, "clip the global gradient norm to this; None: no clipping")
     grad_accum_steps: int = _f(1, "micro-batches per optimizer step, keeping the global batch when "
                                   "memory or process count forces smaller batches")
+    sync_batchnorm: bool = _f(False, "distributed runs: BatchNorm statistics over all processes' batches "
+                                     "(SyncBatchNorm; CUDA only) instead of each process's own")
 
     # --- speed
     device: str = _f("auto", "auto (CUDA if available, else CPU), cpu, cuda or cuda:N")
@@ -135,9 +137,9 @@ RECIPES: dict[str, dict[str, Any]] = {
                  nesterov=True, weight_decay=5e-4, schedule="onecycle", onecycle_pct=0.25,
                  label_smoothing=0.1, init="xavier", normalize=True, augment="flip", tta="flip",
                  precision="bf16", channels_last=True, compile=True),
-    "quick": dict(model="alexnet_28", model_options={"width_mult": 0.5}, epochs=4, batch_size=128,
-                  optimizer="adamw", lr=2e-3, weight_decay=0.05, schedule="onecycle", onecycle_pct=0.25,
-                  label_smoothing=0.0, init="model", normalize=True, augment="flip", tta="none",
+    "quick": dict(model="alexnet_28", model_options={"width_mult": 0.25}, epochs=2, batch_size=256,
+                  optimizer="adamw", lr=3e-3, weight_decay=0.05, schedule="onecycle", onecycle_pct=0.25,
+                  label_smoothing=0.0, init="model", normalize=True, augment="none", tta="none",
                   precision="bf16", channels_last=True),
 }
 

@@ -38,7 +38,10 @@ from .metrics import RunningSums
 
 # Settings that may change when a run resumes; any other difference is refused.
 RESUMABLE_CHANGES = {"epochs", "progress", "log_every", "num_workers", "out", "resume", "overwrite",
-                     "device", "data_dir", "eval_batch_size", "compile"}
+                     "device", "data_dir", "eval_batch_size", "compile",
+                     # the global batch stays batch_size when a run resumes on another number of processes
+                     # with more or fewer accumulation steps per process
+                     "grad_accum_steps", "sync_batchnorm"}
 
 # Test-time augmentation: a batch -> the views to average (each a batch the model accepts).
 TTA = Callable[[torch.Tensor], list[torch.Tensor]]
@@ -93,8 +96,9 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
                                weight_decay=config.weight_decay, foreach=True)
     cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
+    # the fused kernel (CPU and CUDA) does the whole Adam update in one pass over each tensor
     return cls(params, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay,
-               foreach=True)
+               fused=True)
 
 
 class Schedule:
@@ -222,8 +226,9 @@ class Trainer:
 
     def __init__(self, model: nn.Module, train_loader, test_loader, config: TrainConfig, *,
                  ctx: DistContext, metadata: dict[str, str], tta: TTA | None = None,
-                 print_fn: Callable[[str], None] = print) -> None:
+                 print_fn: Callable[[str], None] = print, stop: StopSignals | None = None) -> None:
         self.config, self.ctx, self.metadata, self.tta = config, ctx, metadata, tta
+        self.stop = stop  # installed by the caller to cover its setup too; else fit installs its own
         self.train_loader, self.test_loader = train_loader, test_loader
         self.device = ctx.device
         self.run_dir = Path(config.out)
@@ -247,7 +252,9 @@ class Trainer:
         """Train for the configured epochs (continuing a checkpoint with ``resume``); return the history."""
         self._prepare_run_dir()
         self._wrap_model()
-        with StopSignals() as stop:
+        with contextlib.nullcontext(self.stop) if self.stop else StopSignals() as stop:
+            if stop.signum is not None:  # stopped while setting up: nothing trained, nothing to save
+                raise TrainingInterrupted(stop.signum, None)
             for epoch in range(self.start_epoch, self.config.epochs):
                 record = self._run_epoch(epoch, stop)
                 if record is None:  # stopped mid-epoch; a checkpoint was saved
@@ -310,7 +317,7 @@ class Trainer:
                               "use the saved settings (see config.json) or start a new run")
 
     def _wrap_model(self) -> None:
-        self.ddp_model = self.train_model = wrap_model(self.model, self.ctx)
+        self.ddp_model = self.train_model = wrap_model(self.model, self.ctx, self.config.sync_batchnorm)
         self.eval_model = self.model
         if self.config.compile:
             self.train_model = torch.compile(self.train_model)
