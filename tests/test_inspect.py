@@ -326,9 +326,10 @@ def test_inspecting_leaves_the_model_unchanged(build, measure):
     some_block.eval()
     next(model.parameters()).requires_grad_(False)
     model(torch.randn(2, 3, 8, 8)).sum().backward()  # some gradients and BN statistics to keep
-    before, global_hooks = model_state(model), global_hook_counts()
+    before, global_hooks, rng = model_state(model), global_hook_counts(), torch.get_rng_state()
     summarize(model, input_size=(3, 8, 8), batch_size=2, measure=measure, repeats=1)
     assert_same_state(before, model_state(model))
+    assert torch.equal(rng, torch.get_rng_state())  # the random input and dropout masks came from a fork
     assert global_hooks == global_hook_counts()
 
 
@@ -438,6 +439,11 @@ def test_bad_arguments():
         summarize(model, input_size=(2,), batch_size=0)
     with pytest.raises(ConfigError, match="dtype"):
         summarize(model, input_size=(2,), dtype="int8")
+    with pytest.raises(ConfigError, match="real weights"):
+        summarize(meta_model("nin"), measure=True)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA GPU"):
+            summarize(model, input_size=(2,), measure=True, device="cuda")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ JSON or CSV.
     >>> model = classicnets.create_model("alexnet_d2l", num_classes=10, in_channels=1)
     >>> summary = classicnets.summarize(model, input_size=(1, 224, 224), batch_size=128)
     >>> summary.totals.flops, summary.totals.most_flops_layer
-    >>> print(summary.render("markdown"))
+    (240165421056, 'features.conv2')
+    >>> text = summary.render("markdown")  # or "table", "json", "csv"
 
 It imports only torch and the standard library (rich, for the terminal table, is imported when rendering).
 """

@@ -53,12 +53,16 @@ def measure_step(model: nn.Module, shape: tuple[int, ...], dtype: torch.dtype, d
     device = _resolve_device(device)
     if optimizer not in OPTIMIZERS:
         raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {optimizer!r}")
-    before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
-    twin = copy.deepcopy(model).to(device=device, dtype=dtype).train(train)
-    twin.zero_grad(set_to_none=True)
-    example = torch.randn(shape, device=device, dtype=dtype)
-    peak, method = _peak_bytes(twin, example, optimizer, before)
-    forward, backward, per_layer_fwd, per_layer_bwd = _timed_steps(twin, example, repeats)
+    if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
+        raise ConfigError("measuring needs a model with real weights; this one was built on the meta device")
+    # the random input and dropout masks must not move the caller's random streams
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+        twin = copy.deepcopy(model).to(device=device, dtype=dtype).train(train)
+        twin.zero_grad(set_to_none=True)
+        example = torch.randn(shape, device=device, dtype=dtype)
+        peak, method = _peak_bytes(twin, example, optimizer, before)
+        forward, backward, per_layer_fwd, per_layer_bwd = _timed_steps(twin, example, repeats)
     for module in modules:
         module.forward_ms = per_layer_fwd.get(module.name)
         module.backward_ms = per_layer_bwd.get(module.name)
