@@ -171,7 +171,8 @@ def _measurement_lines(summary: Summary) -> list[tuple[str, str]]:
 
 def _title(summary: Summary) -> str:
     mode = "training" if summary.training else "eval"
-    return f"{summary.model}: input {_input_text(summary)}, {mode} mode, depth {summary.depth}"
+    depth = "every module" if summary.depth is None else f"depth {summary.depth}"
+    return f"{summary.model}: input {_input_text(summary)}, {mode} mode, {depth}"
 
 
 def _summary_table(summary: Summary, width: int | None) -> str:
@@ -181,7 +182,7 @@ def _summary_table(summary: Summary, width: int | None) -> str:
                       justify_first="left", left_columns=3)
     totals = _rich_text(["total", ""], [list(line) for line in _total_lines(summary)], title=None,
                         width=width, justify_first="left", left_columns=2)
-    return f"{text}{totals}{summary.convention}\n"
+    return f"{text}{totals}(+) holds its submodules. {summary.convention}\n"
 
 
 def _summary_markdown(summary: Summary) -> str:
