@@ -537,6 +537,24 @@ def test_flip_of_a_known_image():
     assert 0.45 < flipped.float().mean() < 0.55
 
 
+@pytest.mark.parametrize("mode", ["flip", "resized-crop-flip"])
+def test_flip_modes_mirror_about_half_the_batch(mode):
+    image = torch.randint(0, 256, (1, 1, 8, 8), dtype=torch.uint8)
+    transform = aug.BatchTransform(image_size=16, augment=mode)
+    out = transform(image.expand(400, 1, 8, 8), torch.Generator().manual_seed(0))
+    if mode == "flip":
+        resized = F.interpolate(image.float() / 255, size=16, mode="bilinear", align_corners=False)
+        mirrored = (out - resized.flip(-1)).abs().flatten(1).amax(1) < 1e-5
+        kept = (out - resized).abs().flatten(1).amax(1) < 1e-5
+        assert bool((mirrored ^ kept).all()) and 0.4 < mirrored.float().mean() < 0.6
+    else:  # the same boxes drawn again, without the flips: the mirrored half differs
+        boxes = aug.random_boxes(400, torch.Generator().manual_seed(0))
+        unflipped = aug.resample(image.float().expand(400, 1, 8, 8) / 255, *aug.box_matrices(boxes, 8, 8, 16))
+        same = (out - unflipped).abs().flatten(1).amax(1) < 1e-5
+        mirrored = (out - unflipped.flip(-1)).abs().flatten(1).amax(1) < 1e-5
+        assert bool((same | mirrored).all()) and 0.4 < mirrored.float().mean() < 0.6
+
+
 def test_crop_with_padding_stays_in_bounds_and_reaches_every_offset():
     images = torch.arange(1, 65, dtype=torch.uint8).reshape(1, 1, 8, 8).expand(2000, 1, 8, 8)
     out = aug.random_crop(images, 8, torch.Generator().manual_seed(0), padding=2)
