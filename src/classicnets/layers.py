@@ -67,15 +67,22 @@ class ClassicNet(nn.Module):
             sizes = f"H = W = {lo}"
         else:
             sizes = f"{lo} <= H, W <= {hi}"
-        hint = "resize the images" if len(found) == 4 and found[1] == self.in_channels else (
-            f"build the model with in_channels={found[1]} or convert the images"
-            if len(found) == 4 else "pass a batch (N, C, H, W); add a batch dimension with x.unsqueeze(0)"
-        )
+        hint = _input_hint(found, self.in_channels)
         default = f"; default {info.default_input[1]}x{info.default_input[2]}" if info is not None else ""
         return (
             f"{name} expects input of shape (N, {self.in_channels}, H, W) with {sizes}{default}; "
             f"got {found}: {hint}"
         )
+
+
+def _input_hint(found: tuple[int, ...], in_channels: int) -> str:
+    if len(found) == 3:
+        return "add the batch dimension with x.unsqueeze(0)"
+    if len(found) != 4:
+        return "pass a 4-D batch (N, C, H, W)"
+    if found[1] != in_channels:
+        return f"build the model with in_channels={found[1]} or convert the images"
+    return "resize the images"
 
 
 def scaled(channels: int, width_mult: float, divisor: int = 1) -> int:
