@@ -17,7 +17,8 @@ from torch.utils.flop_counter import conv_flop_count, flop_registry
 aten = torch.ops.aten
 
 CONVENTION = (
-    "MACs: multiply-accumulates of convolutions, linear layers and matrix products. "
+    "MACs: multiply-accumulates of convolutions, linear layers and matrix products (bias additions not "
+    "counted). "
     "FLOPs = 2 x MACs (torch.utils.flop_counter's convention, so totals equal FlopCounterMode's). "
     "Pooling, ReLU, LRN, batch norm, dropout and additions count 0 FLOPs; their work is shown apart as "
     "'other ops': 1 per output element of an element-wise op (ReLU, add, dropout's scaling and mask, each of "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import itertools
 from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
@@ -17,6 +18,9 @@ import torch.nn as nn
 from ..errors import ClassicnetsError, ConfigError, InputShapeError
 from .costs import CONVENTION
 from .trace import LayerFailure, ModuleStats, trace_step
+
+if TYPE_CHECKING:  # measure.py is imported only when measuring
+    from .measure import Measurement
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
           "float64": torch.float64}
@@ -89,7 +93,7 @@ class Summary:
     modules: list[ModuleStats] = field(repr=False)  # every module, its own work only
     totals: Totals
     convention: str = CONVENTION
-    measurement: object | None = None  # a measure.Measurement when measured
+    measurement: Measurement | None = None  # set when measured
 
     @property
     def rows(self) -> list[LayerRow]:
