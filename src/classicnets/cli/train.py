@@ -38,6 +38,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..experiment import train
     from ..launch import relaunch_with_torchrun, under_launcher
+    from ..train.distributed import launcher_rank
     from ..train.loop import TrainingInterrupted
 
     file_values = load_config_file(args.config) if args.config else {}
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     except TrainingInterrupted as stop:
         print(f"classicnets train: {stop}", file=sys.stderr)
         return stop.exit_code
-    if history:
+    if history and launcher_rank() == 0:  # every process returns the history; one prints it
         best = max(history, key=lambda r: r["test_acc"])
         total = sum(r["time"] for r in history)
         print(f"best test acc {best['test_acc']:.3f} (epoch {best['epoch']}); {len(history)} epochs in "

@@ -108,6 +108,17 @@ def launcher_env(env: dict[str, str] | None = None) -> dict[str, int] | None:
     return None
 
 
+def launcher_rank() -> int:
+    """This process's rank as its launcher numbered it; 0 without a launcher (needs no process group)."""
+    found = launcher_env(dict(os.environ))  # a copy: reading the rank must not set MASTER_ADDR
+    return found["rank"] if found else 0
+
+
+def restart_count() -> int:
+    """How many times torchrun has restarted this job's processes after a failure (0 on the first attempt)."""
+    return _int_var(os.environ, "TORCHELASTIC_RESTART_COUNT", default="0")
+
+
 def first_slurm_host(nodelist: str) -> str:
     """The first host of a SLURM node list: ``"gpu[03-05,09],cpu1"`` -> ``"gpu03"``.
 
@@ -206,11 +217,24 @@ def init_distributed(device: str = "auto") -> DistContext:
                     "(which sets it) or export it"
                 )
         kwargs = {"device_id": resolved} if backend == "nccl" else {}  # NCCL: bind the GPU eagerly
+        timeout = _timeout()
         dist.init_process_group(
-            backend=backend, init_method="env://", rank=rank, world_size=world_size,
-            timeout=_timeout(), **kwargs,
+            backend=backend, store=_attempt_store(rank, world_size, timeout), rank=rank,
+            world_size=world_size, timeout=timeout, **kwargs,
         )
     return DistContext(rank, world_size, local_rank, resolved, backend)
+
+
+def _attempt_store(rank: int, world_size: int, timeout: datetime.timedelta) -> dist.Store:
+    """The env:// rendezvous store, with keys private to this torchrun attempt.
+
+    torchrun's restarts (--max-restarts) reuse the agent's store, and the process group publishes each
+    rank's address under the same keys every attempt; a restarted rank could read the address of a
+    rank that died in the previous attempt and fail with gloo's "connectFullMesh ... Connection
+    refused". A per-attempt prefix keeps each attempt's keys apart (seen with torch 2.13).
+    """
+    store, _, _ = next(dist.rendezvous("env://", rank=rank, world_size=world_size, timeout=timeout))
+    return dist.PrefixStore(f"classicnets/attempt_{restart_count()}/", store)
 
 
 def shutdown_distributed(ctx: DistContext) -> None:
@@ -234,8 +258,8 @@ def wrap_model(model: nn.Module, ctx: DistContext, sync_batchnorm: bool = False)
         if ctx.device.type == "cpu":
             # torch's SyncBatchNorm reduces its statistics on GPUs only; it would fail at the first batch
             raise ConfigError(
-                "SyncBatchNorm (--sync-bn) needs CUDA devices; torch does not support it on the CPU. "
-                "Drop --sync-bn to let each CPU rank normalise with its own batch statistics"
+                "SyncBatchNorm (--sync-batchnorm) needs CUDA devices; torch does not support it on the CPU. "
+                "Drop --sync-batchnorm to let each CPU rank normalise with its own batch statistics"
             )
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
