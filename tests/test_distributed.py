@@ -11,7 +11,10 @@ import json
 import os
 import pickle
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,6 +27,8 @@ from classicnets.models.alexnet import TowerLRN
 from classicnets.models.alexnet_towers import split_towers
 from classicnets.registry import create_model
 from classicnets.train import distributed as D
+from classicnets.train.checkpoint import load_trainer_state
+from classicnets.train.loop import seed_everything
 
 # ----------------------------------------------------------------------------------------------------
 # Launcher variables and the single-process context
@@ -107,8 +112,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _tiny_net(seed: int) -> torch.nn.Module:
-    torch.manual_seed(seed)
+def _tiny_net(seed: int | None) -> torch.nn.Module:
+    if seed is not None:
+        torch.manual_seed(seed)
     return create_model("alexnet_28", num_classes=10, in_channels=1, width_mult=1 / 16, dropout=0.0)
 
 
@@ -283,3 +289,106 @@ def test_two_towers_on_two_gpus():
     assert found.device == torch.device("cuda:0")
     assert {p.device for p in towers.feature_stages[0][1].parameters()} == {torch.device("cuda:1")}
     torch.testing.assert_close(found.cpu(), grouped(x), rtol=1e-4, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------
+# End to end through the trainer and the CLI: torchrun processes on the synthetic data set
+
+SRC = Path(__file__).resolve().parent.parent / "src"
+TINY_RUN = ["--device", "cpu", "--model", "alexnet_28", "--model-options", "width_mult=0.0625,dropout=0",
+            "--dataset", "synthetic", "--subset", "128", "--epochs", "2", "--batch-size", "32",
+            "--optimizer", "sgd", "--lr", "0.01", "--momentum", "0.9", "--no-progress", "--log-every", "4"]
+# lr 0.01: at 0.05 with momentum 0.9 this tiny net amplifies float rounding (a batch of 16 and one of 32 take
+# different conv kernels; a max-pool near-tie can then route a gradient elsewhere) to 1e-3 within 8 steps
+
+# Under torchrun: rank 1 dies when its second epoch starts, on the first attempt only.
+DIE_ONCE = """
+import os, sys
+from classicnets.train import loop
+
+run_epoch = loop.Trainer._run_epoch
+
+def dying_run_epoch(self, epoch, stop):
+    if epoch == 1 and self.ctx.rank == 1 and os.environ["TORCHELASTIC_RESTART_COUNT"] == "0":
+        os._exit(17)
+    return run_epoch(self, epoch, stop)
+
+loop.Trainer._run_epoch = dying_run_epoch
+from classicnets.cli import main
+sys.exit(main())
+"""
+
+
+def _run(command: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(PYTHONPATH=str(SRC), OMP_NUM_THREADS="1", **{D.TIMEOUT_ENV: "60"})
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory) -> Path:
+    """The reference: one process, the whole global batch of 32, in this process."""
+    from classicnets.cli import main
+
+    out = tmp_path_factory.mktemp("one") / "run"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each torchrun process (OMP_NUM_THREADS=1); 2 cores are shared
+    try:
+        assert main(["train", *TINY_RUN, "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def _history(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _assert_same_training(run: Path, reference: Path) -> None:
+    from safetensors.torch import load_file
+
+    found = load_file(run / "last" / "model.safetensors")
+    expected = load_file(reference / "last" / "model.safetensors")
+    assert found.keys() == expected.keys()
+    seed_everything(0)  # as the trainer does (--seed 0) before it builds the model
+    initial = _tiny_net(seed=None).state_dict()
+    assert max((expected[k] - initial[k]).abs().max().item() for k in expected) > 2e-3  # it did train
+    for key in expected:
+        torch.testing.assert_close(found[key], expected[key], rtol=1e-4, atol=1e-5, msg=key)
+    for mine, theirs in zip(_history(run), _history(reference), strict=True):
+        # all-reduced metrics: the sums over both ranks' shards are the one process's sums
+        assert mine["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-4)
+        assert mine["test_loss"] == pytest.approx(theirs["test_loss"], rel=1e-4)
+        assert abs(mine["test_acc"] - theirs["test_acc"]) <= 1 / 512
+
+
+@pytest.mark.slow
+def test_nproc_2_with_accumulation_trains_like_one_process(tmp_path, one_process_run):
+    """`train --nproc 2 --grad-accum-steps 2`: 2 processes x 2 micro-batches of 8 = one batch of 32."""
+    out = tmp_path / "run"
+    done = _run([sys.executable, "-m", "classicnets", "train", "--nproc", "2", "--grad-accum-steps", "2",
+                 *TINY_RUN, "--out", str(out)])
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "on 2 x cpu (gloo)" in done.stdout
+    assert done.stdout.count("best test acc") == 1  # only rank 0 speaks
+    assert done.stdout.count("epoch 2,") == 1
+    _assert_same_training(out, one_process_run)
+
+
+@pytest.mark.slow
+def test_torchrun_restart_resumes_from_the_last_checkpoint(tmp_path, one_process_run):
+    """Rank 1 dies in epoch 2; torchrun restarts both ranks, which resume from epoch 1's checkpoint."""
+    script = tmp_path / "die_once.py"
+    script.write_text(DIE_ONCE)
+    out = tmp_path / "run"
+    done = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                 "--max-restarts", "1", "--monitor-interval", "0.2", str(script), "train", *TINY_RUN,
+                 "--out", str(out)])
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-4000:]
+    assert "exitcode  : 17" in log or "exitcode: 17" in log, log[-4000:]  # torchrun's failure report
+    assert f"resuming {out / 'last'} at epoch 2" in log, log[-4000:]
+    assert load_trainer_state(out)["epoch"] == 2
+    assert [r["epoch"] for r in _history(out)] == [1, 2]
+    # an exact resume: the same weights as the uninterrupted single-process run
+    _assert_same_training(out, one_process_run)
