@@ -27,6 +27,7 @@ _EXPORTS = {
     "predict": "inference",
     "export": "inference",
     "load_dataset": "data",
+    "build_loaders": "data",
 }
 
 __all__ = sorted(_EXPORTS)
