@@ -128,10 +128,14 @@ def _sgd(model):
 
 
 def _two_rank_worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
-                      LOCAL_RANK=str(rank), **{D.TIMEOUT_ENV: "20"})
+    # started as srun would: SLURM's variables only; rank 0's address comes from the node list
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "TORCHELASTIC_RUN_ID"):
+        os.environ.pop(name, None)
+    os.environ.update(SLURM_PROCID=str(rank), SLURM_NTASKS="2", SLURM_LOCALID=str(rank),
+                      SLURM_JOB_NODELIST="localhost", MASTER_PORT=str(port), **{D.TIMEOUT_ENV: "20"})
     torch.set_num_threads(1)
     ctx = D.init_distributed("cpu")
+    assert os.environ["MASTER_ADDR"] == "localhost"
     assert (ctx.rank, ctx.world_size, ctx.backend, ctx.distributed) == (rank, 2, "gloo", True)
 
     summed, largest = torch.tensor([rank + 1.0]), torch.tensor([rank + 1.0])
@@ -197,6 +201,8 @@ def _child_errors(context) -> str:
 
 
 def test_two_gloo_ranks_match_one_process_with_the_double_batch(tmp_path):
+    """Two processes with SLURM's variables: DDP from different initial weights, 2 x 8 = one batch of 16,
+    all-reduce sums and maxima, SyncBatchNorm refused on the CPU, and a dying rank stops the other."""
     context = mp.start_processes(_two_rank_worker, args=(_free_port(), str(tmp_path)), nprocs=2,
                                  join=False, start_method="spawn")
     for process in context.processes:
