@@ -338,13 +338,13 @@ def _refuse_non_safetensors(file: Path) -> None:
     with open(file, "rb") as f:
         head = f.read(9)
     # safetensors: 8-byte little-endian header length, then a JSON object. A torch.save zip starts
-    # with "PK"; a raw pickle with 0x80 (the PROTO opcode).
+    # with "PK"; a raw pickle with 0x80 (the PROTO opcode). The JSON brace is checked first: a header
+    # length whose low byte is 0x80 (or whose low bytes spell "PK") starts a valid safetensors file.
+    if len(head) == 9 and head[8:9] == b"{":
+        return
     if head[:2] == b"PK" or head[:1] == b"\x80":
         raise CheckpointError(_pickle_message(file))
-    if len(head) < 9 or head[8:9] != b"{":
-        raise CheckpointError(
-            f"{file} is not a safetensors file (bad header); it may be truncated or corrupt"
-        )
+    raise CheckpointError(f"{file} is not a safetensors file (bad header); it may be truncated or corrupt")
 
 
 def _pickle_message(path: Path) -> str:
