@@ -288,6 +288,19 @@ def test_pickle_payload_checkpoints_never_execute(protocol, tmp_path, capsys):
     assert not marker.exists()
 
 
+def test_a_header_length_that_starts_like_a_pickle_still_loads(trained_run, tmp_path):
+    # safetensors begins with its header length (8 bytes, little-endian): a length of 0x..80 puts the
+    # pickle PROTO byte first, yet the file is a valid safetensors file and must load.
+    state = load_checkpoint(trained_run).model.state_dict()
+    path = tmp_path / "model.safetensors"
+    for pad in range(0, 256, 8):
+        save_file(state, str(path), metadata={**_metadata(), "comment": "x" * pad})
+        if path.read_bytes()[0] == 0x80:
+            break
+    assert path.read_bytes()[0] == 0x80 and path.read_bytes()[8:9] == b"{"
+    assert load_checkpoint(path).metadata["model"] == MODEL
+
+
 def test_checkpoint_of_another_model_is_refused(trained_run, tmp_path):
     state = load_checkpoint(trained_run).model.state_dict()
     relabelled = tmp_path / "relabelled.safetensors"

@@ -543,6 +543,7 @@ class ExportResult:
     path: str
     format: str
     max_abs_diff: float
+    logit_scale: float  # the largest |logit| of the check: differences scale with it
     tolerance: float
     bytes: int
     input_shape: tuple[int, ...]  # (batch, C, H, W); the batch dimension is dynamic
@@ -561,8 +562,9 @@ def export(
     checkpoint's metadata is stored in the file: ONNX metadata_props, TorchScript extra file
     ``classicnets.json``), with a dynamic batch size. It is reloaded with onnxruntime or ``torch.jit.load``
     and run on a batch size other than the one exported; a max abs difference of the logits above
-    ``tolerance`` raises :class:`ExportVerificationError`. ``out`` defaults to ``MODEL.onnx`` or
-    ``MODEL.torchscript.pt`` in the run directory (:func:`default_output_dir`).
+    ``tolerance`` (times the largest logit when that exceeds 1: float32 rounding grows with the values, and
+    untrained deep nets reach logits of 1e5) raises :class:`ExportVerificationError`. ``out`` defaults to
+    ``MODEL.onnx`` or ``MODEL.torchscript.pt`` in the run directory (:func:`default_output_dir`).
     """
     if format not in EXPORT_FORMATS:
         raise ConfigError(f"unknown export format {format!r}; expected one of {', '.join(EXPORT_FORMATS)}")
@@ -591,11 +593,13 @@ def export(
     with torch.inference_mode():
         reference = model(check).numpy()
     diff = float(np.max(np.abs(exported(check.numpy()) - reference)))
-    result = ExportResult(str(path), format, diff, tolerance, path.stat().st_size, (-1, *shape))
-    if not diff <= tolerance:  # also catches NaN
+    scale = float(np.max(np.abs(reference)))
+    result = ExportResult(str(path), format, diff, scale, tolerance, path.stat().st_size, (-1, *shape))
+    if not diff <= tolerance * max(1.0, scale):  # also catches NaN
         raise ExportVerificationError(
-            f"the {format} export {path} differs from PyTorch by up to {diff:.3g} on the same input "
-            f"(tolerance {tolerance:g}); the file is kept for inspection, do not deploy it. "
+            f"the {format} export {path} differs from PyTorch by up to {diff:.3g} on the same input, "
+            f"logits up to {scale:.3g} (tolerance {tolerance:g}"
+            f"{f' x {scale:.3g}' if scale > 1 else ''}); the file is kept for inspection, do not deploy it. "
             "Report this with the model name, or raise --tolerance if the difference is acceptable"
         )
     return result

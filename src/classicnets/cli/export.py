@@ -20,7 +20,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     parser.add_argument("--out", help="output file "
                                       "(default: RUN_DIR/MODEL.onnx or RUN_DIR/MODEL.torchscript.pt)")
     parser.add_argument("--tolerance", type=float, default=1e-4,
-                        help="largest max abs difference of the logits accepted (default: 1e-4)")
+                        help="largest max abs difference of the logits accepted, times the largest "
+                             "logit when that exceeds 1 (default: 1e-4)")
     parser.set_defaults(run=run)
 
 
@@ -30,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     result = export(args.checkpoint, args.format, args.out, tolerance=args.tolerance)
     print(f"wrote {result.path} ({result.bytes / 1e6:.1f} MB, {result.format}, input "
           f"{'x'.join(str(d) for d in result.input_shape[1:])} with a dynamic batch size)")
-    print(f"max abs difference of the logits vs PyTorch: {result.max_abs_diff:.3g} "
-          f"(tolerance {result.tolerance:g}): ok")
+    allowed = f"{result.tolerance:g}" + (f" x {result.logit_scale:.3g}" if result.logit_scale > 1 else "")
+    print(f"max abs difference of the logits vs PyTorch: {result.max_abs_diff:.3g} with logits up to "
+          f"{result.logit_scale:.3g} (tolerance {allowed}): ok")
     return 0
