@@ -496,6 +496,17 @@ def test_cli_compares_models(capsys):
     assert "forward FLOPs" in table and "alexnet_28" in table
 
 
+def test_cli_comparison_counts_a_model_that_rejects_the_shared_input_at_its_default(capsys):
+    # The issue's own example: the paper's alexnet takes 227 px, so it is counted there, with a note.
+    assert main(["summary", "alexnet", "resnet18", "--input", "3,224,224", "--format", "csv"]) == 0
+    captured = capsys.readouterr()
+    records = {r["model"]: r for r in csv.DictReader(io.StringIO(captured.out))}
+    assert records["alexnet"]["input_size"] == "3x227x227"
+    assert records["resnet18"]["input_size"] == "3x224x224"
+    assert "alexnet cannot take 3x224x224" in captured.err
+    assert main(["summary", "alexnet", "--input", "3,224,224"]) == 2  # alone, it stays an error
+
+
 def test_cli_table_and_measure(capsys):
     args = ["summary", "alexnet_28", "--num-classes", "10", "--option", "width_mult=0.125",
             "--batch-size", "2", "--measure", "--repeats", "1", "--depth", "2"]

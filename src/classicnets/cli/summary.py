@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+from functools import partial
 
 FORMATS = ("table", "markdown", "json", "csv")
 
@@ -51,15 +52,28 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..errors import InputShapeError
     from ..inspect import render_comparison, summarize
+    from ..registry import model_info
 
     summaries = []
     for name in args.models:
         model, input_size = _build(name, args)
-        summaries.append(summarize(model, input_size=input_size, batch_size=args.batch_size, dtype=args.dtype,
-                                   device=args.device, depth=args.depth, train=not args.eval,
-                                   measure=args.measure, repeats=args.repeats, optimizer=args.optimizer,
-                                   name=name))
+        count = partial(summarize, model, batch_size=args.batch_size, dtype=args.dtype, device=args.device,
+                        depth=args.depth, train=not args.eval, measure=args.measure, repeats=args.repeats,
+                        optimizer=args.optimizer, name=name)
+        try:
+            summaries.append(count(input_size=input_size))
+        except InputShapeError as error:
+            # A comparison goes on when one model cannot take the shared --input (the paper's
+            # alexnet takes 227, not the 224 its text states): that model is counted at its own
+            # default size, and the table's header shows which size each column used.
+            default = (input_size[0], *model_info(name).default_input[1:])
+            if len(args.models) == 1 or default == tuple(input_size):
+                raise
+            print(f"classicnets summary: note: {name} cannot take {_fmt(input_size)} ({error}); "
+                  f"counting it at its default input {_fmt(default)}", file=sys.stderr)
+            summaries.append(count(input_size=default))
     width = shutil.get_terminal_size((200, 24)).columns if sys.stdout.isatty() else None
     if len(summaries) == 1:
         text = summaries[0].render(args.format, width=width)
@@ -67,6 +81,10 @@ def run(args: argparse.Namespace) -> int:
         text = render_comparison(summaries, args.format, width=width)
     print(text, end="" if text.endswith("\n") else "\n")
     return 0
+
+
+def _fmt(size) -> str:
+    return "x".join(map(str, size))
 
 
 def _build(name: str, args: argparse.Namespace):
