@@ -89,6 +89,21 @@ def test_bad_settings_are_clear_errors(monkeypatch):
             D.init_distributed("cuda")
 
 
+def test_only_failures_caused_by_another_rank_become_lost_rank_errors():
+    two_ranks = D.DistContext(0, 2, 0, torch.device("cpu"), "gloo")
+    with pytest.raises(D.LostRankError, match="rank 0 of 2 stopped: another rank died") as caught:
+        with D.lost_rank_errors(two_ranks):
+            raise RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:23981")
+    assert "Connection closed by peer" in str(caught.value)  # the original first line is kept
+    for unrelated in (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), ValueError("bad")):
+        with pytest.raises(type(unrelated), match=str(unrelated)):
+            with D.lost_rank_errors(two_ranks):
+                raise unrelated
+    with pytest.raises(RuntimeError, match="Connection closed"):  # one process has no other rank to lose
+        with D.lost_rank_errors(D.DistContext(0, 1, 0, torch.device("cpu"), None)):
+            raise RuntimeError("Connection closed by peer")
+
+
 def test_nproc_shortcut_relaunches_the_same_command_under_torchrun():
     argv = ["--traceback", "train", "--nproc", "2", "--epochs", "1", "--nproc=4", "--model", "alexnet_28"]
     command = strip_flag(argv)

@@ -39,8 +39,10 @@ from ..errors import ClassicnetsError, ConfigError
 DEFAULT_TIMEOUT_S = 300.0
 TIMEOUT_ENV = "CLASSICNETS_DIST_TIMEOUT"  # seconds; overrides DEFAULT_TIMEOUT_S (tests use a few seconds)
 
-# How gloo and NCCL word a failure caused by another rank: a closed socket, a timed-out wait, an aborted NCCL
-_PEER_FAILURE = re.compile(r"gloo|nccl|connection (reset|closed)|timed out|timeout|broken pipe", re.I)
+# How gloo words a failure caused by another rank (a closed socket, a timed-out wait); NCCL raises DistError
+_PEER_FAILURE = re.compile(
+    r"connection (reset|closed)|timed out|timeout|broken pipe|remote process exited", re.IGNORECASE
+)
 
 _REDUCE_OPS = {
     "sum": dist.ReduceOp.SUM,
