@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 import classicnets
 import common
 from classicnets.data.loaders import balanced_subset
+from classicnets.train.loop import seed_everything
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 D2L_WORKERS = 4  # d2l.get_dataloader_workers()
@@ -305,10 +306,6 @@ def prepare_baseline(
     data_dir: Path = FASHION_MNIST_DIR,
 ) -> TrainCh6:
     """d2l's AlexNet (the zoo's ``alexnet_d2l``) and its loaders, ready to train epoch by epoch."""
-    # imported here, not at the top: importing the classicnets.train package first would shadow the
-    # public classicnets.train() function with the package of the same name
-    from classicnets.train.loop import seed_everything
-
     device = device or common.resolve_device("auto")
     seed_everything(seed)  # as classicnets.train does before building the model: the same initial weights
     net = classicnets.create_model("alexnet_d2l", num_classes=10, in_channels=1)

@@ -42,12 +42,16 @@ def steps(args) -> dict[str, list[str]]:
         "train_step_zoo": ["train_step.py", "--models", *zoo, "--configs", "fp32", "bf16+cl",
                            "--out", "train_step_zoo", *zoo_size, *dev],
         "loader_throughput": ["loader_throughput.py", *dev],
+        # where the time of a step goes (torch.profiler tables in results/profile_*.txt)
+        "profile_fp32": ["train_step.py", "--models", "alexnet_d2l", "--profile", "fp32", *dev],
+        "profile_bf16": ["train_step.py", "--models", "alexnet_d2l", "--profile", "bf16+cl", *dev],
         "vs_d2l": ["vs_d2l.py", *(["--subset", "0", "--epochs", "10", "--test-images", "0"] if cuda else []),
                    *dev],
     }  # fmt: skip
     if args.full:
+        reduced = ["--subset", "4096", "--epochs", "2", "--test-images", "2000"]
         plan["time_to_accuracy"] = ["time_to_accuracy.py", "--recipes", "d2l", "fast", *dev] + (
-            ["--subset", "0"] if cuda else ["--subset", "4096", "--epochs", "2"]
+            ["--subset", "0"] if cuda else reduced
         )
     return plan
 

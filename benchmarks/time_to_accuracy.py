@@ -26,8 +26,17 @@ from pathlib import Path
 
 import torch
 
+import classicnets
 import common
-from classicnets import train as train_classicnets
+from classicnets.data import ArrayDataset, build_loaders, flip_tta, load_dataset
+
+# classicnets.train() itself: the package classicnets.train shadows the name once it is imported
+from classicnets.experiment import train as train_classicnets
+from classicnets.experiment import xavier_init
+from classicnets.train.checkpoint import model_metadata
+from classicnets.train.config import resolve_config
+from classicnets.train.distributed import init_distributed
+from classicnets.train.loop import Trainer, seed_everything
 
 # How classicnets is run here beyond the recipe's hyperparameters: the speed settings. bf16 autocast and
 # channels_last pay on both CPUs with AMX and GPUs; torch.compile pays on the GPU but not on the CPU here
@@ -66,6 +75,10 @@ def run_classicnets(
     history = train_classicnets(**settings)
     common.synchronize(device)
     wall = time.perf_counter() - start
+    return summarize_run(settings, history, wall)
+
+
+def summarize_run(settings: dict, history: list[dict], wall: float) -> dict:
     images = sum(r["images_per_sec"] * r["train_time"] for r in history)
     train_seconds = sum(r["train_time"] for r in history)
     return {
@@ -76,6 +89,66 @@ def run_classicnets(
         "train_seconds": train_seconds,
         "final_test_acc": history[-1]["test_acc"],
     }
+
+
+def recipe_trainer(config, train: ArrayDataset, test: ArrayDataset, device: torch.device) -> Trainer:
+    """The Trainer ``classicnets.train(config)`` would build, on the given train and test arrays.
+
+    The same wiring as classicnets.experiment.run; it exists so a run can be tested on a slice of the test
+    set (``classicnets.train`` always tests on the whole split, which takes minutes per epoch on a CPU).
+    """
+    image_size = config.image_size or classicnets.model_info(config.model).default_input[-1]
+    loaders = build_loaders(
+        (train, test), image_size=image_size, batch_size=config.batch_size,
+        eval_batch_size=config.eval_batch_size or 2 * config.batch_size, augment=config.augment,
+        normalize=config.normalize, device=device, channels_last=config.channels_last, seed=config.seed,
+        subset=config.subset,
+    )  # fmt: skip
+    seed_everything(config.seed)
+    model = classicnets.create_model(config.model, num_classes=loaders.num_classes,
+                                     in_channels=loaders.in_channels, **config.model_options)  # fmt: skip
+    if config.init == "xavier":
+        xavier_init(model)
+    metadata = model_metadata(
+        model=config.model, model_options=config.model_options, num_classes=loaders.num_classes,
+        in_channels=loaders.in_channels, classes=loaders.classes, image_size=image_size,
+        mean=loaders.mean if config.normalize else None, std=loaders.std if config.normalize else None,
+        dataset=loaders.dataset,
+    )  # fmt: skip
+    tta = {"none": None, "flip": flip_tta}[config.tta]
+    return Trainer(model, loaders.train, loaders.test, config, ctx=init_distributed(str(device)),
+                   metadata=metadata, tta=tta, print_fn=lambda *_: None)  # fmt: skip
+
+
+def test_slice(test: ArrayDataset, count: int | None) -> ArrayDataset:
+    """The first ``count`` test images (all for None or 0)."""
+    if not count:
+        return test
+    return ArrayDataset(test.images[:count], test.labels[:count], test.classes, test.name, "test")
+
+
+def run_on_test_slice(
+    recipe: str,
+    *,
+    epochs: int | None,
+    subset: int | None,
+    test_images: int,
+    device: torch.device,
+    speed: dict,
+    seed: int,
+    out: Path,
+) -> dict:
+    """Like run_classicnets, through recipe_trainer, tested on the first ``test_images`` test images."""
+    settings = dict(recipe=recipe, subset=subset, device=str(device), seed=seed, out=str(out), overwrite=True,
+                    progress=False, **speed, **({"epochs": epochs} if epochs else {}))  # fmt: skip
+    common.synchronize(device)
+    start = time.perf_counter()
+    config = resolve_config(recipe, overrides=settings)
+    train = load_dataset(config.dataset, "train", data_dir=config.data_dir)
+    test = test_slice(load_dataset(config.dataset, "test", data_dir=config.data_dir), test_images)
+    history = recipe_trainer(config, train, test, device).fit()
+    common.synchronize(device)
+    return summarize_run(settings | {"test_images": test_images}, history, time.perf_counter() - start)
 
 
 def time_to_target(
@@ -102,8 +175,13 @@ def render(payload: dict) -> str:
             if not s.get("subset")
             else f"a balanced subset of {s['subset']:,} training images (a reduced run, not the full recipe)"
         )
+        tested = (
+            f"tested on the first {s['test_images']:,} test images (the Trainer, wired as classicnets.train)"
+            if s.get("test_images")
+            else "classicnets.train end to end, tested on all 10,000 test images"
+        )
         parts.append(
-            f"**{name}** recipe ({len(run['history'])} epochs, {scope}; full 10,000-image test set; "
+            f"**{name}** recipe ({len(run['history'])} epochs, {scope}; {tested}; "
             f"speed settings: precision {s['precision']}, channels_last {s['channels_last']}, "
             f"compile {s['compile']}): wall time {run['wall_seconds']:.0f} s from call to return, "
             f"training {common.fmt(run['train_images_per_s'])} img/s incl. loading; "
@@ -142,7 +220,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--subset",
         type=int,
-        default=8192,
+        default=4096,
         help="class-balanced training images; 0 = all 60,000 (the full recipe)",
     )
     p.add_argument(
@@ -153,6 +231,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="torch.compile the model (default: on for CUDA, off on the CPU)",
+    )
+    p.add_argument(
+        "--test-images",
+        type=int,
+        default=0,
+        help="test on the first N test images only (through the same Trainer); 0 = classicnets.train "
+        "end to end on all 10,000",
     )
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
@@ -177,15 +262,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="classicnets-bench-") as tmp:
         for recipe in args.recipes:
             print(f"classicnets, recipe {recipe}", flush=True)
-            run = run_classicnets(
-                recipe,
-                epochs=args.epochs,
-                subset=subset,
-                device=device,
-                speed=speed,
-                seed=args.seed,
-                out=Path(tmp) / recipe,
-            )
+            common_args = dict(epochs=args.epochs, subset=subset, device=device, speed=speed, seed=args.seed,
+                               out=Path(tmp) / recipe)  # fmt: skip
+            if args.test_images:
+                run = run_on_test_slice(recipe, test_images=args.test_images, **common_args)
+            else:
+                run = run_classicnets(recipe, **common_args)
             run["time_to_target_s"] = time_to_target(
                 [{"s": r["time"], "test_acc": r["test_acc"]} for r in run["history"]],
                 payload["targets"][recipe],

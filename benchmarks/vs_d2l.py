@@ -26,107 +26,34 @@ from pathlib import Path
 
 import torch
 
-import classicnets
 import common
 import d2l_baseline
-from classicnets.data import ArrayDataset, build_loaders, load_dataset
-from classicnets.experiment import xavier_init
-from classicnets.train.checkpoint import model_metadata
+from classicnets.data import ArrayDataset, load_dataset
 from classicnets.train.config import resolve_config
-from classicnets.train.distributed import init_distributed
-from classicnets.train.loop import Trainer, seed_everything
-
-# classicnets' speed settings on top of the d2l recipe (see time_to_accuracy.SPEED)
-SPEED = {
-    "cpu": dict(precision="bf16", channels_last=True, compile=False),
-    "cuda": dict(precision="bf16", channels_last=True, compile=True),
-}
-
-
-def test_slice(test: ArrayDataset, count: int | None) -> ArrayDataset:
-    if not count:
-        return test
-    return ArrayDataset(test.images[:count], test.labels[:count], test.classes, test.name, "test")
+from time_to_accuracy import SPEED, recipe_trainer, test_slice
 
 
 class ClassicnetsRun:
-    """The d2l recipe through classicnets' loaders and Trainer (wired as experiment.run does), one epoch
-    per ``epoch()`` call: the first starts the run in ``out``, the next ones resume it from its checkpoint."""
+    """The d2l recipe through classicnets' loaders and Trainer, one epoch per ``epoch()`` call: the first
+    starts the run in ``out``, the next ones resume it from its checkpoint (as ``--resume`` does)."""
 
-    def __init__(
-        self,
-        train: ArrayDataset,
-        test: ArrayDataset,
-        *,
-        subset: int | None,
-        device: torch.device,
-        speed: dict,
-        seed: int,
-        out: Path,
-    ):
+    def __init__(self, train: ArrayDataset, test: ArrayDataset, *, subset: int | None, device: torch.device,
+                 speed: dict, seed: int, out: Path):  # fmt: skip
         self.train, self.test, self.subset, self.device = train, test, subset, device
         self.speed, self.seed, self.out = speed, seed, out
         self.history: list[dict] = []
 
     def epoch(self) -> dict:
         done = len(self.history)
-        config = resolve_config(
-            "d2l",
-            overrides=dict(
-                epochs=done + 1,
-                resume=done > 0,
-                overwrite=done == 0,
-                subset=self.subset,
-                device=str(self.device),
-                seed=self.seed,
-                out=str(self.out),
-                progress=False,
-                **self.speed,
-            ),
-        )
-        loaders = build_loaders(
-            (self.train, self.test),
-            image_size=224,
-            batch_size=config.batch_size,
-            augment=config.augment,
-            normalize=config.normalize,
-            device=self.device,
-            channels_last=config.channels_last,
-            seed=self.seed,
-            subset=self.subset,
-        )
-        seed_everything(self.seed)
-        model = classicnets.create_model(config.model, num_classes=loaders.num_classes, in_channels=1)
-        xavier_init(model)
-        metadata = model_metadata(
-            model=config.model,
-            model_options={},
-            num_classes=loaders.num_classes,
-            in_channels=1,
-            classes=loaders.classes,
-            image_size=224,
-            mean=None,
-            std=None,
-            dataset=loaders.dataset,
-        )
-        trainer = Trainer(
-            model,
-            loaders.train,
-            loaders.test,
-            config,
-            ctx=init_distributed(str(self.device)),
-            metadata=metadata,
-            print_fn=lambda *_: None,
-        )
-        record = trainer.fit()[-1]
+        run = dict(epochs=done + 1, resume=done > 0, overwrite=done == 0, out=str(self.out), progress=False)
+        config = resolve_config("d2l", overrides=dict(
+            **run, subset=self.subset, device=str(self.device), seed=self.seed, **self.speed))  # fmt: skip
+        record = recipe_trainer(config, self.train, self.test, self.device).fit()[-1]
         self.history.append(record)
         self.settings = config.to_dict()
-        print(
-            f"  classicnets epoch {record['epoch']}: loss {record['train_loss']:.3f}, train acc "
-            f"{record['train_acc']:.3f}, test acc {record['test_acc']:.3f}, "
-            f"{record['images_per_sec']:.1f} img/s incl. loading",
-            flush=True,
-        )
+        print(f"  classicnets epoch {record['epoch']}: loss {record['train_loss']:.3f}, train acc "
+              f"{record['train_acc']:.3f}, test acc {record['test_acc']:.3f}, "
+              f"{record['images_per_sec']:.1f} img/s incl. loading", flush=True)  # fmt: skip
         return record
 
 
