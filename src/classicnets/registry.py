@@ -111,7 +111,9 @@ def model_info(name: str) -> ModelInfo:
     return _entry(name).info
 
 
-def create_model(name: str, num_classes: int | None = None, in_channels: int | None = None, **options) -> nn.Module:
+def create_model(
+    name: str, num_classes: int | None = None, in_channels: int | None = None, **options
+) -> nn.Module:
     """Build a registered model on the CPU in float32.
 
     ``num_classes`` and ``in_channels`` default to the builder's own defaults (1000 classes and
@@ -132,7 +134,7 @@ def create_model(name: str, num_classes: int | None = None, in_channels: int | N
 
 
 def model_defaults(name: str) -> dict:
-    """The builder's default options, e.g. ``{"num_classes": 10, "in_channels": 1, "width_mult": 1.0, ...}``."""
+    """The builder's default options, e.g. ``{"num_classes": 10, "in_channels": 1, ...}``."""
     return dict(_entry(name).defaults)
 
 

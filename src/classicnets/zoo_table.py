@@ -34,7 +34,10 @@ def _row(name: str) -> ZooRow:
 
 
 def zoo_table_markdown(rows: list[ZooRow]) -> str:
-    lines = ["| model | parameters | default input | classes | year | paper |", "|---|---:|---:|---:|---:|---|"]
-    lines += [f"| `{r.name}` | {r.parameters:,} | {r.default_input} | {r.num_classes} | {r.year} | {r.paper} |"
-              for r in rows]
+    lines = ["| model | parameters | default input | classes | year | paper |",
+             "|---|---:|---:|---:|---:|---|"]
+    lines += [
+        f"| `{r.name}` | {r.parameters:,} | {r.default_input} | {r.num_classes} | {r.year} | {r.paper} |"
+        for r in rows
+    ]
     return "\n".join(lines)

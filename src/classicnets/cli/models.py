@@ -11,7 +11,8 @@ from ..zoo_table import zoo_rows, zoo_table_markdown
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     parser = sub.add_parser(name, help="list the models: parameters, default input, year, paper")
-    parser.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'resnet*' (default: all)")
+    parser.add_argument("pattern", nargs="?", default="*",
+                        help="shell-style filter, e.g. 'resnet*' (default: all)")
     parser.add_argument("--format", choices=["table", "markdown", "json"], default="table",
                         help="output format (default: table)")
     parser.set_defaults(run=run)

@@ -20,7 +20,8 @@ GENERATORS = {
 def render_blocks(text: str) -> str:
     for name, generate in GENERATORS.items():
         pattern = re.compile(rf"(<!-- BEGIN {name} -->\n).*?(\n<!-- END {name} -->)", re.S)
-        text = pattern.sub(lambda m, body=generate(): m.group(1) + body + m.group(2), text)
+        body = generate()
+        text = pattern.sub(lambda m: m.group(1) + body + m.group(2), text)
     return text
 
 
