@@ -20,9 +20,12 @@ GENERATORS = {
 def render_blocks(text: str) -> str:
     for name, generate in GENERATORS.items():
         pattern = re.compile(rf"(<!-- BEGIN {name} -->\n).*?(\n<!-- END {name} -->)", re.S)
-        body = generate()
-        text = pattern.sub(lambda m: m.group(1) + body + m.group(2), text)
+        text = pattern.sub(_replacement(generate()), text)
     return text
+
+
+def _replacement(body: str):
+    return lambda match: match.group(1) + body + match.group(2)
 
 
 def main() -> None:
