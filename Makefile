@@ -22,7 +22,8 @@ data:
 # The main job: the `quick` recipe on a CPU (minutes on 2 cores), the full d2l recipe on a GPU.
 demo: $(STAMP) data
 	$(BIN)/classicnets models
-	$(BIN)/classicnets train --model auto-demo --dataset fashion-mnist --recipe auto-demo --out runs/demo
+	$(BIN)/classicnets train --dataset fashion-mnist --overwrite --out runs/demo --recipe \
+		$$($(BIN)/python -c 'import torch; print("d2l" if torch.cuda.is_available() else "quick")')
 
 test: $(STAMP) data
 	$(BIN)/python -m pytest

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
 import shutil
 import signal
@@ -72,16 +73,23 @@ def seed_everything(*entropy: int) -> None:
     random.seed(seed)
 
 
-def configure_torch(config: TrainConfig, device: torch.device) -> None:
-    """Global switches: deterministic algorithms, TF32 matmuls on CUDA."""
+@contextlib.contextmanager
+def torch_settings(config: TrainConfig, device: torch.device) -> Iterator[None]:
+    """Global switches for the run (deterministic algorithms, TF32 on CUDA), restored afterwards."""
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.get_float32_matmul_precision(),
+             torch.backends.cudnn.benchmark)
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 on Ampere+: ~fp32 accuracy, several times faster
         torch.backends.cudnn.benchmark = not config.deterministic
     if config.deterministic:
-        import os
-
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
         torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0])
+        torch.set_float32_matmul_precision(saved[1])
+        torch.backends.cudnn.benchmark = saved[2]
 
 
 def autocast(device: torch.device, precision: str):
@@ -233,7 +241,6 @@ class Trainer:
         self.device = ctx.device
         self.run_dir = Path(config.out)
         self.print = print_fn if ctx.is_main else (lambda *_: None)
-        configure_torch(config, self.device)
         memory_format = torch.channels_last if config.channels_last else torch.preserve_format
         self.model = model.to(self.device, memory_format=memory_format)  # the plain model: saved, loaded
         self.optimizer = build_optimizer(self.model, config)
@@ -252,7 +259,8 @@ class Trainer:
         """Train for the configured epochs (continuing a checkpoint with ``resume``); return the history."""
         self._prepare_run_dir()
         self._wrap_model()
-        with contextlib.nullcontext(self.stop) if self.stop else StopSignals() as stop:
+        stop_signals = contextlib.nullcontext(self.stop) if self.stop else StopSignals()
+        with torch_settings(self.config, self.device), stop_signals as stop:
             if stop.signum is not None:  # stopped while setting up: nothing trained, nothing to save
                 raise TrainingInterrupted(stop.signum, None)
             for epoch in range(self.start_epoch, self.config.epochs):
@@ -332,7 +340,7 @@ class Trainer:
             self._save(epoch, stopped_at, train)
             return None
         train_time = time.perf_counter() - start
-        values = train.values()
+        values = train.values()  # the epoch's first host read of the sums
         self._check_finite(values["loss"], epoch, self.steps_per_epoch)
         eval_start = time.perf_counter()
         test = evaluate(self.eval_model, self.test_loader, device=self.device,
@@ -342,7 +350,7 @@ class Trainer:
             "epoch": epoch + 1, "train_loss": values["loss"], "train_acc": values["top1"],
             "test_loss": test["loss"], "test_acc": test["acc"], "test_top5": test["top5"],
             "lr": self.optimizer.param_groups[0]["lr"],
-            "images_per_sec": values["count"] / max(train_time, 1e-9),
+            "images_per_sec": (values["count"] - self.images_before) / max(train_time, 1e-9),
             "train_time": train_time, "eval_time": time.perf_counter() - eval_start,
             "time": time.perf_counter() - start,
         }
@@ -363,6 +371,7 @@ class Trainer:
             loader.set_epoch(epoch)
         seed_everything(config.seed, epoch, self.ctx.rank)
         sums = RunningSums(self.device, ks=(1,))
+        self.images_before = 0
         skip = self._restore_partial(sums) if epoch == self.start_epoch else 0
         total = len(loader)
         with self._progress(epoch, total) as advance:
@@ -414,10 +423,13 @@ class Trainer:
         return bool(flag.item())
 
     def _restore_partial(self, sums: RunningSums) -> int:
+        """Sums and RNG states of an epoch stopped part-way; returns the steps already done."""
+        self.images_before = 0
         if not self.start_step or self.partial is None:
             return 0
-        sums.load_state(self.partial["sums"])
-        if self.ctx.is_main and "rng" in self.partial:
+        if self.ctx.is_main:  # rank 0 saved its own share; the other ranks' partial sums are not kept
+            sums.load_state(self.partial["sums"])
+            self.images_before = int(self.partial["sums"][1])
             _set_rng_states(self.partial["rng"])
         return self.start_step
 
