@@ -126,14 +126,16 @@ def median(values: Sequence[float]) -> float:
 # --------------------------------------------------------------------------- FLOPs
 
 
-def measure_matmul_peak(device: torch.device, dtype: torch.dtype, seconds: float = 1.0) -> dict:
+def measure_matmul_peak(
+    device: torch.device, dtype: torch.dtype, seconds: float = 1.0, sizes: tuple[int, ...] | None = None
+) -> dict:
     """The best FLOP/s a large square matmul reaches here, in this run: the ceiling MFU divides by.
 
     A vendor's datasheet figure is not reachable on a shared 2-core VM (clock, AMX tile setup, other
     tenants), so the ceiling is measured on the same machine and in the same run as the models. Several
     sizes are tried because the best size differs by device; the maximum over repetitions is the peak.
     """
-    sizes = (8192, 16384) if device.type == "cuda" else (1024, 2048, 4096)
+    sizes = sizes or ((8192, 16384) if device.type == "cuda" else (1024, 2048, 4096))
     best = {"flops_per_s": 0.0, "n": 0}
     for n in sizes:
         a = torch.randn(n, n, device=device, dtype=dtype)

@@ -1,0 +1,75 @@
+"""The benchmarks compare like with like: d2l's hand-written pipeline and classicnets' give the same batches,
+and the FLOP count and matmul peak that MFU uses are sane. (Timings themselves are benchmarks, not tests.)"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+import classicnets  # noqa: E402
+import common  # noqa: E402
+import d2l_baseline  # noqa: E402
+from classicnets.data import build_loaders, load_dataset  # noqa: E402
+
+
+def test_d2l_transforms_match_torchvision_semantics():
+    """Resize(224) resizes the shorter side (a non-square image keeps its aspect); ToTensor gives CHW /255."""
+    pixels = (np.arange(28 * 56) % 256).astype(np.uint8).reshape(28, 56)
+    image = d2l_baseline.Image.fromarray(pixels, mode="L")
+    resized = d2l_baseline.Resize(224)(image)
+    assert resized.size == (448, 224)  # PIL sizes are (width, height)
+    tensor = d2l_baseline.ToTensor()(resized)
+    assert tensor.shape == (1, 224, 448) and tensor.dtype == torch.float32
+    assert float(tensor.min()) >= 0.0 and float(tensor.max()) <= 1.0
+    assert torch.equal(tensor[0], torch.from_numpy(np.asarray(resized)).float() / 255)
+
+
+def test_d2l_batch_equals_classicnets_batch(fashion_mnist_dir):
+    """The same 8 training images through PIL (d2l) and through the device loader: the same pixels up to
+    the two bilinear implementations' rounding, so the speed comparison is of equal inputs."""
+    images, labels = d2l_baseline.fashion_mnist_arrays(fashion_mnist_dir, train=True)
+    transform = d2l_baseline.Compose([d2l_baseline.Resize(224), d2l_baseline.ToTensor()])
+    d2l_set = d2l_baseline.FashionMNISTPIL(images[:8], labels[:8], transform)
+    d2l_batch = torch.stack([d2l_set[i][0] for i in range(8)])
+
+    train = load_dataset("fashion-mnist", "train", data_dir=fashion_mnist_dir)
+    assert torch.equal(train.images[:8, 0], images[:8]) and torch.equal(train.labels[:8], labels[:8])
+    loaders = build_loaders((train, train), image_size=224, batch_size=8, normalize=False, augment="none")
+    ours = next(iter(loaders.test))[0]  # the test loader keeps the order: images 0..7
+    assert ours.shape == d2l_batch.shape == (8, 1, 224, 224)
+    difference = (ours - d2l_batch).abs()
+    assert float(difference.mean()) < 0.01 and float(difference.max()) < 0.1
+
+
+def test_d2l_subset_is_the_trainers_subset(fashion_mnist_dir):
+    """--train-subset picks the same class-balanced images as classicnets' --subset."""
+    _, labels = d2l_baseline.fashion_mnist_arrays(fashion_mnist_dir, train=True)
+    keep = d2l_baseline.train_subset_indices(labels, 1000, seed=0)
+    assert len(keep) == 1000 and torch.bincount(labels[keep], minlength=10).tolist() == [100] * 10
+    train = load_dataset("fashion-mnist", "train", data_dir=fashion_mnist_dir)
+    loaders = build_loaders(
+        train.name, data_dir=fashion_mnist_dir, image_size=224, batch_size=100, subset=1000
+    )
+    assert torch.equal(loaders.train.labels, labels[keep])
+
+
+def test_train_flops_of_d2l_alexnet_match_the_reference():
+    """FlopCounterMode on one image: forward 1.88 GFLOP (reference section 5), training about 3x forward."""
+    with torch.device("meta"):  # shapes only: no memory, no init work
+        model = classicnets.create_model("alexnet_d2l", num_classes=10, in_channels=1)
+    images, labels = torch.rand(1, 1, 224, 224, device="meta"), torch.tensor([3], device="meta")
+    flops = common.count_train_flops(model, images, labels)
+    assert flops["forward"] / 1e9 == pytest.approx(1.88, abs=0.02)
+    assert 2.5 < flops["train"] / flops["forward"] < 3.1  # conv1's input needs no gradient
+    assert all(p.grad is None for p in model.parameters())  # the count leaves no gradients behind
+
+
+def test_matmul_peak_is_measured_in_the_asked_dtype():
+    peak = common.measure_matmul_peak(torch.device("cpu"), torch.bfloat16, seconds=0.05, sizes=(256, 512))
+    assert peak["dtype"] == "bfloat16" and peak["flops_per_s"] > 1e9 and peak["matmul_n"] in (256, 512)
