@@ -19,13 +19,13 @@ GENERATORS = {
 
 def render_blocks(text: str) -> str:
     for name, generate in GENERATORS.items():
-        pattern = re.compile(rf"(<!-- BEGIN {name} -->\n).*?(\n<!-- END {name} -->)", re.S)
+        pattern = re.compile(rf"(<!-- BEGIN {name} -->\n).*?(<!-- END {name} -->)", re.S)
         text = pattern.sub(_replacement(generate()), text)
     return text
 
 
 def _replacement(body: str):
-    return lambda match: match.group(1) + body + match.group(2)
+    return lambda match: match.group(1) + body + "\n" + match.group(2)
 
 
 def main() -> None:
