@@ -119,6 +119,20 @@ def time_call(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+class CpuShare:
+    """How much of the CPU this process got while the block ran: process CPU seconds / (wall seconds x
+    torch threads). Near 1.0 on an idle machine; well below it when other processes took cores, which
+    on 2 cores stalls every multi-threaded kernel and shrinks the bf16 (AMX) advantage most."""
+
+    def __enter__(self) -> CpuShare:
+        self._cpu, self._wall = time.process_time(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        wall = time.perf_counter() - self._wall
+        self.value = (time.process_time() - self._cpu) / max(wall * torch.get_num_threads(), 1e-9)
+
+
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 

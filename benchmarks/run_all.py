@@ -94,7 +94,8 @@ def headline_section(vs: dict) -> str:
 def step_section(ts: dict, title: str) -> str:
     rows = [
         [r["model"], "x".join(map(str, r["input"][1:])), r["config"], common.fmt(r["images_per_s"]),
-         f"{r['speedup_vs_fp32']:.2f}x" if r.get("speedup_vs_fp32") else "-", f"{r['mfu'] * 100:.1f}%"]
+         f"{r['speedup_vs_fp32']:.2f}x" if r.get("speedup_vs_fp32") else "-", f"{r['mfu'] * 100:.1f}%",
+         f"{r['cpu_share'] * 100:.0f}%" if "cpu_share" in r else "-"]
         for r in ts["rows"]
     ]  # fmt: skip
     peaks = ts["peaks"]
@@ -102,7 +103,7 @@ def step_section(ts: dict, title: str) -> str:
         f"**{title}** (batch {ts['settings']['batch_size']}, {_where(ts['machine'])}; MFU against the matmul "
         f"peak measured in the same run: fp32 {peaks['fp32']['flops_per_s'] / 1e12:.2f}, bf16 "
         f"{peaks['bf16']['flops_per_s'] / 1e12:.2f} TFLOP/s):\n\n"
-        + common.markdown_table(["model", "input", "config", "img/s", "vs fp32", "MFU"], rows)
+        + common.markdown_table(["model", "input", "config", "img/s", "vs fp32", "MFU", "CPU share"], rows)
     )  # fmt: skip
 
 

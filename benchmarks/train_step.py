@@ -133,9 +133,12 @@ def measure_model(
         warmup_s[config.name] = common.time_call(lambda r=runner: r.run(args.warmup), device)  # incl. compile
         runners.append(runner)
     times = {c.name: [] for c in configs}
+    shares = {c.name: [] for c in configs}
     for _ in range(args.reps):
         for runner in runners:
-            times[runner.config.name].append(runner.run(args.steps) / args.steps)
+            with common.CpuShare() as share:
+                times[runner.config.name].append(runner.run(args.steps) / args.steps)
+            shares[runner.config.name].append(share.value)
 
     rows = []
     for config in configs:
@@ -156,6 +159,7 @@ def measure_model(
                 "peak_dtype": config.precision,
                 "warmup_s": warmup_s[config.name],
                 "step_ms_all_reps": [t * 1e3 for t in times[config.name]],
+                "cpu_share": common.median(shares[config.name]),
             }
         )
         print(
@@ -198,9 +202,13 @@ def add_speedups(rows: list[dict]) -> None:
         r["speedup_vs_fp32"] = r["images_per_s"] / base[r["model"]] if r["model"] in base else None
 
 
+def device_is_cpu(machine: dict) -> bool:
+    return machine["device"] == "cpu"
+
+
 def render_markdown(rows: list[dict], peaks: dict, machine: dict, settings: dict) -> str:
     table = common.markdown_table(
-        ["model", "input", "config", "img/s", "x fp32", "TFLOP/s", "MFU"],
+        ["model", "input", "config", "img/s", "x fp32", "TFLOP/s", "MFU", "CPU share"],
         [
             [
                 r["model"],
@@ -210,6 +218,7 @@ def render_markdown(rows: list[dict], peaks: dict, machine: dict, settings: dict
                 common.fmt(r["speedup_vs_fp32"], 2) if r["speedup_vs_fp32"] else "-",
                 common.fmt(r["achieved_tflop_per_s"], 3),
                 f"{r['mfu'] * 100:.1f}%",
+                f"{r['cpu_share'] * 100:.0f}%" if device_is_cpu(machine) else "-",
             ]
             for r in rows
         ],
@@ -222,7 +231,9 @@ def render_markdown(rows: list[dict], peaks: dict, machine: dict, settings: dict
         f"{settings['batch_size']}, median of {settings['reps']} interleaved reps "
         f"x {settings['steps']} steps. "
         f"`cl` = channels_last, `compile` = torch.compile (mode {settings['compile_mode'] or 'default'}). "
-        f"MFU divides by the peak measured in this run: {peak_text}.\n\n{table}"
+        f"MFU divides by the peak measured in this run: {peak_text}. CPU share = this process's CPU time "
+        f"/ (wall time x threads) over the timed steps: well under 100% means other processes held cores."
+        f"\n\n{table}"
     )
 
 
