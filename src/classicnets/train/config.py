@@ -13,8 +13,9 @@ Recipes (``--recipe``):
   the test set.
 - ``fast``: accuracy per second on a GPU: bf16 autocast, channels_last, torch.compile, batch 256, SGD
   nesterov with a one-cycle schedule, label smoothing, flips, flip test-time augmentation, 5 epochs.
-- ``quick``: what ``make demo`` runs on a 2-core CPU in a few minutes: alexnet_28 (d2l's 28x28 AlexNet) at
-  half width, bf16 autocast + channels_last, AdamW with a one-cycle schedule, 4 epochs.
+- ``quick``: what ``make demo`` runs on a 2-core CPU: alexnet_28 (d2l's 28x28 AlexNet, the book's exercise)
+  at quarter width (2.9M parameters), bf16 autocast + channels_last, AdamW with a one-cycle schedule,
+  batch 256, 2 epochs on all 60,000 images, one CPU thread: 0.90 test accuracy (measured 0.901).
 """
 
 from __future__ import annotations
@@ -102,6 +103,8 @@ class TrainConfig:
     precision: str = _f("fp32", "bf16: bfloat16 autocast on CPU (AMX) and CUDA; weights stay fp32")
     channels_last: bool = _f(False, "NHWC memory layout for model and inputs (faster convs with bf16)")
     compile: bool = _f(False, "torch.compile the model (slower start, faster steps)")
+    cpu_threads: int | None = _f(None, "torch's CPU threads; None: its default, one per core. On a busy "
+                                       "machine fewer can be faster (threads wait for each other every op)")
     num_workers: int = _f(2, "worker processes for streaming loaders (in-memory data sets need none)")
 
     # --- reproducibility
@@ -142,7 +145,10 @@ RECIPES: dict[str, dict[str, Any]] = {
     "quick": dict(model="alexnet_28", model_options={"width_mult": 0.25}, epochs=2, batch_size=256,
                   optimizer="adamw", lr=3e-3, weight_decay=0.05, schedule="onecycle", onecycle_pct=0.25,
                   label_smoothing=0.0, init="model", normalize=True, augment="none", tta="none",
-                  precision="bf16", channels_last=True),
+                  precision="bf16", channels_last=True,
+                  # measured on the shared 2-core machine (load ~3): one thread 480 img/s, two 200 img/s;
+                  # two threads wait on each other at every op whenever another process holds a core
+                  cpu_threads=1),
 }
 
 
@@ -175,7 +181,7 @@ def validate(config: TrainConfig) -> None:
     if config.batch_size % config.grad_accum_steps:
         raise ConfigError(f"batch_size={config.batch_size} is not divisible by "
                           f"grad_accum_steps={config.grad_accum_steps}")
-    for name in ("subset", "image_size", "eval_batch_size", "grad_clip"):
+    for name in ("subset", "image_size", "eval_batch_size", "grad_clip", "cpu_threads"):
         value = getattr(config, name)
         if value is not None and value <= 0:
             raise ConfigError(f"{name}={value} must be positive (or None)")

@@ -39,7 +39,7 @@ from .metrics import RunningSums
 
 # Settings that may change when a run resumes; any other difference is refused.
 RESUMABLE_CHANGES = {"epochs", "progress", "log_every", "num_workers", "out", "resume", "overwrite",
-                     "device", "data_dir", "eval_batch_size", "compile",
+                     "device", "data_dir", "eval_batch_size", "compile", "cpu_threads",
                      # the global batch stays batch_size when a run resumes on another number of processes
                      # with more or fewer accumulation steps per process
                      "grad_accum_steps", "sync_batchnorm"}
@@ -77,7 +77,9 @@ def seed_everything(*entropy: int) -> None:
 def torch_settings(config: TrainConfig, device: torch.device) -> Iterator[None]:
     """Global switches for the run (deterministic algorithms, TF32 on CUDA), restored afterwards."""
     saved = (torch.are_deterministic_algorithms_enabled(), torch.get_float32_matmul_precision(),
-             torch.backends.cudnn.benchmark)
+             torch.backends.cudnn.benchmark, torch.get_num_threads())
+    if config.cpu_threads:
+        torch.set_num_threads(config.cpu_threads)
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 on Ampere+: ~fp32 accuracy, several times faster
         torch.backends.cudnn.benchmark = not config.deterministic
@@ -90,6 +92,7 @@ def torch_settings(config: TrainConfig, device: torch.device) -> Iterator[None]:
         torch.use_deterministic_algorithms(saved[0])
         torch.set_float32_matmul_precision(saved[1])
         torch.backends.cudnn.benchmark = saved[2]
+        torch.set_num_threads(saved[3])
 
 
 def autocast(device: torch.device, precision: str):
