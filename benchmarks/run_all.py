@@ -80,6 +80,7 @@ def _where(machine: dict) -> str:
 def headline_section(vs: dict) -> str:
     s, images = vs["summary"], vs["settings"]["train_images"]
     last = vs["epochs"][-1]
+    ratios = ", ".join(f"{e['speedup']:.2f}x" for e in vs["epochs"])
     return (
         f"**classicnets vs d2l's own pipeline** (alexnet_d2l, 224 px, d2l recipe, same "
         f"{f'{images:,}' if images else 'all 60,000'} "
@@ -87,7 +88,8 @@ def headline_section(vs: dict) -> str:
         f"{common.fmt(s['d2l_images_per_s'])} img/s, classicnets {common.fmt(s['classicnets_images_per_s'])} "
         f"img/s, **{s['speedup']:.2f}x**; test accuracy after {last['epoch']} epochs "
         f"{last['d2l_test_acc']:.3f} (d2l) vs {last['classicnets_test_acc']:.3f} (classicnets). "
-        f"Per epoch: `benchmarks/results/vs_d2l.md`."
+        f"Per-epoch ratios {ratios} (they vary with "
+        f"other load on the machine): `benchmarks/results/vs_d2l.md`."
     )  # fmt: skip
 
 
