@@ -145,10 +145,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "quick": dict(model="alexnet_28", model_options={"width_mult": 0.25}, epochs=2, batch_size=256,
                   optimizer="adamw", lr=3e-3, weight_decay=0.05, schedule="onecycle", onecycle_pct=0.25,
                   label_smoothing=0.0, init="model", normalize=True, augment="none", tta="none",
-                  precision="bf16", channels_last=True,
-                  # measured on the shared 2-core machine (load ~3): one thread 480 img/s, two 200 img/s;
-                  # two threads wait on each other at every op whenever another process holds a core
-                  cpu_threads=1),
+                  precision="bf16", channels_last=True),
 }
 
 
