@@ -9,7 +9,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def test_readme_generated_blocks_are_current():
     text = README.read_text()
-    assert "<!-- BEGIN models -->" in text
+    assert "<!-- BEGIN models -->" in text and "<!-- BEGIN benchmarks -->" in text
     assert render_blocks(text) == text, "README tables are stale: run `make models-table`"
 
 

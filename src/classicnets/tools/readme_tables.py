@@ -12,13 +12,25 @@ from pathlib import Path
 
 from ..zoo_table import zoo_rows, zoo_table_markdown
 
+BENCHMARK_TABLE = Path(__file__).resolve().parents[3] / "benchmarks" / "results" / "README-table.md"
+
+
+def benchmark_tables() -> str:
+    """The tables benchmarks/run_all.py wrote from the recorded results, without its header comment."""
+    lines = BENCHMARK_TABLE.read_text().splitlines()
+    return "\n".join(line for line in lines if not line.startswith("<!--")).strip()
+
+
 GENERATORS = {
     "models": lambda: zoo_table_markdown(zoo_rows()),
+    "benchmarks": benchmark_tables,
 }
 
 
 def render_blocks(text: str) -> str:
     for name, generate in GENERATORS.items():
+        if f"<!-- BEGIN {name} -->" not in text:
+            continue
         pattern = re.compile(rf"(<!-- BEGIN {name} -->\n).*?(<!-- END {name} -->)", re.S)
         text = pattern.sub(_replacement(generate()), text)
     return text
