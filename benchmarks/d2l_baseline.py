@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 import classicnets
 import common
 from classicnets.data.loaders import balanced_subset
-from classicnets.train.loop import seed_everything
+from classicnets.training.loop import seed_everything
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 D2L_WORKERS = 4  # d2l.get_dataloader_workers()

@@ -33,10 +33,10 @@ from classicnets.data import ArrayDataset, build_loaders, flip_tta, load_dataset
 # classicnets.train() itself: the package classicnets.train shadows the name once it is imported
 from classicnets.experiment import train as train_classicnets
 from classicnets.experiment import xavier_init
-from classicnets.train.checkpoint import model_metadata
-from classicnets.train.config import resolve_config
-from classicnets.train.distributed import init_distributed
-from classicnets.train.loop import Trainer, seed_everything
+from classicnets.training.checkpoint import model_metadata
+from classicnets.training.config import resolve_config
+from classicnets.training.distributed import init_distributed
+from classicnets.training.loop import Trainer, seed_everything
 
 # How classicnets is run here beyond the recipe's hyperparameters: the speed settings. bf16 autocast and
 # channels_last pay on both CPUs with AMX and GPUs; torch.compile pays on the GPU but not on the CPU here

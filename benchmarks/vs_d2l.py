@@ -29,7 +29,7 @@ import torch
 import common
 import d2l_baseline
 from classicnets.data import ArrayDataset, load_dataset
-from classicnets.train.config import resolve_config
+from classicnets.training.config import resolve_config
 from time_to_accuracy import SPEED, recipe_trainer, test_slice
 
 

@@ -26,9 +26,9 @@ from classicnets.launch import strip_flag, torchrun_args, under_launcher
 from classicnets.models.alexnet import TowerLRN
 from classicnets.models.alexnet_towers import split_towers
 from classicnets.registry import create_model
-from classicnets.train import distributed as D
-from classicnets.train.checkpoint import load_trainer_state
-from classicnets.train.loop import seed_everything
+from classicnets.training import distributed as D
+from classicnets.training.checkpoint import load_trainer_state
+from classicnets.training.loop import seed_everything
 
 # ----------------------------------------------------------------------------------------------------
 # Launcher variables and the single-process context
@@ -325,7 +325,7 @@ TINY_RUN = ["--device", "cpu", "--model", "alexnet_28", "--model-options", "widt
 # Under torchrun: rank 1 dies when its second epoch starts, on the first attempt only.
 DIE_ONCE = """
 import os, sys
-from classicnets.train import loop
+from classicnets.training import loop
 
 run_epoch = loop.Trainer._run_epoch
 

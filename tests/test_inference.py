@@ -30,7 +30,7 @@ from classicnets.inference import (
     prepare_batch,
     tta_views,
 )
-from classicnets.train.checkpoint import model_metadata, save_checkpoint
+from classicnets.training.checkpoint import model_metadata, save_checkpoint
 
 MODEL, OPTIONS = "alexnet_28", {"width_mult": 0.0625}
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",

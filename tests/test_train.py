@@ -16,9 +16,9 @@ import torch
 
 import classicnets
 from classicnets.errors import CheckpointError, ConfigError
-from classicnets.train import checkpoint as ckpt
-from classicnets.train import loop
-from classicnets.train.config import (
+from classicnets.training import checkpoint as ckpt
+from classicnets.training import loop
+from classicnets.training.config import (
     FIELD_NAMES,
     RECIPES,
     TrainConfig,
@@ -27,7 +27,7 @@ from classicnets.train.config import (
     overrides_from_args,
     resolve_config,
 )
-from classicnets.train.distributed import init_distributed
+from classicnets.training.distributed import init_distributed
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -151,7 +151,7 @@ def test_schedules():
 
 
 def test_topk_correct_counts():
-    from classicnets.train.metrics import topk_correct
+    from classicnets.training.metrics import topk_correct
 
     logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.15, 0.05], [0.2, 0.3, 0.5]])
     target = torch.tensor([1, 1, 0])

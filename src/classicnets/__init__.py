@@ -21,7 +21,7 @@ _EXPORTS = {
     "ModelInfo": "registry",
     "ClassicnetsError": "errors",
     "summarize": "inspect",
-    "TrainConfig": "train.config",
+    "TrainConfig": "training.config",
     "train": "experiment",
     "evaluate": "inference",
     "predict": "inference",

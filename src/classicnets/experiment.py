@@ -18,16 +18,16 @@ import torch
 import torch.nn as nn
 
 from .errors import ConfigError
-from .train.checkpoint import model_metadata
-from .train.config import TrainConfig, config_from_dict, format_config, load_config_file, resolve_config
-from .train.distributed import (
+from .training.checkpoint import model_metadata
+from .training.config import TrainConfig, config_from_dict, format_config, load_config_file, resolve_config
+from .training.distributed import (
     DistContext,
     init_distributed,
     lost_rank_errors,
     restart_count,
     shutdown_distributed,
 )
-from .train.loop import TTA, StopSignals, Trainer, seed_everything
+from .training.loop import TTA, StopSignals, Trainer, seed_everything
 
 
 def train(config: TrainConfig | Mapping[str, Any] | str | Path | None = None, **overrides) -> list[dict]:
@@ -35,8 +35,8 @@ def train(config: TrainConfig | Mapping[str, Any] | str | Path | None = None, **
 
     ``config`` is a :class:`TrainConfig`, a mapping of its fields (``recipe`` included), or a YAML/TOML
     file; keyword arguments override it, e.g. ``train(recipe="quick", epochs=2, out="runs/try")``.
-    Raises :class:`~classicnets.train.loop.TrainingInterrupted` after saving when Ctrl-C or SIGTERM
-    stops the run, and :class:`~classicnets.train.loop.NonFiniteLossError` when the loss diverges.
+    Raises :class:`~classicnets.training.loop.TrainingInterrupted` after saving when Ctrl-C or SIGTERM
+    stops the run, and :class:`~classicnets.training.loop.NonFiniteLossError` when the loss diverges.
     """
     config = as_config(config, overrides)
     if restart_count() > 0 and not config.resume:

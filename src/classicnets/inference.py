@@ -1,7 +1,7 @@
 """Evaluate, predict with and export a trained checkpoint.
 
-A checkpoint (:mod:`classicnets.train.checkpoint`) is safetensors weights whose header says which model they
-belong to and how its inputs were prepared: model name and options, classes, input channels, image size,
+A checkpoint (:mod:`classicnets.training.checkpoint`) is safetensors weights whose header says which model
+they belong to and how its inputs were prepared: model name and options, classes, input channels, image size,
 mean/std and dataset. Everything here reads that header, so a checkpoint path is all the three commands need:
 
     >>> result = classicnets.evaluate("runs/demo", tta="flip")      # top-1, top-5, per class, confusion
@@ -34,8 +34,8 @@ import torch
 import torch.nn as nn
 
 from .errors import CheckpointError, ClassicnetsError, ConfigError
-from .train.checkpoint import FORMAT_VERSION, load_model_weights, parse_metadata
-from .train.metrics import topk_correct
+from .training.checkpoint import FORMAT_VERSION, load_model_weights, parse_metadata
+from .training.metrics import topk_correct
 
 TTA_MODES = ("none", "flip", "ten-crop")
 EXPORT_FORMATS = ("onnx", "torchscript")
@@ -115,7 +115,7 @@ def load_checkpoint(checkpoint: str | Path) -> LoadedCheckpoint:
 def _model_file_of(path: Path) -> Path:
     if path.is_file():
         return path
-    from .train.checkpoint import MODEL_FILE, resolve_checkpoint_dir
+    from .training.checkpoint import MODEL_FILE, resolve_checkpoint_dir
 
     return resolve_checkpoint_dir(path) / MODEL_FILE
 
@@ -126,7 +126,7 @@ def _decoded_metadata(raw: dict[str, str], source: Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{source} is a safetensors file but not a classicnets checkpoint: its header lacks "
             f"{', '.join(missing)} (found keys: {sorted(raw) or 'none'}). Save weights with "
-            "`classicnets train`, or write the header with classicnets.train.checkpoint.model_metadata()"
+            "`classicnets train`, or write the header with classicnets.training.checkpoint.model_metadata()"
         )
     try:
         metadata = parse_metadata(raw)

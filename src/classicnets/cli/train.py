@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..train.config import (
+from ..training.config import (
     RECIPES,
     add_config_arguments,
     load_config_file,
@@ -38,8 +38,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..experiment import train
     from ..launch import relaunch_with_torchrun, under_launcher
-    from ..train.distributed import launcher_rank
-    from ..train.loop import TrainingInterrupted
+    from ..training.distributed import launcher_rank
+    from ..training.loop import TrainingInterrupted
 
     file_values = load_config_file(args.config) if args.config else {}
     config = resolve_config(None, file_values, overrides_from_args(args))  # checks before launching
