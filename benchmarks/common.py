@@ -209,5 +209,14 @@ def write_results(
     return json_path, md_path
 
 
+def publish(name: str, payload: dict, markdown: str, *, show: bool = True) -> tuple[Path, Path]:
+    """Write the results (:func:`write_results`), print the table unless ``show`` is off, and say where."""
+    paths = write_results(name, payload, markdown)
+    if show:
+        print(markdown)
+    print("wrote", *paths)
+    return paths
+
+
 def fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"

@@ -384,9 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{common.device_label(payload['machine'])}\n\n"
         + common.markdown_table(["epoch", "train loss", "train acc", "test acc", "img/s incl. loading"], rows)
     )
-    json_path, _ = common.write_results("d2l_baseline", payload, md)
-    print(md)
-    print(f"wrote {json_path}")
+    common.publish("d2l_baseline", payload, md)
     return 0
 
 

@@ -71,9 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"`classicnets train {' '.join(train_args)}`, {device.type}, "
                 f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'torchrun default')}\n\n{table}\n")
     payload = {"machine": info, "train_args": train_args, "runs": rows}
-    paths = common.write_results(args.name, payload, markdown)
-    print(markdown)
-    print("wrote", *paths)
+    common.publish(args.name, payload, markdown)
     return 0
 
 

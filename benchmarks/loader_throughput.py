@@ -223,10 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{row['model']}: {row['images_per_s']:,.1f} img/s", flush=True)
     payload = {"machine": info, "settings": settings, "fashion_mnist_load_s": load, "loaders": loaders,
                "model_steps": models}  # fmt: skip
-    json_path, md_path = common.write_results(
-        args.out_name, payload, markdown(info, settings, load, loaders, models)
-    )
-    print(f"wrote {json_path} and {md_path}")
+    common.publish(args.out_name, payload, markdown(info, settings, load, loaders, models), show=False)
     return 0
 
 

@@ -275,9 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             payload["runs"][recipe] = run
     md = render(payload)
-    json_path, _ = common.write_results(args.out, payload, md)
-    print(md)
-    print(f"wrote {json_path}")
+    common.publish(args.out, payload, md)
     return 0
 
 

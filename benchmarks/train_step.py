@@ -328,10 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         "the config's dtype measured in this run",
         "rows": rows,
     }
-    md = render_markdown(rows, peaks, machine, settings)
-    json_path, _ = common.write_results(args.out, payload, md)
-    print(md)
-    print(f"wrote {json_path}")
+    common.publish(args.out, payload, render_markdown(rows, peaks, machine, settings))
     return 0
 
 

@@ -189,9 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         "epochs": epochs,
     }
     md = render(payload)
-    json_path, _ = common.write_results(args.out, payload, md)
-    print(md)
-    print(f"wrote {json_path}")
+    common.publish(args.out, payload, md)
     return 0
 
 
