@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from .arguments import add_checkpoint_argument
+
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     parser = sub.add_parser(
@@ -13,8 +15,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
         description="Evaluate a checkpoint on its dataset's test split. The dataset and preprocessing come "
                     "from the checkpoint; the options below override them.",
     )
-    parser.add_argument("checkpoint", help="run directory (uses best/, then last/), checkpoint directory "
-                                           "or model.safetensors")
+    add_checkpoint_argument(parser)
     parser.add_argument("--dataset", help="evaluate on this dataset instead of the checkpoint's "
                                           "(same classes required)")
     parser.add_argument("--data-dir", help="where the dataset's files are (default: the data layer's search)")

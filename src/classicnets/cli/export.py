@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .arguments import add_checkpoint_argument
+
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     parser = sub.add_parser(
@@ -13,8 +15,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
                     "The file is reloaded (onnxruntime / torch.jit.load) and compared with PyTorch; a larger "
                     "difference than --tolerance fails.",
     )
-    parser.add_argument("checkpoint", help="run directory (uses best/, then last/), checkpoint directory "
-                                           "or model.safetensors")
+    add_checkpoint_argument(parser)
     parser.add_argument("--format", choices=["onnx", "torchscript"], required=True,
                         help="onnx needs: pip install 'classicnets[export]'")
     parser.add_argument("--out", help="output file "

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from .arguments import add_checkpoint_argument
+
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     parser = sub.add_parser(
@@ -12,8 +14,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
         description="Classify images of any size, grey or colour: each is converted to the model's channels, "
                     "centre-cropped to a square, resized and normalised as in training.",
     )
-    parser.add_argument("checkpoint", help="run directory (uses best/, then last/), checkpoint directory "
-                                           "or model.safetensors")
+    add_checkpoint_argument(parser)
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG, BMP, GIF or TIFF files")
     parser.add_argument("--top-k", type=int, default=5, help="how many classes to show (default: 5)")
     parser.add_argument("--tta", choices=["none", "flip", "ten-crop"], default="none", help="default: none")
