@@ -78,6 +78,14 @@ def test_recipes_resolve_and_later_sources_win(tmp_path):
     assert resolve_config("quick", overrides={"model": "alexnet_d2l"}).model_options == {}
 
 
+def test_from_recipe_applies_the_recipe_and_overrides():
+    config = classicnets.TrainConfig.from_recipe("d2l", epochs=20, precision="bf16")
+    assert (config.model, config.lr, config.init, config.normalize) == ("alexnet_d2l", 0.01, "xavier", False)
+    assert (config.epochs, config.precision, config.recipe) == (20, "bf16", "d2l")
+    with pytest.raises(ConfigError, match="unknown recipe"):
+        classicnets.TrainConfig.from_recipe("d2k")
+
+
 def test_bad_settings_name_the_problem(tmp_path):
     bad_key = tmp_path / "bad.yaml"
     bad_key.write_text("learning_rat: 0.1\n")

@@ -117,10 +117,16 @@ class TrainConfig:
     overwrite: bool = _f(False, "replace an existing run in --out instead of refusing to")
     log_every: int = _f(50, "steps between progress refreshes and NaN checks (each reads the GPU once)")
     progress: bool = _f(True, "show a progress bar while an epoch runs")
-    recipe: str | None = _f(None, "the recipe these settings started from (informational)")
+    recipe: str | None = _f(None, "the recipe these settings started from (a label: setting it here applies "
+                                  "nothing; from_recipe, --recipe or train(recipe=...) apply one)")
 
     def __post_init__(self) -> None:
         validate(self)
+
+    @classmethod
+    def from_recipe(cls, recipe: str, **overrides: Any) -> TrainConfig:
+        """The recipe's settings with ``overrides`` on top, e.g. ``from_recipe("d2l", epochs=20)``."""
+        return resolve_config(recipe, overrides=overrides)
 
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
