@@ -25,8 +25,9 @@ import common
 import train_step
 
 HERE = Path(__file__).resolve().parent
-# On the CPU: the four eager configs and two compiled ones (compiling costs a minute or more each there)
-CPU_CONFIGS = ["fp32", "fp32+cl", "bf16", "bf16+cl", "fp32+compile", "bf16+cl+compile"]
+# On the CPU: the four eager configs, two compiled ones (compiling costs a minute or more each there) and
+# the Trainer's own setting (bf16 + channels_last with host memory reused)
+CPU_CONFIGS = ["fp32", "fp32+cl", "bf16", "bf16+cl", "fp32+compile", "bf16+cl+compile", "bf16+cl+reuse"]
 
 
 def steps(args) -> dict[str, list[str]]:
@@ -35,16 +36,17 @@ def steps(args) -> dict[str, list[str]]:
     dev = ["--device", args.device]
     zoo = ["*"] if (args.zoo == "all" or cuda) else list(train_step.QUICK_ZOO)
     configs = ["all"] if cuda else CPU_CONFIGS
+    fast = "bf16+cl" if cuda else train_step.TRAINER_CPU_CONFIG
     zoo_size = [] if cuda else ["--batch-size", "8", "--steps", "1", "--reps", "3", "--warmup", "1"]
     plan = {
         "train_step": ["train_step.py", "--models", "alexnet_d2l", "--configs", *configs,
                        "--out", "train_step", *([] if cuda else ["--steps", "2", "--warmup", "1"]), *dev],
-        "train_step_zoo": ["train_step.py", "--models", *zoo, "--configs", "fp32", "bf16+cl",
+        "train_step_zoo": ["train_step.py", "--models", *zoo, "--configs", "fp32", fast,
                            "--out", "train_step_zoo", *zoo_size, *dev],
         "loader_throughput": ["loader_throughput.py", *dev],
         # where the time of a step goes (torch.profiler tables in results/profile_*.txt)
         "profile_fp32": ["train_step.py", "--models", "alexnet_d2l", "--profile", "fp32", *dev],
-        "profile_bf16": ["train_step.py", "--models", "alexnet_d2l", "--profile", "bf16+cl", *dev],
+        "profile_bf16": ["train_step.py", "--models", "alexnet_d2l", "--profile", fast, *dev],
         "vs_d2l": ["vs_d2l.py", *(["--subset", "0", "--epochs", "10", "--test-images", "0"] if cuda else []),
                    *dev],
     }  # fmt: skip

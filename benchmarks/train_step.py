@@ -6,6 +6,10 @@ runs at its recipe's input size (Fashion-MNIST: 1 channel, 10 classes) under eve
 
     fp32 / bf16 (torch.autocast)  x  channels_last off / on  x  torch.compile off / on
 
+and, on the CPU, ``+reuse``: freed host memory kept for the next step (training.host_memory, what the
+Trainer does on the CPU) instead of glibc's default of unmapping large blocks and faulting them in again.
+It is a process-wide allocator setting, switched at the start of each timed repetition.
+
 The configurations of one model are measured interleaved (rep 1 of every config, then rep 2, ...) and the
 median over repetitions is reported, so a burst of load from other processes hits all of them alike.
 
@@ -34,6 +38,7 @@ import torch.nn.functional as F
 
 import classicnets
 import common
+from classicnets.training.host_memory import keep_host_memory, release_host_memory
 
 # Input side of each model under its Fashion-MNIST recipe: d2l chapter 8 trains AlexNet, VGG and NiN at 224,
 # GoogLeNet and ResNet at 96; the other models run at their own default size.
@@ -41,7 +46,7 @@ D2L_INPUT_SIDE = {"alexnet_d2l": 224, "vgg*": 224, "nin*": 224, "googlenet*": 96
 QUICK_MODELS = ("alexnet_d2l",)  # --quick: every asked config on these
 # --quick: one model per family and size class, at the slowest and the fastest eager config
 QUICK_ZOO = ("alexnet", "alexnet_owt", "alexnet_28", "vgg11", "nin", "googlenet", "resnet18", "resnet50")
-QUICK_OTHER_CONFIGS = ("fp32", "bf16+cl")
+QUICK_OTHER_CONFIGS = ("fp32", "bf16+cl+reuse")
 
 
 @dataclass(frozen=True)
@@ -49,24 +54,28 @@ class StepConfig:
     precision: str  # "fp32" or "bf16" (autocast)
     channels_last: bool
     compiled: bool
+    reuse_memory: bool = False  # host memory kept for reuse (the Trainer's CPU setting)
 
     @property
     def name(self) -> str:
-        return self.precision + ("+cl" if self.channels_last else "") + ("+compile" if self.compiled else "")
+        flags = (("cl", self.channels_last), ("compile", self.compiled), ("reuse", self.reuse_memory))
+        return "+".join([self.precision] + [flag for flag, on in flags if on])
 
     @classmethod
     def parse(cls, name: str) -> StepConfig:
         parts = name.split("+")
-        if parts[0] not in ("fp32", "bf16") or not set(parts[1:]) <= {"cl", "compile"}:
+        if parts[0] not in ("fp32", "bf16") or not set(parts[1:]) <= {"cl", "compile", "reuse"}:
             raise SystemExit(
-                f"error: unknown config {name!r}; expected fp32|bf16 with optional +cl and +compile"
+                f"error: unknown config {name!r}; expected fp32|bf16 with optional +cl, +compile, +reuse"
             )
-        return cls(parts[0], "cl" in parts[1:], "compile" in parts[1:])
+        return cls(parts[0], "cl" in parts[1:], "compile" in parts[1:], "reuse" in parts[1:])
 
 
-ALL_CONFIGS = tuple(
+GRID_CONFIGS = tuple(
     StepConfig(p, cl, c).name for c in (False, True) for p in ("fp32", "bf16") for cl in (False, True)
 )
+TRAINER_CPU_CONFIG = "bf16+cl+reuse"  # what `classicnets train --precision bf16 --channels-last` runs
+ALL_CONFIGS = (*GRID_CONFIGS, TRAINER_CPU_CONFIG)
 
 
 def input_side(name: str) -> int:
@@ -108,6 +117,9 @@ class StepRunner:
 
     def run(self, steps: int) -> float:
         """Seconds for ``steps`` steps, with the device drained only at the ends."""
+        if self.device.type == "cpu":
+            # the heap is not trimmed on the way back, so neither side pays for the other's switch
+            keep_host_memory() if self.config.reuse_memory else release_host_memory(trim=False)
         common.synchronize(self.device)
         start = time.perf_counter()
         for _ in range(steps):
@@ -237,15 +249,18 @@ def render_markdown(rows: list[dict], peaks: dict, machine: dict, settings: dict
     )
 
 
-def select(args) -> tuple[list[str], dict[str, list[StepConfig]]]:
+def select(args, device: torch.device) -> tuple[list[str], dict[str, list[StepConfig]]]:
     """The models, and the configs for each (--quick: the full grid on alexnet_d2l, two configs elsewhere)."""
     names = sorted({n for pattern in args.models for n in classicnets.list_models(pattern)})
     if not names:
         raise SystemExit(f"error: no model matches {args.models}; `classicnets models` lists them")
-    asked = ALL_CONFIGS if args.configs == ["all"] else tuple(args.configs)
+    everything = ALL_CONFIGS if device.type == "cpu" else GRID_CONFIGS  # +reuse is about the host's heap
+    asked = everything if args.configs == ["all"] else tuple(args.configs)
     per_model = {}
     for n in names:
         chosen = asked if (not args.quick or n in QUICK_MODELS) else QUICK_OTHER_CONFIGS
+        if device.type != "cpu":
+            chosen = tuple(dict.fromkeys(c.replace("+reuse", "") for c in chosen))
         per_model[n] = [StepConfig.parse(c) for c in chosen]
     return names, per_model
 
@@ -293,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 here; bf16 is the fast path measured
     if args.quick and args.models == ["*"]:
         args.models = [*QUICK_MODELS, *QUICK_ZOO]
-    names, per_model = select(args)
+    names, per_model = select(args, device)
     if args.profile:
         for name in names:
             print(f"wrote {profile_model(name, StepConfig.parse(args.profile), args, device)}")

@@ -34,6 +34,7 @@ from ..errors import ClassicnetsError, ConfigError
 from . import checkpoint as ckpt
 from .config import TrainConfig, config_from_dict
 from .distributed import DistContext, all_reduce_, barrier, wrap_model
+from .host_memory import reused_host_memory
 from .logging import CONFIG_JSON, epoch_line, plot_curves, write_logs, write_text_atomic
 from .metrics import RunningSums
 
@@ -75,7 +76,8 @@ def seed_everything(*entropy: int) -> None:
 
 @contextlib.contextmanager
 def torch_settings(config: TrainConfig, device: torch.device) -> Iterator[None]:
-    """Global switches for the run (deterministic algorithms, TF32 on CUDA), restored afterwards."""
+    """Global switches for the run (deterministic algorithms, TF32 on CUDA, host memory kept for reuse on
+    the CPU), restored afterwards."""
     saved = (torch.are_deterministic_algorithms_enabled(), torch.get_float32_matmul_precision(),
              torch.backends.cudnn.benchmark, torch.get_num_threads())
     if config.cpu_threads:
@@ -87,7 +89,8 @@ def torch_settings(config: TrainConfig, device: torch.device) -> Iterator[None]:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
         torch.use_deterministic_algorithms(True)
     try:
-        yield
+        with reused_host_memory(enabled=device.type == "cpu"):
+            yield
     finally:
         torch.use_deterministic_algorithms(saved[0])
         torch.set_float32_matmul_precision(saved[1])
