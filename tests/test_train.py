@@ -17,7 +17,7 @@ import torch
 import classicnets
 from classicnets.errors import CheckpointError, ConfigError
 from classicnets.training import checkpoint as ckpt
-from classicnets.training import loop
+from classicnets.training import loop, speed
 from classicnets.training.config import (
     FIELD_NAMES,
     RECIPES,
@@ -265,7 +265,8 @@ def _toy_trainer(tmp_path, train_loader, **changes):
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 32), torch.nn.ReLU(),
                                 torch.nn.Linear(32, 4))
     config = TrainConfig(**{"lr": 0.1, "epochs": 2, "batch_size": 32, "out": str(tmp_path / "toy"),
-                            "progress": False, "device": "cpu", "log_every": 4, **changes})
+                            "progress": False, "device": "cpu", "log_every": 4, "precision": "fp32",
+                            **changes})
     metadata = ckpt.model_metadata(model="toy", model_options={}, num_classes=4, in_channels=1,
                                    classes=list("abcd"), image_size=4, mean=None, std=None, dataset="toy")
     test_loader = _ToyLoader(train_loader.x[:64], train_loader.y[:64], 64)
@@ -366,3 +367,32 @@ def test_small_alexnet_learns_fashion_mnist(tmp_path, fashion_mnist_dir):
     assert history[-1]["test_acc"] > 0.80, history
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     print(f"quick recipe, 8,000 images x 3 epochs: test acc {history[-1]['test_acc']:.3f} in {elapsed:.0f} s")
+
+
+# ------------------------------------------------------------------------------------ auto speed settings
+
+
+@pytest.mark.parametrize("fast_bf16", [True, False])
+def test_auto_speed_settings_follow_the_hardware(monkeypatch, fast_bf16):
+    monkeypatch.setattr(speed, "has_fast_bf16", lambda device: fast_bf16)
+    config = speed.resolve_speed(TrainConfig(), torch.device("cpu"))
+    assert (config.precision, config.channels_last, config.compile) == (
+        ("bf16", True, False) if fast_bf16 else ("fp32", False, False))
+    assert speed.resolve_speed(TrainConfig(compile=None), torch.device("cuda")).compile is True
+
+
+def test_named_speed_settings_win_over_auto(monkeypatch):
+    monkeypatch.setattr(speed, "has_fast_bf16", lambda device: True)
+    config = TrainConfig(precision="fp32", channels_last=True, compile=False)
+    assert speed.resolve_speed(config, torch.device("cpu")) == config
+    assert speed.resolve_speed(TrainConfig(precision="bf16"), torch.device("cpu")).channels_last is True
+    assert TrainConfig.from_recipe("fast").compile is None  # compiled on CUDA only
+
+
+def test_the_run_records_the_decided_settings(tmp_path, monkeypatch):
+    monkeypatch.setattr(speed, "has_fast_bf16", lambda device: True)
+    x, y = _toy_data(64)
+    trainer = _toy_trainer(tmp_path, _ToyLoader(x, y, 32), precision="auto", epochs=1)
+    trainer.fit()
+    saved = json.loads((tmp_path / "toy" / "config.json").read_text())
+    assert (saved["precision"], saved["channels_last"], saved["compile"]) == ("bf16", True, False)

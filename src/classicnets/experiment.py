@@ -28,6 +28,7 @@ from .training.distributed import (
     shutdown_distributed,
 )
 from .training.loop import TTA, StopSignals, Trainer, seed_everything
+from .training.speed import resolve_speed
 
 
 def train(config: TrainConfig | Mapping[str, Any] | str | Path | None = None, **overrides) -> list[dict]:
@@ -68,6 +69,7 @@ def run(config: TrainConfig, ctx: DistContext, stop: StopSignals | None = None) 
     from . import registry
     from .data import build_loaders
 
+    config = resolve_speed(config, ctx.device)
     info = registry.model_info(config.model)
     image_size = config.image_size or info.default_input[-1]
     _check_image_size(config.model, image_size, info.min_input[-1])

@@ -3,6 +3,9 @@
 Resolution order, later wins: the dataclass defaults < the recipe < a YAML/TOML config file < flags.
 The CLI's flags are generated from the fields below (:func:`add_config_arguments`), so they never drift.
 
+The speed settings precision, channels_last and compile default to what pays on the device
+(training/speed.py); a recipe or a flag that names a value wins.
+
 Recipes (``--recipe``):
 
 - ``d2l``: Dive into Deep Learning's run: alexnet_d2l at 224, plain SGD lr 0.01, batch 128, 10 epochs,
@@ -11,8 +14,8 @@ Recipes (``--recipe``):
   when accuracy plateaus (at most three times), the paper's net and init, random crops, flips and PCA colour
   noise, 10-crop testing. Deviation: Fashion-MNIST has no validation split, so the plateau is watched on
   the test set.
-- ``fast``: accuracy per second on a GPU: bf16 autocast, channels_last, torch.compile, batch 256, SGD
-  nesterov with a one-cycle schedule, label smoothing, flips, flip test-time augmentation, 5 epochs.
+- ``fast``: accuracy per second on a GPU: bf16 autocast, channels_last, torch.compile on CUDA, batch 256,
+  SGD nesterov with a one-cycle schedule, label smoothing, flips, flip test-time augmentation, 5 epochs.
 - ``quick``: what ``make demo`` runs on a 2-core CPU: alexnet_28 (d2l's 28x28 AlexNet, the book's exercise)
   at quarter width (2.9M parameters), bf16 autocast + channels_last, AdamW with a one-cycle schedule,
   batch 256, 2 epochs on all 60,000 images, one CPU thread: 0.90 test accuracy (measured 0.901).
@@ -35,7 +38,7 @@ from ..errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "plateau", "cosine", "onecycle")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
 AUGMENTS = ("none", "flip", "crop-flip", "resized-crop-flip", "paper")
 TTAS = ("none", "flip", "ten-crop")
 INITS = ("model", "xavier")
@@ -100,9 +103,12 @@ class TrainConfig:
 
     # --- speed
     device: str = _f("auto", "auto (CUDA if available, else CPU), cpu, cuda or cuda:N")
-    precision: str = _f("fp32", "bf16: bfloat16 autocast on CPU (AMX) and CUDA; weights stay fp32")
-    channels_last: bool = _f(False, "NHWC memory layout for model and inputs (faster convs with bf16)")
-    compile: bool = _f(False, "torch.compile the model (slower start, faster steps)")
+    precision: str = _f("auto", "bf16: bfloat16 autocast (weights stay fp32); auto: bf16 where the "
+                                "hardware has it (AMX or AVX-512 BF16 CPUs, Ampere+ GPUs), else fp32")
+    channels_last: bool | None = _f(None, "NHWC memory layout for model and inputs (faster convs with "
+                                          "bf16); none: on when the precision is bf16")
+    compile: bool | None = _f(False, "torch.compile the model (slower start, faster steps); none: on "
+                                     "CUDA only (on the CPUs measured it was slower)")
     cpu_threads: int | None = _f(None, "torch's CPU threads; None: its default, one per core. On a busy "
                                        "machine fewer can be faster (threads wait for each other every op)")
     num_workers: int = _f(2, "worker processes for streaming loaders (in-memory data sets need none)")
@@ -147,7 +153,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "fast": dict(model="alexnet_d2l", epochs=5, batch_size=256, optimizer="sgd", lr=0.02, momentum=0.9,
                  nesterov=True, weight_decay=5e-4, schedule="onecycle", onecycle_pct=0.25,
                  label_smoothing=0.1, init="xavier", normalize=True, augment="flip", tta="flip",
-                 precision="bf16", channels_last=True, compile=True),
+                 precision="bf16", channels_last=True, compile=None),
     "quick": dict(model="alexnet_28", model_options={"width_mult": 0.25}, epochs=2, batch_size=256,
                   optimizer="adamw", lr=3e-3, weight_decay=0.05, schedule="onecycle", onecycle_pct=0.25,
                   label_smoothing=0.0, init="model", normalize=True, augment="none", tta="none",

@@ -37,6 +37,7 @@ from .distributed import DistContext, all_reduce_, barrier, wrap_model
 from .host_memory import reused_host_memory
 from .logging import CONFIG_JSON, epoch_line, plot_curves, write_logs, write_text_atomic
 from .metrics import RunningSums
+from .speed import resolve_speed
 
 # Settings that may change when a run resumes; any other difference is refused.
 RESUMABLE_CHANGES = {"epochs", "progress", "log_every", "num_workers", "out", "resume", "overwrite",
@@ -241,6 +242,7 @@ class Trainer:
     def __init__(self, model: nn.Module, train_loader, test_loader, config: TrainConfig, *,
                  ctx: DistContext, metadata: dict[str, str], tta: TTA | None = None,
                  print_fn: Callable[[str], None] = print, stop: StopSignals | None = None) -> None:
+        config = resolve_speed(config, ctx.device)  # auto precision, channels_last, compile
         self.config, self.ctx, self.metadata, self.tta = config, ctx, metadata, tta
         self.stop = stop  # installed by the caller to cover its setup too; else fit installs its own
         self.train_loader, self.test_loader = train_loader, test_loader
