@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from classicnets.errors import CheckpointError
@@ -181,3 +182,65 @@ def test_metadata_is_plain_strings(tmp_path):
     metadata = _metadata(mean=(0.5,), std=[0.25])
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
     assert json.loads(metadata["mean"]) == [0.5] and json.loads(metadata["std"]) == [0.25]
+
+
+# ------------------------------------------------------------------------------------ background saves
+
+
+def _live_state():
+    model = torch.nn.Conv2d(2, 4, 3).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.ones(1, 2, 5, 5)).sum().backward()
+    optimizer.step()
+    return model, optimizer
+
+
+def test_background_save_writes_what_a_direct_save_writes(tmp_path):
+    model, optimizer = _live_state()
+    state = {"epoch": 1, "optimizer": optimizer.state_dict()}
+    ckpt.save_checkpoint(tmp_path / "direct", model_state=model.state_dict(), metadata=_metadata(),
+                         trainer_state=state, is_best=True)
+    saver = ckpt.BackgroundSaver()
+    last = saver.save(tmp_path / "background", model_state=model.state_dict(), metadata=_metadata(),
+                      trainer_state=state, is_best=True)
+    saver.wait()
+    assert last == tmp_path / "background" / "last"
+    for name in ("last", "best"):
+        direct, background = tmp_path / "direct" / name, tmp_path / "background" / name
+        assert sorted(p.name for p in background.iterdir()) == sorted(p.name for p in direct.iterdir())
+        # safetensors writes its metadata in hash order, so compare contents rather than bytes
+        for file in (ckpt.MODEL_FILE, ckpt.TRAINER_TENSORS_FILE):
+            with safe_open(direct / file, "pt") as a, safe_open(background / file, "pt") as b:
+                assert a.metadata() == b.metadata() and sorted(a.keys()) == sorted(b.keys())
+                assert all(torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in a.keys())
+        trainer_json = ckpt.TRAINER_STATE_FILE
+        assert (background / trainer_json).read_text() == (direct / trainer_json).read_text()
+
+
+def test_background_save_keeps_the_state_of_the_moment_it_was_asked(tmp_path):
+    """Training goes on changing the weights and the momentum in place while the files are written."""
+    model, optimizer = _live_state()
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    momentum = optimizer.state[model.weight]["momentum_buffer"].clone()
+    saver = ckpt.BackgroundSaver()
+    saver.save(tmp_path, model_state=model.state_dict(), metadata=_metadata(),
+               trainer_state={"optimizer": optimizer.state_dict()})
+    with torch.no_grad():
+        for tensor in [*model.parameters(), optimizer.state[model.weight]["momentum_buffer"]]:
+            tensor.mul_(0).add_(7)
+    saver.wait()
+    weights, _ = ckpt.load_model_weights(tmp_path)
+    assert all(torch.equal(weights[k], expected[k]) for k in expected)
+    saved = ckpt.load_trainer_state(tmp_path / "last")["optimizer"]["state"][0]["momentum_buffer"]
+    assert torch.equal(saved, momentum)
+
+
+def test_a_failed_background_save_is_raised_by_the_next_wait(tmp_path):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the run directory should be")
+    model, _ = _live_state()
+    saver = ckpt.BackgroundSaver()
+    saver.save(blocker, model_state=model.state_dict(), metadata=_metadata(), trainer_state={"epoch": 1})
+    with pytest.raises(CheckpointError, match="writing the checkpoint failed"):
+        saver.wait()
+    saver.wait()  # reported once

@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -125,22 +126,82 @@ def save_checkpoint(
     ``trainer_state`` is any nest of dicts/lists/scalars/tensors (optimizer and scheduler state dicts,
     RNG states, history): tensors go to ``trainer.safetensors``, the rest to ``trainer.json``.
     """
-    run_dir = Path(run_dir)
+    return _write_checkpoint(Path(run_dir), _Snapshot.take(model_state, metadata, trainer_state, copy=False),
+                             is_best)
+
+
+class _Snapshot:
+    """A checkpoint's content, detached from the live training state (with ``copy``, no tensor is shared
+    with it, so training may go on changing its weights in place while the snapshot is written)."""
+
+    def __init__(self, model: dict[str, torch.Tensor], metadata: dict[str, str],
+                 trainer_tensors: dict[str, torch.Tensor], trainer_json: str) -> None:
+        self.model, self.metadata = model, metadata
+        self.trainer_tensors, self.trainer_json = trainer_tensors, trainer_json
+
+    @classmethod
+    def take(cls, model_state: Mapping[str, torch.Tensor], metadata: Mapping[str, str],
+             trainer_state: Mapping[str, Any], *, copy: bool) -> _Snapshot:
+        tensors: dict[str, torch.Tensor] = {}
+        skeleton = _split_tensors(trainer_state, "trainer", tensors)  # clones the trainer's tensors
+        return cls(_contiguous_cpu(model_state, copy=copy), dict(metadata), tensors,
+                   json.dumps(skeleton, indent=1, sort_keys=True))
+
+
+def _write_checkpoint(run_dir: Path, snapshot: _Snapshot, is_best: bool) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(run_dir)
-    tensors: dict[str, torch.Tensor] = {}
-    skeleton = _split_tensors(trainer_state, "trainer", tensors)
 
     def write(tmp: Path) -> None:
-        _save_tensors(tmp / MODEL_FILE, _contiguous_cpu(model_state), dict(metadata))
-        _save_tensors(tmp / TRAINER_TENSORS_FILE, tensors, {"format": str(FORMAT_VERSION)})
-        _write_text(tmp / TRAINER_STATE_FILE, json.dumps(skeleton, indent=1, sort_keys=True))
+        _save_tensors(tmp / MODEL_FILE, snapshot.model, snapshot.metadata)
+        _save_tensors(tmp / TRAINER_TENSORS_FILE, snapshot.trainer_tensors, {"format": str(FORMAT_VERSION)})
+        _write_text(tmp / TRAINER_STATE_FILE, snapshot.trainer_json)
 
     last = _atomic_dir(run_dir / LAST, write)
     if is_best:
         # The files are never modified in place, so best/ can share them with last/ through hard links.
         _atomic_dir(run_dir / BEST, lambda tmp: _link_or_copy_files(last, tmp))
     return last
+
+
+class BackgroundSaver:
+    """Writes checkpoints on a thread, so that the next epoch trains while this one reaches the disk.
+
+    :meth:`save` copies the state (on the caller's thread: training changes the weights in place) and
+    returns; a worker thread then writes it exactly as :func:`save_checkpoint` does, atomically and
+    fsynced. One save is in flight at a time: the next :meth:`save`, and :meth:`wait`, block until the
+    previous one is on disk and raise its error if it failed. A 187 MB AlexNet checkpoint takes about half
+    a second to write and sync, several times a GPU epoch of the d2l recipe.
+    """
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def save(self, run_dir: str | Path, *, model_state: Mapping[str, torch.Tensor],
+             metadata: Mapping[str, str], trainer_state: Mapping[str, Any], is_best: bool = False) -> Path:
+        """Start writing ``run_dir/last`` (and ``best``); return the path it will have."""
+        self.wait()
+        snapshot = _Snapshot.take(model_state, metadata, trainer_state, copy=True)
+        self._thread = threading.Thread(target=self._write, args=(Path(run_dir), snapshot, is_best),
+                                        name="classicnets-checkpoint")
+        self._thread.start()
+        return Path(run_dir) / LAST
+
+    def wait(self, *, raise_error: bool = True) -> None:
+        """Block until the save in flight is on disk; raise its error (unless ``raise_error`` is off)."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        error, self._error = self._error, None
+        if error is not None and raise_error:
+            raise CheckpointError(f"writing the checkpoint failed: {error}") from error
+
+    def _write(self, run_dir: Path, snapshot: _Snapshot, is_best: bool) -> None:
+        try:
+            _write_checkpoint(run_dir, snapshot, is_best)
+        except BaseException as error:  # handed to the training thread by wait()
+            self._error = error
 
 
 def _atomic_dir(target: Path, write: Callable[[Path], None]) -> Path:
@@ -199,12 +260,14 @@ def _link_or_copy_files(source: Path, destination: Path) -> None:
             _fsync_file(destination / file.name)
 
 
-def _contiguous_cpu(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _contiguous_cpu(state: Mapping[str, torch.Tensor], copy: bool = False) -> dict[str, torch.Tensor]:
     # safetensors refuses tensors that share memory; clone only those that alias another entry.
     out: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
-    for name, tensor in state.items():
-        tensor = tensor.detach().to("cpu").contiguous()
+    for name, live in state.items():
+        tensor = live.detach().to("cpu").contiguous()
+        if copy and tensor.data_ptr() == live.data_ptr():
+            tensor = tensor.clone()  # still the live tensor (a contiguous CPU one): snapshot it
         key = tensor.untyped_storage().data_ptr()
         if key in seen and tensor.numel() > 0:
             tensor = tensor.clone()

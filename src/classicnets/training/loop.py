@@ -260,6 +260,7 @@ class Trainer:
         self.start_epoch, self.start_step = 0, 0
         self.partial: dict[str, Any] | None = None
         self.train_model = self.eval_model = self.model
+        self.saver = ckpt.BackgroundSaver()
 
     # ----------------------------------------------------------------------------------- public
 
@@ -268,16 +269,20 @@ class Trainer:
         self._prepare_run_dir()
         self._wrap_model()
         stop_signals = contextlib.nullcontext(self.stop) if self.stop else StopSignals()
-        with torch_settings(self.config, self.device), stop_signals as stop:
-            if stop.signum is not None:  # stopped while setting up: nothing trained, nothing to save
-                raise TrainingInterrupted(stop.signum, None)
-            for epoch in range(self.start_epoch, self.config.epochs):
-                record = self._run_epoch(epoch, stop)
-                if record is None:  # stopped mid-epoch; a checkpoint was saved
-                    barrier(self.ctx)
-                    raise TrainingInterrupted(stop.signum, self.run_dir / ckpt.LAST)
-                if stop.signum is not None and epoch + 1 < self.config.epochs:
-                    raise TrainingInterrupted(stop.signum, self.run_dir / ckpt.LAST)
+        try:
+            with torch_settings(self.config, self.device), stop_signals as stop:
+                if stop.signum is not None:  # stopped while setting up: nothing trained, nothing to save
+                    raise TrainingInterrupted(stop.signum, None)
+                for epoch in range(self.start_epoch, self.config.epochs):
+                    record = self._run_epoch(epoch, stop)
+                    if record is None or (stop.signum is not None and epoch + 1 < self.config.epochs):
+                        self.saver.wait()  # stopped mid-epoch or after it: the checkpoint is on disk
+                        barrier(self.ctx)
+                        raise TrainingInterrupted(stop.signum, self.run_dir / ckpt.LAST)
+            self.saver.wait()
+        except BaseException:
+            self.saver.wait(raise_error=False)  # the save in flight still lands; the first error is raised
+            raise
         barrier(self.ctx)
         return self.history
 
@@ -505,8 +510,9 @@ class Trainer:
         }
         if partial_sums is not None:
             state["partial"] = {"sums": partial_sums.state(), "rng": _rng_states()}
-        ckpt.save_checkpoint(self.run_dir, model_state=self.model.state_dict(), metadata=self.metadata,
-                             trainer_state=state, is_best=is_best)
+        # written on a thread while the next epoch trains (fit waits for it before it returns or raises)
+        self.saver.save(self.run_dir, model_state=self.model.state_dict(), metadata=self.metadata,
+                        trainer_state=state, is_best=is_best)
 
     def _report(self, record: dict[str, Any]) -> None:
         if not self.ctx.is_main:
