@@ -37,16 +37,17 @@ def steps(args) -> dict[str, list[str]]:
     zoo = ["*"] if (args.zoo == "all" or cuda) else list(train_step.QUICK_ZOO)
     configs = ["all"] if cuda else CPU_CONFIGS
     fast = "bf16+cl" if cuda else train_step.TRAINER_CPU_CONFIG
+    d2l_batch = [] if cuda else ["--batch-size", "128", "--steps", "2"]  # the d2l recipe's batch
     zoo_size = [] if cuda else ["--batch-size", "8", "--steps", "1", "--reps", "3", "--warmup", "1"]
     plan = {
         "train_step": ["train_step.py", "--models", "alexnet_d2l", "--configs", *configs,
-                       "--out", "train_step", *([] if cuda else ["--steps", "2", "--warmup", "1"]), *dev],
+                       "--out", "train_step", *([] if cuda else [*d2l_batch, "--warmup", "1"]), *dev],
         "train_step_zoo": ["train_step.py", "--models", *zoo, "--configs", "fp32", fast,
                            "--out", "train_step_zoo", *zoo_size, *dev],
         "loader_throughput": ["loader_throughput.py", *dev],
         # where the time of a step goes (torch.profiler tables in results/profile_*.txt)
-        "profile_fp32": ["train_step.py", "--models", "alexnet_d2l", "--profile", "fp32", *dev],
-        "profile_bf16": ["train_step.py", "--models", "alexnet_d2l", "--profile", fast, *dev],
+        "profile_fp32": ["train_step.py", "--models", "alexnet_d2l", "--profile", "fp32", *d2l_batch, *dev],
+        "profile_bf16": ["train_step.py", "--models", "alexnet_d2l", "--profile", fast, *d2l_batch, *dev],
         "vs_d2l": ["vs_d2l.py", *(["--subset", "0", "--epochs", "10", "--test-images", "0"] if cuda else []),
                    *dev],
     }  # fmt: skip
