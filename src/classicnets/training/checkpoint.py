@@ -179,11 +179,13 @@ class BackgroundSaver:
         self._error: BaseException | None = None
 
     def save(self, run_dir: str | Path, *, model_state: Mapping[str, torch.Tensor],
-             metadata: Mapping[str, str], trainer_state: Mapping[str, Any], is_best: bool = False) -> Path:
-        """Start writing ``run_dir/last`` (and ``best``); return the path it will have."""
+             metadata: Mapping[str, str], trainer_state: Mapping[str, Any], is_best: bool = False,
+             then: Callable[[], Any] | None = None) -> Path:
+        """Start writing ``run_dir/last`` (and ``best``), then run ``then`` on the same thread once the
+        checkpoint has landed (the trainer draws its curves there); return the path it will have."""
         self.wait()
         snapshot = _Snapshot.take(model_state, metadata, trainer_state, copy=True)
-        self._thread = threading.Thread(target=self._write, args=(Path(run_dir), snapshot, is_best),
+        self._thread = threading.Thread(target=self._write, args=(Path(run_dir), snapshot, is_best, then),
                                         name="classicnets-checkpoint")
         self._thread.start()
         return Path(run_dir) / LAST
@@ -197,9 +199,12 @@ class BackgroundSaver:
         if error is not None and raise_error:
             raise CheckpointError(f"writing the checkpoint failed: {error}") from error
 
-    def _write(self, run_dir: Path, snapshot: _Snapshot, is_best: bool) -> None:
+    def _write(self, run_dir: Path, snapshot: _Snapshot, is_best: bool,
+               then: Callable[[], Any] | None) -> None:
         try:
             _write_checkpoint(run_dir, snapshot, is_best)
+            if then is not None:
+                then()
         except BaseException as error:  # handed to the training thread by wait()
             self._error = error
 

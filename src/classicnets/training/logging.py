@@ -45,14 +45,18 @@ def write_logs(run_dir: Path, history: list[dict[str, Any]]) -> None:
 
 
 def plot_curves(run_dir: Path, history: list[dict[str, Any]], title: str = "") -> Path:
-    """curves.png: train loss, train and test accuracy against epoch on one axis, as d2l draws them."""
-    import matplotlib
+    """curves.png: train loss, train and test accuracy against epoch on one axis, as d2l draws them.
 
-    matplotlib.use("Agg")  # files only: no display needed, safe in any thread or headless machine
-    import matplotlib.pyplot as plt
+    Drawn on a bare Figure with the Agg canvas (no pyplot state), so any thread may call it; the trainer
+    draws on its checkpoint thread.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     epochs = [r["epoch"] for r in history]
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    fig = Figure(figsize=(5, 3.5), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     ax.plot(epochs, [r["train_loss"] for r in history], "-", label="train loss")
     ax.plot(epochs, [r["train_acc"] for r in history], "m--", label="train acc")
     ax.plot(epochs, [r["test_acc"] for r in history], "g-.", label="test acc")
@@ -66,6 +70,5 @@ def plot_curves(run_dir: Path, history: list[dict[str, Any]], title: str = "") -
     path = run_dir / CURVES_PNG
     tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.savefig(tmp)
-    plt.close(fig)
     os.replace(tmp, path)
     return path

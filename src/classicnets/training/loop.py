@@ -372,8 +372,8 @@ class Trainer:
         is_best = test["acc"] > self.best_acc
         if is_best:
             self.best_acc, self.best_epoch = test["acc"], epoch + 1
-        self._save(epoch + 1, 0, None, is_best=is_best)
         self._report(record)
+        self._save(epoch + 1, 0, None, is_best=is_best, then=self._curves_job())
         return record
 
     def _train_epoch(self, epoch: int, stop: StopSignals) -> tuple[RunningSums, int | None]:
@@ -484,6 +484,7 @@ class Trainer:
     def _check_finite(self, loss: float, epoch: int, step: int) -> None:
         if math.isfinite(loss):
             return
+        self.saver.wait(raise_error=False)  # the previous epoch's checkpoint may still be landing
         last = self.run_dir / ckpt.LAST
         kept = (f"the last good checkpoint, {last} (epoch {len(self.history)}), is kept"
                 if last.exists() else "no checkpoint was written")
@@ -498,7 +499,7 @@ class Trainer:
         return bool(torch.isfinite(norms).all())
 
     def _save(self, epoch: int, step_in_epoch: int, partial_sums: RunningSums | None,
-              is_best: bool = False) -> None:
+              is_best: bool = False, then: Callable[[], Any] | None = None) -> None:
         if not self._parameters_finite():
             self._check_finite(float("nan"), max(epoch - 1, 0), step_in_epoch or self.steps_per_epoch)
         if not self.ctx.is_main:
@@ -512,15 +513,20 @@ class Trainer:
             state["partial"] = {"sums": partial_sums.state(), "rng": _rng_states()}
         # written on a thread while the next epoch trains (fit waits for it before it returns or raises)
         self.saver.save(self.run_dir, model_state=self.model.state_dict(), metadata=self.metadata,
-                        trainer_state=state, is_best=is_best)
+                        trainer_state=state, is_best=is_best, then=then)
 
     def _report(self, record: dict[str, Any]) -> None:
+        """The epoch's line and logs (curves.png is drawn by :meth:`_curves_job` on the save thread)."""
         if not self.ctx.is_main:
             return
         self.print(epoch_line(record))
         write_logs(self.run_dir, self.history)
+
+    def _curves_job(self) -> Callable[[], Any]:
+        # matplotlib takes ~0.2 s a plot, as long as a GPU epoch of the d2l recipe: drawn off the hot path
+        history = list(self.history)
         title = f"{self.metadata.get('model', '')} on {self.metadata.get('dataset', '')}"
-        plot_curves(self.run_dir, self.history, title=title)
+        return lambda: plot_curves(self.run_dir, history, title=title)
 
 
 def _is_terminal() -> bool:
