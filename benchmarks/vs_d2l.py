@@ -14,7 +14,7 @@ hits both alike. Throughput = training images / seconds of the training phase, l
 loader starts its workers every epoch; epoch 1 includes both pipelines' warm-up). The speed-up is the
 median of the per-epoch ratios; the accuracy columns show it is bought at equal accuracy per epoch.
 
-    python benchmarks/vs_d2l.py                                   # 3 epochs x 2048 images, ~10 min on 2 cores
+    python benchmarks/vs_d2l.py                                   # 5 epochs x 2048 images, ~8 min on 2 cores
     python benchmarks/vs_d2l.py --device cuda --subset 0 --epochs 10 --test-images 0   # d2l's full run
 """
 
@@ -116,7 +116,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     p.add_argument("--subset", type=int, default=2048, help="training images (a multiple of 128); 0 = all")
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=5, help="more epochs, more ratios to take the median of")
     p.add_argument("--test-images", type=int, default=1000, help="the first N test images; 0 = all")
     p.add_argument("--d2l-workers", type=int, default=d2l_baseline.D2L_WORKERS)
     p.add_argument("--device", default="auto")
