@@ -18,7 +18,7 @@ Recipes (``--recipe``):
   SGD nesterov with a one-cycle schedule, label smoothing, flips, flip test-time augmentation, 5 epochs.
 - ``quick``: what ``make demo`` runs on a 2-core CPU: alexnet_28 (d2l's 28x28 AlexNet, the book's exercise)
   at quarter width (2.9M parameters), bf16 autocast + channels_last, AdamW with a one-cycle schedule,
-  batch 256, 2 epochs on all 60,000 images, one CPU thread: 0.90 test accuracy (measured 0.901).
+  batch 256, 2 epochs on all 60,000 images: 0.90 test accuracy (measured 0.901) in about 2 minutes.
 """
 
 from __future__ import annotations
