@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 import sys
 from pathlib import Path
 
@@ -17,7 +18,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from safetensors.torch import save_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 import classicnets
 from classicnets.cli import main
@@ -389,3 +391,67 @@ def test_bad_settings_are_clear_errors(trained_run):
         classicnets.export(trained_run, "tflite")
     with pytest.raises(ClassicnetsError, match="no images given"):
         classicnets.predict(trained_run, [])
+
+
+# ----------------------------------------------------------------------------------- image-folder runs
+
+
+def _fashion_folder(root: Path, fashion_mnist_dir: Path, classes=(0, 1, 7), train=120, val=60) -> Path:
+    """Three Fashion-MNIST classes written out as PNG files in train/<class>/ and val/<class>/."""
+    from classicnets.data import load_dataset
+
+    for split, source, count in (("train", "train", train), ("val", "test", val)):
+        data = load_dataset("fashion-mnist", source, data_dir=fashion_mnist_dir)
+        images, labels = np.asarray(data.images), np.asarray(data.labels)
+        for c in classes:
+            folder = root / split / data.classes[c].replace("/", "-")
+            folder.mkdir(parents=True)
+            for i, index in enumerate(np.flatnonzero(labels == c)[:count]):
+                Image.fromarray(images[index, 0]).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def folder_run(fashion_mnist_dir, tmp_path_factory) -> tuple[Path, Path, list[dict]]:
+    root = _fashion_folder(tmp_path_factory.mktemp("folder"), fashion_mnist_dir)
+    out = tmp_path_factory.mktemp("folder-run") / "run"
+    history = classicnets.train(model="alexnet_28", model_options={"width_mult": 0.125}, dataset=str(root),
+                                image_size=28, epochs=2, batch_size=30, lr=0.01, momentum=0.9,
+                                precision="fp32", channels_last=False, num_workers=0, out=str(out),
+                                progress=False)
+    return root, out, history
+
+
+def test_eval_of_an_image_folder_run_reproduces_the_trainers_test_accuracy(folder_run):
+    root, out, history = folder_run
+    result = classicnets.evaluate(out / "last", batch_size=45, channels_last=False)
+    assert result.count == 180 and result.classes == ["Sneaker", "T-shirt-top", "Trouser"]
+    assert result.top1 > 0.6  # three easy classes: it did learn
+    assert result.top1 == pytest.approx(history[-1]["test_acc"], abs=1e-9)
+    assert result.settings["dataset"] == str(root)
+
+
+def test_eval_of_an_image_folder_run_with_ten_crops_and_a_moved_folder(folder_run, tmp_path, capsys):
+    root, out, _ = folder_run
+    moved = tmp_path / "moved"
+    shutil.copytree(root, moved)
+    assert main(["eval", str(out), "--data-dir", str(moved), "--tta", "ten-crop", "--limit", "90",
+                 "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["count"] == 90 and printed["settings"]["tta"] == "ten-crop"
+    shutil.rmtree(moved / "val" / "Sneaker")  # a class folder gone: the classes no longer match
+    assert main(["eval", str(out), "--data-dir", str(moved)]) == 2
+    err = capsys.readouterr().err
+    assert "class folders" in err and "Traceback" not in err
+
+
+def test_eval_of_an_image_folder_run_whose_folder_is_gone(folder_run, tmp_path, capsys):
+    _, out, _ = folder_run
+    weights = tmp_path / "run" / "last" / "model.safetensors"
+    shutil.copytree(out / "last", weights.parent)
+    with safe_open(weights, "pt") as f:
+        metadata = {**f.metadata(), "dataset": str(tmp_path / "nowhere")}
+    save_file(load_file(weights), weights, metadata=metadata)  # as if the folder had been moved away
+    assert main(["eval", str(weights.parent)]) == 2
+    err = capsys.readouterr().err
+    assert "which is not there; pass --data-dir" in err and "Traceback" not in err

@@ -294,7 +294,9 @@ def evaluate(
     """Top-1, top-5, per-class accuracy and the confusion matrix of a checkpoint on a dataset split.
 
     The dataset and preprocessing come from the checkpoint's header; ``dataset``/``data_dir``/``split``
-    override where the images come from (their classes must be the checkpoint's). ``tta`` is ``none``,
+    override where the images come from (their classes must be the checkpoint's). A run trained on an
+    image folder is evaluated on its val/ (or test/) folder, decoded by DataLoader workers and
+    centre-cropped as the trainer's test loader did. ``tta`` is ``none``,
     ``flip`` or ``ten-crop``; ``bf16`` runs under bfloat16 autocast (about 2-3x faster on CPUs with AMX).
     ``limit`` evaluates the first N images only. With ``out_dir``, writes ``metrics.json`` and
     ``confusion.png`` there.
@@ -307,22 +309,15 @@ def evaluate(
     dataset = dataset or loaded.metadata.get("dataset")
     if not dataset:
         raise ConfigError(f"{loaded.source} does not name its dataset; pass --dataset")
-    if dataset.startswith("imagefolder"):
-        from .data import DATASETS
-
-        raise ConfigError(
-            f"{loaded.source} was trained on an image folder ({dataset}); eval reads the named datasets "
-            f"({', '.join(DATASETS)}) only. Classify single files with `classicnets predict`"
-        )
-    images, labels = _eval_split(loaded, dataset, split, data_dir, download, limit)
     run_device = _resolve_device(device)
     model = _inference_model(loaded.model, run_device, channels_last)
+    batches = _eval_batches(loaded, dataset, split, data_dir, download, limit, tta=tta,
+                            batch_size=batch_size, device=run_device, channels_last=channels_last)
 
     start = time.perf_counter()
-    confusion, top_k_hits = _accumulate(model, images, labels, loaded.preprocessing,
-                                        num_classes=len(loaded.classes), tta=tta,
-                                        batch_size=batch_size, device=run_device, bf16=bf16,
-                                        channels_last=channels_last)
+    confusion, top_k_hits = _accumulate(model, batches, num_classes=len(loaded.classes), tta=tta,
+                                        image_size=loaded.preprocessing.image_size, device=run_device,
+                                        bf16=bf16)
     confusion, top_k_hits = confusion.cpu(), int(top_k_hits.cpu())  # the one host sync
     seconds = time.perf_counter() - start
 
@@ -334,6 +329,31 @@ def evaluate(
     if out_dir is not None:
         result.files = write_eval_outputs(result, Path(out_dir))
     return result
+
+
+def _eval_batches(loaded: LoadedCheckpoint, dataset: str, split: str, data_dir, download: bool,
+                  limit: int | None, *, tta: str, batch_size: int, device: torch.device,
+                  channels_last: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Model inputs and labels of the split, prepared as the trainer's test loader prepared them: an
+    image folder streams through DataLoader workers, a named data set is resized on the device."""
+    from .data import folder_eval_loader, image_folder_root
+    from .errors import DatasetError
+
+    prep = loaded.preprocessing
+    trained_on_folder = "/" in dataset or dataset.startswith("imagefolder")  # the header keeps its path
+    folder = Path(data_dir) if trained_on_folder and data_dir else image_folder_root(dataset, data_dir)
+    if trained_on_folder and folder is None:
+        raise DatasetError(f"{loaded.source} was trained on the image folder {dataset}, which is not there; "
+                           "pass --data-dir with the folder that holds its val/ (or test/) split")
+    if folder is not None:
+        return iter(folder_eval_loader(folder, split, classes=loaded.classes, image_size=prep.image_size,
+                                       batch_size=batch_size, mean=prep.mean, std=prep.std,
+                                       uncropped=tta == "ten-crop", channels_last=channels_last,
+                                       device=device, limit=limit))
+    images, labels = _eval_split(loaded, dataset, split, data_dir, download, limit)
+    images, labels = images.to(device), labels.to(device)  # small: Fashion-MNIST's test set is 8 MB
+    return ((prepare_batch(x, prep, uncropped=tta == "ten-crop", channels_last=channels_last), y)
+            for x, y in zip(images.split(batch_size), labels.split(batch_size), strict=True))
 
 
 def _eval_split(loaded: LoadedCheckpoint, dataset: str, split: str, data_dir, download: bool,
@@ -361,23 +381,20 @@ def _inference_model(model: nn.Module, device: torch.device, channels_last: bool
     return model
 
 
-def _accumulate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, prep: Preprocessing, *,
-                num_classes: int, tta: str, batch_size: int, device: torch.device, bf16: bool,
-                channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _accumulate(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], *,
+                num_classes: int, tta: str, image_size: int, device: torch.device,
+                bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The confusion matrix and top-k hit count, accumulated on the device without a host sync.
 
-    The uint8 images go to the device once (the array datasets are small: 8 MB for Fashion-MNIST), and each
-    batch is resized and normalised there. Counting uses scatter_add_, not bincount: CUDA's bincount reads
-    the largest index back to the host to size its output, a sync per batch.
+    Counting uses scatter_add_, not bincount: CUDA's bincount reads the largest index back to the host to
+    size its output, a sync per batch.
     """
     top_k = min(5, num_classes)
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
     top_k_hits = torch.zeros((), dtype=torch.int64, device=device)
-    images, labels = images.to(device), labels.to(device)
     with torch.inference_mode(), _autocast(device, bf16):
-        for x, y in zip(images.split(batch_size), labels.split(batch_size), strict=True):
-            x = prepare_batch(x, prep, uncropped=tta == "ten-crop", channels_last=channels_last)
-            scores = _scores(model, x, tta, prep.image_size)
+        for x, y in batches:
+            scores = _scores(model, x, tta, image_size)
             cells = y * num_classes + scores.argmax(dim=1)
             confusion.scatter_add_(0, cells, torch.ones_like(cells))
             top_k_hits += topk_correct(scores, y, (top_k,))[0]

@@ -18,7 +18,9 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     add_checkpoint_argument(parser)
     parser.add_argument("--dataset", help="evaluate on this dataset instead of the checkpoint's "
                                           "(same classes required)")
-    parser.add_argument("--data-dir", help="where the dataset's files are (default: the data layer's search)")
+    parser.add_argument("--data-dir", help="where the dataset's files are (default: the data layer's "
+                        "search); for a run trained on an image folder, the folder holding val/ (or test/) "
+                        "when it has moved")
     parser.add_argument("--split", choices=["test", "train"], default="test", help="default: test")
     parser.add_argument("--tta", choices=["none", "flip", "ten-crop"], default="none",
                         help="test-time augmentation: average the softmax over the image and its mirror "

@@ -8,7 +8,14 @@
 
 from .augment import AUGMENTS, ColourPCA, flip_tta, pre_crop_size, ten_crop
 from .formats import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
-from .loaders import DeviceLoader, Loaders, StreamingLoader, build_loaders
+from .loaders import (
+    DeviceLoader,
+    Loaders,
+    StreamingLoader,
+    build_loaders,
+    folder_eval_loader,
+    image_folder_root,
+)
 from .sources import DATASETS, ArrayDataset, load_dataset, make_synthetic
 
 __all__ = [
@@ -23,6 +30,8 @@ __all__ = [
     "StreamingLoader",
     "build_loaders",
     "flip_tta",
+    "folder_eval_loader",
+    "image_folder_root",
     "load_dataset",
     "make_synthetic",
     "pre_crop_size",

@@ -514,6 +514,46 @@ def _folder_loaders(root: Path, *, num_workers: int, on_bad: str, max_pixels, **
     )
 
 
+def folder_eval_loader(
+    root: str | Path,
+    split: str,
+    *,
+    classes: list[str],
+    image_size: int,
+    batch_size: int,
+    mean: tuple[float, ...] | None,
+    std: tuple[float, ...] | None,
+    uncropped: bool = False,
+    channels_last: bool = False,
+    device: torch.device | str = "cpu",
+    num_workers: int = 2,
+    limit: int | None = None,
+    max_pixels: int | None = formats.DEFAULT_MAX_PIXELS,
+) -> StreamingLoader:
+    """Batches of one split of an image folder as a trained model saw its test images: decoded at the
+    pre-crop size, centre-cropped to ``image_size`` (or kept whole with ``uncropped``, for ten-crop) and
+    normalised with the checkpoint's ``mean``/``std``. ``split`` "test" reads val/ (or test/), "train"
+    train/; the class folders must be ``classes``, in that order."""
+    names = ("train",) if split == "train" else ("val", "test")
+    scan = formats.scan_image_folder(_split_dir(Path(root), names), on_bad="skip")
+    if scan.classes != list(classes):
+        raise DatasetError(
+            f"{scan.root} has class folders {scan.classes[:5]}... ({len(scan.classes)}), but the model was "
+            f"trained on {list(classes)[:5]}... ({len(classes)}); evaluate on a folder with the same classes"
+        )
+    paths, labels = scan.paths[:limit], scan.labels[:limit]
+    transform = aug.BatchTransform(image_size=image_size, train=False, source="folder", mean=mean, std=std,
+                                   channels_last=channels_last, uncropped=uncropped)
+    data = FolderDataset(paths, labels, aug.pre_crop_size(image_size), max_pixels)
+    return StreamingLoader(data, batch_size=batch_size, transform=transform, device=device, shuffle=False,
+                           num_workers=num_workers, on_bad="skip")
+
+
+def image_folder_root(dataset: str | Path, data_dir: str | Path | None = None) -> Path | None:
+    """The image folder that ``dataset`` (with ``data_dir``) names, or None for a named data set."""
+    return _folder_root(dataset, data_dir)
+
+
 def _folder_stats(paths, labels, max_pixels, num_workers, seed, sample: int = 512, side: int = 64):
     """Mean, std and colour PCA from a class-balanced sample of training images decoded small: the paper
     computes its PCA over all of ImageNet; 512 images fix a 3x3 covariance well enough for jitter."""
