@@ -86,6 +86,7 @@ def render(payload: dict) -> str:
         ]
     )
     train_images = f"{s['train_images']:,}" if s["train_images"] else "all 60,000"
+    reuse = ", freed host memory kept for the next step" if m["device"] == "cpu" else ""
     test_images = f"the first {s['test_images']:,}" if s["test_images"] else "all 10,000"
     return (
         f"alexnet_d2l at 224 px, d2l recipe (SGD lr 0.01, batch 128), {len(payload['epochs'])} "
@@ -94,7 +95,7 @@ def render(payload: dict) -> str:
         f"{common.device_label(m)}, {m['date_utc']}. d2l: PIL Resize + ToTensor per image in a DataLoader "
         f"with {s['d2l_workers']} workers, fp32, a host sync per step. classicnets: device-resident loader, "
         f"Trainer step, precision {s['speed']['precision']}, channels_last {s['speed']['channels_last']}, "
-        f"compile {s['speed']['compile']}. Images/s of the training phase, loading included.\n\n"
+        f"compile {s['speed']['compile']}{reuse}. Images/s of the training phase, loading included.\n\n"
         + common.markdown_table(
             [
                 "epoch",
