@@ -24,7 +24,8 @@ from classicnets.registry import ModelOptionError, UnknownModelError, model_info
 FIXTURES = Path(__file__).parent / "fixtures" / "torchvision_keys"
 ALL_MODELS = [
     "alexnet", "alexnet_owt", "alexnet_d2l", "alexnet_28",
-    "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn",
+    "vgg11", "vgg11_bn", "vgg11_lrn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg16_c",
+    "vgg19", "vgg19_bn",
     "nin", "googlenet", "googlenet_d2l",
     "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
 ]
@@ -70,6 +71,8 @@ def test_the_zoo_has_every_model():
     ("alexnet_d2l", {}, 46_764_746),  # d2l's nets default to 1 channel and 10 classes
     ("alexnet_28", {"num_classes": 10, "in_channels": 1}, 46_755_530),
     ("vgg16", {}, 138_357_544),
+    ("vgg11_lrn", {}, 132_863_336),  # the paper's Table 2: 133 M for A and A-LRN alike (LRN has no weights)
+    ("vgg16_c", {}, 133_638_952),  # Table 2: 134 M; D less three 3x3 convs made 1x1
     ("googlenet", {}, 6_624_904),
     ("googlenet", {"aux_logits": True}, 13_004_888),
     ("resnet18", {}, 11_689_512),
@@ -457,12 +460,23 @@ def test_width_mult_shrinks_channels_and_alexnet_fc_widths():
 def test_vgg_configs_are_the_papers_table():
     from classicnets.models.vgg import CONFIGS
 
-    conv_counts = {k: sum(v != "M" for v in cfg) for k, cfg in CONFIGS.items()}
-    assert conv_counts == {"A": 8, "B": 10, "D": 13, "E": 16}  # + 3 fc = 11, 13, 16, 19 weight layers
+    conv_counts = {k: sum(v not in ("M", "LRN") for v in cfg) for k, cfg in CONFIGS.items()}
+    # + 3 fc = 11, 11, 13, 16, 16, 19 weight layers
+    assert conv_counts == {"A": 8, "A-LRN": 8, "B": 10, "C": 13, "D": 13, "E": 16}
     for name, convs in [("vgg11", 8), ("vgg16", 13), ("vgg19_bn", 16)]:
         model = meta_model(name)
         assert sum(isinstance(m, nn.Conv2d) for m in model.modules()) == convs
         assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == (convs if "bn" in name else 0)
+
+
+def test_vgg_a_lrn_and_c_put_the_lrn_and_the_1x1_convs_where_table_1_does():
+    lrn = meta_model("vgg11_lrn").features
+    assert [type(m).__name__ for m in lrn[:4]] == ["Conv2d", "ReLU", "LocalResponseNorm", "MaxPool2d"]
+    assert (lrn[2].size, lrn[2].alpha, lrn[2].beta, lrn[2].k) == (5, 5e-4, 0.75, 2.0)  # AlexNet's constants
+    kernels = [m.kernel_size[0] for m in meta_model("vgg16_c").features if isinstance(m, nn.Conv2d)]
+    assert kernels == [3, 3, 3, 3, 3, 3, 1, 3, 3, 1, 3, 3, 1]  # conv1-256, conv1-512, conv1-512
+    model = classicnets.create_model("vgg16_c", width_mult=0.0625, num_classes=10, in_channels=1)
+    assert model(torch.rand(2, 1, 32, 32)).shape == (2, 10)
 
 
 def test_googlenet_has_nine_inception_blocks_and_optional_aux_heads():

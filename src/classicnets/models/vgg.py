@@ -1,8 +1,10 @@
 """VGG: Simonyan, Zisserman, "Very Deep Convolutional Networks for Large-Scale Image Recognition", ICLR 2015.
 
 Stacks of 3x3 convs (padding 1) with 2x2 max-pools between the stages, then fc 4096-4096-classes with dropout
-0.5. The configurations are the paper's Table 1 columns, as data: A (VGG-11), B (VGG-13), D (VGG-16),
-E (VGG-19); each builder is one line. ``_bn`` variants put a BatchNorm after every conv.
+0.5. The configurations are the paper's Table 1 columns, as data: A (VGG-11), A-LRN (``vgg11_lrn``: A with
+AlexNet's LRN after the first conv, the ablation that found LRN does not help), B (VGG-13), C (``vgg16_c``:
+16 layers whose last conv in stages 3-5 is 1x1), D (VGG-16), E (VGG-19); each builder is one line. ``_bn``
+variants put a BatchNorm after every conv.
 
 Keys and shapes equal torchvision's (``features.<i>``, ``classifier.0/3/6``), so its weights load with
 ``strict=True``. Deviations (all torchvision's):
@@ -10,8 +12,10 @@ Keys and shapes equal torchvision's (``features.<i>``, ``classifier.0/3/6``), so
 - an ``AdaptiveAvgPool2d(7)`` before the classifier (the identity at 224; any input >= 32 then works, where
   the paper's net needs exactly 224 or the fully convolutional test-time form);
 - the ``_bn`` variants (BatchNorm came after the paper);
-- kaiming-normal conv init instead of the paper's N(0, 0.01) with deeper nets started from a trained A;
-- configs A-LRN and C (1x1 convs) are not built.
+- kaiming-normal conv init instead of the paper's N(0, 0.01) with deeper nets started from a trained A.
+
+torchvision has no A-LRN or C, so those two follow the same layout (keys ``features.<i>``) with the LRN or
+the 1x1 convs where the table puts them.
 
 ``width_mult`` scales the convs only; the fc layers stay 4096 wide, so ``vgg11`` with ``width_mult=0.25`` is
 d2l's Fashion-MNIST VGG-11 ("channels / 4") with the pool added.
@@ -22,13 +26,17 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..layers import ClassicNet, check_dropout, scaled
+from ..layers import ClassicNet, check_dropout, paper_lrn, scaled
 from ..registry import ModelInfo, register_model
 
-# The paper's Table 1: conv output channels, "M" = 2x2 max-pool.
-CONFIGS: dict[str, list[int | str]] = {
+# The paper's Table 1: conv3 output channels, "M" = 2x2 max-pool, "LRN" = local response normalisation
+# (AlexNet's constants), (channels, 1) = a 1x1 conv ("conv1-256" in the table).
+CONFIGS: dict[str, list[int | str | tuple[int, int]]] = {
     "A": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "A-LRN": [64, "LRN", "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     "B": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "C": [64, 64, "M", 128, 128, "M", 256, 256, (256, 1), "M", 512, 512, (512, 1), "M",
+          512, 512, (512, 1), "M"],
     "D": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
     "E": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
           512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
@@ -36,15 +44,19 @@ CONFIGS: dict[str, list[int | str]] = {
 MIN_SIZE = 32  # five 2x2 pools: 32 -> 1
 
 
-def make_layers(config: list[int | str], in_channels: int, batch_norm: bool,
+def make_layers(config: list[int | str | tuple[int, int]], in_channels: int, batch_norm: bool,
                 width_mult: float) -> nn.Sequential:
     layers: list[nn.Module] = []
     for v in config:
         if v == "M":
             layers.append(nn.MaxPool2d(2, 2))
             continue
-        out_channels = scaled(int(v), width_mult)
-        layers.append(nn.Conv2d(in_channels, out_channels, 3, padding=1))
+        if v == "LRN":
+            layers.append(paper_lrn())  # after conv1's ReLU, as in AlexNet
+            continue
+        channels, kernel = v if isinstance(v, tuple) else (v, 3)
+        out_channels = scaled(int(channels), width_mult)
+        layers.append(nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2))
         if batch_norm:
             layers.append(nn.BatchNorm2d(out_channels))
         layers.append(nn.ReLU())
@@ -119,6 +131,12 @@ def vgg11_bn(num_classes: int = 1000, in_channels: int = 3, width_mult: float = 
 
 
 @register_model(_info(batch_norm=False))
+def vgg11_lrn(num_classes: int = 1000, in_channels: int = 3, width_mult: float = 1.0,
+              dropout: float = 0.5) -> VGG:
+    return _vgg("A-LRN", False, num_classes, in_channels, width_mult, dropout)
+
+
+@register_model(_info(batch_norm=False))
 def vgg13(num_classes: int = 1000, in_channels: int = 3, width_mult: float = 1.0,
           dropout: float = 0.5) -> VGG:
     return _vgg("B", False, num_classes, in_channels, width_mult, dropout)
@@ -128,6 +146,12 @@ def vgg13(num_classes: int = 1000, in_channels: int = 3, width_mult: float = 1.0
 def vgg13_bn(num_classes: int = 1000, in_channels: int = 3, width_mult: float = 1.0,
              dropout: float = 0.5) -> VGG:
     return _vgg("B", True, num_classes, in_channels, width_mult, dropout)
+
+
+@register_model(_info(batch_norm=False))
+def vgg16_c(num_classes: int = 1000, in_channels: int = 3, width_mult: float = 1.0,
+            dropout: float = 0.5) -> VGG:
+    return _vgg("C", False, num_classes, in_channels, width_mult, dropout)
 
 
 @register_model(_info(batch_norm=False))
