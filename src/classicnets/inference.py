@@ -35,6 +35,7 @@ import torch.nn as nn
 
 from .errors import CheckpointError, ClassicnetsError, ConfigError
 from .training.checkpoint import FORMAT_VERSION, load_model_weights, parse_metadata
+from .training.host_memory import reused_host_memory
 from .training.metrics import topk_correct
 
 TTA_MODES = ("none", "flip", "ten-crop")
@@ -315,9 +316,11 @@ def evaluate(
                             batch_size=batch_size, device=run_device, channels_last=channels_last)
 
     start = time.perf_counter()
-    confusion, top_k_hits = _accumulate(model, batches, num_classes=len(loaded.classes), tta=tta,
-                                        image_size=loaded.preprocessing.image_size, device=run_device,
-                                        bf16=bf16)
+    # every batch frees and asks for the same large blocks: keep them mapped (see training.host_memory)
+    with reused_host_memory(enabled=run_device.type == "cpu"):
+        confusion, top_k_hits = _accumulate(model, batches, num_classes=len(loaded.classes), tta=tta,
+                                            image_size=loaded.preprocessing.image_size, device=run_device,
+                                            bf16=bf16)
     confusion, top_k_hits = confusion.cpu(), int(top_k_hits.cpu())  # the one host sync
     seconds = time.perf_counter() - start
 
