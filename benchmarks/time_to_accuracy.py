@@ -34,17 +34,19 @@ from classicnets.data import ArrayDataset, build_loaders, flip_tta, load_dataset
 from classicnets.experiment import train as train_classicnets
 from classicnets.experiment import xavier_init
 from classicnets.training.checkpoint import model_metadata
-from classicnets.training.config import resolve_config
+from classicnets.training.config import TrainConfig, resolve_config
 from classicnets.training.distributed import init_distributed
 from classicnets.training.loop import Trainer, seed_everything
+from classicnets.training.speed import resolve_speed
 
-# How classicnets is run here beyond the recipe's hyperparameters: the speed settings. bf16 autocast and
-# channels_last pay on both CPUs with AMX and GPUs; torch.compile pays on the GPU but not on the CPU here
-# (train_step.py measures it), so it is on for CUDA only unless --compile/--no-compile says otherwise.
-SPEED = {
-    "cpu": dict(precision="bf16", channels_last=True, compile=False),
-    "cuda": dict(precision="bf16", channels_last=True, compile=True),
-}
+
+def speed_settings(device: torch.device) -> dict:
+    """The speed settings classicnets picks by itself on ``device`` (training/speed.py: bf16 and
+    channels_last where the hardware has bf16, torch.compile on CUDA only), spelled out for the results."""
+    decided = resolve_speed(TrainConfig(compile=None), device)
+    return dict(precision=decided.precision, channels_last=decided.channels_last, compile=decided.compile)
+
+
 # quick (make demo's CPU recipe, a quarter-width AlexNet at 28 px) is timed to the d2l AlexNet's 0.88
 TARGETS = {"d2l": 0.88, "fast": 0.92, "quick": 0.88}
 
@@ -252,7 +254,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     device = common.resolve_device(args.device)
-    speed = dict(SPEED[device.type])
+    speed = speed_settings(device)
     if args.compile is not None:
         speed["compile"] = args.compile
     subset = args.subset or None

@@ -31,7 +31,7 @@ import d2l_baseline
 from classicnets.data import ArrayDataset, load_dataset
 from classicnets.training.config import resolve_config
 from classicnets.training.host_memory import release_host_memory
-from time_to_accuracy import SPEED, recipe_trainer, test_slice
+from time_to_accuracy import recipe_trainer, speed_settings, test_slice
 
 
 class ClassicnetsRun:
@@ -129,7 +129,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     device = common.resolve_device(args.device)
-    speed = SPEED[device.type]
+    speed = speed_settings(device)
     subset = args.subset or None
     train = load_dataset("fashion-mnist", "train", data_dir=d2l_baseline.FASHION_MNIST_DIR)
     test = load_dataset("fashion-mnist", "test", data_dir=d2l_baseline.FASHION_MNIST_DIR)
