@@ -82,3 +82,17 @@ def test_disabled_changes_nothing():
         CASES = [("disabled", disabled)]
     """))["disabled"]
     assert min(faults) > 0.9, faults
+
+
+def test_nested_blocks_release_only_when_the_outermost_ends():
+    faults = run_cases(textwrap.dedent("""
+        def nested():
+            with host_memory.reused_host_memory():
+                for _ in range(6):
+                    step_faults()
+                with host_memory.reused_host_memory():  # e.g. an evaluation inside a training run
+                    step_faults()
+                return [step_faults() for _ in range(3)]
+        CASES = [("nested", nested)]
+    """))["nested"]
+    assert max(faults) < 0.05, f"the inner block's end gave the heap back: {faults}"

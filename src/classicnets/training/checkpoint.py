@@ -177,6 +177,7 @@ class BackgroundSaver:
     def __init__(self) -> None:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._failed = "the checkpoint"  # what the error in _error interrupted
 
     def save(self, run_dir: str | Path, *, model_state: Mapping[str, torch.Tensor],
              metadata: Mapping[str, str], trainer_state: Mapping[str, Any], is_best: bool = False,
@@ -197,13 +198,15 @@ class BackgroundSaver:
             self._thread = None
         error, self._error = self._error, None
         if error is not None and raise_error:
-            raise CheckpointError(f"writing the checkpoint failed: {error}") from error
+            raise CheckpointError(f"writing {self._failed} failed: {error}") from error
 
     def _write(self, run_dir: Path, snapshot: _Snapshot, is_best: bool,
                then: Callable[[], Any] | None) -> None:
+        self._failed = "the checkpoint"
         try:
             _write_checkpoint(run_dir, snapshot, is_best)
             if then is not None:
+                self._failed = "what follows the checkpoint (the curves)"
                 then()
         except BaseException as error:  # handed to the training thread by wait()
             self._error = error

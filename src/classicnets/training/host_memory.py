@@ -67,13 +67,21 @@ def release_host_memory(trim: bool = True) -> None:
         libc.malloc_trim(0)
 
 
+_depth = 0  # open reused_host_memory blocks: only the outermost one sets and restores glibc's settings
+
+
 @contextlib.contextmanager
 def reused_host_memory(enabled: bool = True) -> Iterator[None]:
-    """Within the block, freed host memory is kept for reuse (see the module's docstring)."""
-    if not (enabled and keep_host_memory()):
+    """Within the block, freed host memory is kept for reuse (see the module's docstring). Blocks may nest
+    (an evaluation inside a training run): the memory is released when the outermost one ends."""
+    global _depth
+    if not enabled or (_depth == 0 and not keep_host_memory()):
         yield
         return
+    _depth += 1
     try:
         yield
     finally:
-        release_host_memory()
+        _depth -= 1
+        if _depth == 0:
+            release_host_memory()
