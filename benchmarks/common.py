@@ -11,6 +11,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -122,15 +123,18 @@ def time_call(fn: Callable[[], object], device: torch.device) -> float:
 class CpuShare:
     """How much of the CPU this process got while the block ran: process CPU seconds / (wall seconds x
     torch threads). Near 1.0 on an idle machine; well below it when other processes took cores, which
-    on 2 cores stalls every multi-threaded kernel and shrinks the bf16 (AMX) advantage most."""
+    on 2 cores stalls every multi-threaded kernel and shrinks the bf16 (AMX) advantage most. Also counts
+    the minor page faults taken meanwhile (``faults``): fresh pages the kernel had to map and zero."""
 
     def __enter__(self) -> CpuShare:
         self._cpu, self._wall = time.process_time(), time.perf_counter()
+        self._faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         return self
 
     def __exit__(self, *exc) -> None:
         wall = time.perf_counter() - self._wall
         self.value = (time.process_time() - self._cpu) / max(wall * torch.get_num_threads(), 1e-9)
+        self.faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - self._faults
 
 
 def median(values: Sequence[float]) -> float:

@@ -115,11 +115,15 @@ class StepRunner:
         self.optimizer.zero_grad(set_to_none=True)
         return loss  # left on the device: no host sync inside the timed loop
 
+    def settle(self) -> None:
+        """Switch the host allocator to this config's setting and take one untimed step under it (the heap
+        is not trimmed on the way back), so that no config pays for the previous one's setting."""
+        if self.device.type == "cpu":
+            keep_host_memory() if self.config.reuse_memory else release_host_memory(trim=False)
+            self.step()
+
     def run(self, steps: int) -> float:
         """Seconds for ``steps`` steps, with the device drained only at the ends."""
-        if self.device.type == "cpu":
-            # the heap is not trimmed on the way back, so neither side pays for the other's switch
-            keep_host_memory() if self.config.reuse_memory else release_host_memory(trim=False)
         common.synchronize(self.device)
         start = time.perf_counter()
         for _ in range(steps):
@@ -146,11 +150,14 @@ def measure_model(
         runners.append(runner)
     times = {c.name: [] for c in configs}
     shares = {c.name: [] for c in configs}
+    faults = {c.name: [] for c in configs}
     for _ in range(args.reps):
         for runner in runners:
+            runner.settle()
             with common.CpuShare() as share:
                 times[runner.config.name].append(runner.run(args.steps) / args.steps)
             shares[runner.config.name].append(share.value)
+            faults[runner.config.name].append(share.faults / args.steps)
 
     rows = []
     for config in configs:
@@ -172,6 +179,7 @@ def measure_model(
                 "warmup_s": warmup_s[config.name],
                 "step_ms_all_reps": [t * 1e3 for t in times[config.name]],
                 "cpu_share": common.median(shares[config.name]),
+                "page_faults_per_step": common.median(faults[config.name]),
             }
         )
         print(
@@ -192,6 +200,7 @@ def profile_model(name: str, config: StepConfig, args, device: torch.device) -> 
     base = classicnets.create_model(name, num_classes=10, in_channels=1)
     images, labels = torch.rand(args.batch_size, 1, side, side), torch.randint(0, 10, (args.batch_size,))
     runner = StepRunner(base, config, images, labels, device, args.compile_mode)
+    runner.settle()
     runner.run(args.warmup)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
@@ -220,7 +229,7 @@ def device_is_cpu(machine: dict) -> bool:
 
 def render_markdown(rows: list[dict], peaks: dict, machine: dict, settings: dict) -> str:
     table = common.markdown_table(
-        ["model", "input", "config", "img/s", "x fp32", "TFLOP/s", "MFU", "CPU share"],
+        ["model", "input", "config", "img/s", "x fp32", "TFLOP/s", "MFU", "CPU share", "faults/step"],
         [
             [
                 r["model"],
@@ -231,6 +240,7 @@ def render_markdown(rows: list[dict], peaks: dict, machine: dict, settings: dict
                 common.fmt(r["achieved_tflop_per_s"], 3),
                 f"{r['mfu'] * 100:.1f}%",
                 f"{r['cpu_share'] * 100:.0f}%" if device_is_cpu(machine) else "-",
+                common.fmt(r["page_faults_per_step"], 0) if device_is_cpu(machine) else "-",
             ]
             for r in rows
         ],
@@ -244,7 +254,8 @@ def render_markdown(rows: list[dict], peaks: dict, machine: dict, settings: dict
         f"x {settings['steps']} steps. "
         f"`cl` = channels_last, `compile` = torch.compile (mode {settings['compile_mode'] or 'default'}). "
         f"MFU divides by the peak measured in this run: {peak_text}. CPU share = this process's CPU time "
-        f"/ (wall time x threads) over the timed steps: well under 100% means other processes held cores."
+        f"/ (wall time x threads) over the timed steps: well under 100% means other processes held cores. "
+        f"faults/step = minor page faults per step (fresh 4 KiB pages the kernel mapped and zeroed)."
         f"\n\n{table}"
     )
 
