@@ -45,6 +45,7 @@ def steps(args) -> dict[str, list[str]]:
         "train_step_zoo": ["train_step.py", "--models", *zoo, "--configs", "fp32", fast,
                            "--out", "train_step_zoo", *zoo_size, *dev],
         "loader_throughput": ["loader_throughput.py", *dev],
+        "epoch_overheads": ["epoch_overheads.py"],  # checkpoint, curves and eval costs (CPU)
         # where the time of a step goes (torch.profiler tables in results/profile_*.txt)
         "profile_fp32": ["train_step.py", "--models", "alexnet_d2l", "--profile", "fp32", *d2l_batch, *dev],
         "profile_bf16": ["train_step.py", "--models", "alexnet_d2l", "--profile", fast, *d2l_batch, *dev],
@@ -103,7 +104,8 @@ def step_section(ts: dict, title: str) -> str:
     rows = [
         [r["model"], "x".join(map(str, r["input"][1:])), r["config"], common.fmt(r["images_per_s"]),
          f"{r['speedup_vs_fp32']:.2f}x" if r.get("speedup_vs_fp32") else "-", f"{r['mfu'] * 100:.1f}%",
-         f"{r['cpu_share'] * 100:.0f}%" if "cpu_share" in r else "-"]
+         f"{r['cpu_share'] * 100:.0f}%" if "cpu_share" in r else "-",
+         common.fmt(r["page_faults_per_step"], 0) if "page_faults_per_step" in r else "-"]
         for r in ts["rows"]
     ]  # fmt: skip
     peaks = ts["peaks"]
@@ -111,7 +113,8 @@ def step_section(ts: dict, title: str) -> str:
         f"**{title}** (batch {ts['settings']['batch_size']}, {_where(ts['machine'])}; MFU against the matmul "
         f"peak measured in the same run: fp32 {peaks['fp32']['flops_per_s'] / 1e12:.2f}, bf16 "
         f"{peaks['bf16']['flops_per_s'] / 1e12:.2f} TFLOP/s):\n\n"
-        + common.markdown_table(["model", "input", "config", "img/s", "vs fp32", "MFU", "CPU share"], rows)
+        + common.markdown_table(["model", "input", "config", "img/s", "vs fp32", "MFU", "CPU share",
+                                 "faults/step"], rows)
     )  # fmt: skip
 
 
