@@ -343,12 +343,12 @@ def _eval_batches(loaded: LoadedCheckpoint, dataset: str, split: str, data_dir, 
     from .errors import DatasetError
 
     prep = loaded.preprocessing
-    trained_on_folder = "/" in dataset or dataset.startswith("imagefolder")  # the header keeps its path
-    folder = Path(data_dir) if trained_on_folder and data_dir else image_folder_root(dataset, data_dir)
-    if trained_on_folder and folder is None:
-        raise DatasetError(f"{loaded.source} was trained on the image folder {dataset}, which is not there; "
-                           "pass --data-dir with the folder that holds its val/ (or test/) split")
+    folder = image_folder_root(dataset, data_dir)  # the header keeps a folder run's path
     if folder is not None:
+        folder = Path(data_dir) if data_dir else folder  # the folder has moved
+        if not folder.is_dir():
+            raise DatasetError(f"{loaded.source} was trained on the image folder {dataset}, which is not "
+                               "there; pass --data-dir with the folder that holds its val/ (or test/) split")
         return iter(folder_eval_loader(folder, split, classes=loaded.classes, image_size=prep.image_size,
                                        batch_size=batch_size, mean=prep.mean, std=prep.std,
                                        uncropped=tta == "ten-crop", channels_last=channels_last,

@@ -15,6 +15,7 @@ epoch after each full pass; ``set_epoch(e)`` sets it explicitly (as DistributedS
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -329,7 +330,7 @@ def build_loaders(
         world_size=world_size,
         subset=subset,
     )
-    folder = _folder_root(dataset, data_dir)
+    folder = image_folder_root(dataset, data_dir)
     if folder is not None:
         return _folder_loaders(
             folder, num_workers=num_workers, on_bad=on_bad, max_pixels=max_pixels, **common
@@ -345,9 +346,10 @@ def build_loaders(
     return _array_loaders(train_set, test_set, **common)
 
 
-def _folder_root(dataset, data_dir) -> Path | None:
+def image_folder_root(dataset, data_dir=None) -> Path | None:
     """The image folder that ``dataset`` asks for: "imagefolder" with ``data_dir``, "imagefolder:<path>",
-    or a path to a directory; None for a named data set or an ArrayDataset pair."""
+    or a path (one that is a directory, or any with a path separator, such as the one a checkpoint's header
+    keeps, even if it is gone); None for a named data set or an ArrayDataset pair."""
     if isinstance(dataset, tuple):
         return None
     text = str(dataset)
@@ -359,7 +361,7 @@ def _folder_root(dataset, data_dir) -> Path | None:
         return Path(data_dir)
     if text.startswith("imagefolder:"):
         return Path(text.removeprefix("imagefolder:"))
-    if isinstance(dataset, Path) or Path(text).is_dir():
+    if isinstance(dataset, Path) or Path(text).is_dir() or os.sep in text:
         return Path(text)
     return None
 
@@ -547,11 +549,6 @@ def folder_eval_loader(
     data = FolderDataset(paths, labels, aug.pre_crop_size(image_size), max_pixels)
     return StreamingLoader(data, batch_size=batch_size, transform=transform, device=device, shuffle=False,
                            num_workers=num_workers, on_bad="skip")
-
-
-def image_folder_root(dataset: str | Path, data_dir: str | Path | None = None) -> Path | None:
-    """The image folder that ``dataset`` (with ``data_dir``) names, or None for a named data set."""
-    return _folder_root(dataset, data_dir)
 
 
 def _folder_stats(paths, labels, max_pixels, num_workers, seed, sample: int = 512, side: int = 64):
