@@ -27,7 +27,7 @@ def test_d2l_transforms_match_torchvision_semantics():
     tensor = d2l_baseline.ToTensor()(resized)
     assert tensor.shape == (1, 224, 448) and tensor.dtype == torch.float32
     assert float(tensor.min()) >= 0.0 and float(tensor.max()) <= 1.0
-    assert torch.equal(tensor[0], torch.from_numpy(np.asarray(resized)).float() / 255)
+    assert torch.equal(tensor[0], torch.from_numpy(np.array(resized)).float() / 255)
 
 
 def test_d2l_batch_equals_classicnets_batch(fashion_mnist_dir):
