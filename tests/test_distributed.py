@@ -341,8 +341,10 @@ sys.exit(main())
 """
 
 
-def _run(command: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+def _run(command: list[str], timeout: float = 240, env: dict[str, str] | None = None
+         ) -> subprocess.CompletedProcess:
+    env = {**{k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")},
+           **(env or {})}
     env.update(PYTHONPATH=str(SRC), OMP_NUM_THREADS="1", **{D.TIMEOUT_ENV: "60"})
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
 
@@ -414,3 +416,54 @@ def test_torchrun_restart_resumes_from_the_last_checkpoint(tmp_path, one_process
     assert [r["epoch"] for r in _history(out)] == [1, 2]
     # an exact resume: the same weights as the uninterrupted single-process run
     _assert_same_training(out, one_process_run)
+
+
+# Under torchrun: rank 1 gets Ctrl-C after the step named by STOP_AT ("epoch:step", both from 0).
+STOP_ONCE = """
+import os, signal, sys
+from classicnets.training import loop
+
+train_step = loop.Trainer._train_step
+
+def train_step_then_interrupt(self, x, y, step, total, sums):
+    train_step(self, x, y, step, total, sums)
+    if self.ctx.rank == 1 and os.environ.get("STOP_AT") == f"{len(self.history)}:{step}":
+        signal.raise_signal(signal.SIGINT)
+
+loop.Trainer._train_step = train_step_then_interrupt
+from classicnets.cli import main
+sys.exit(main())
+"""
+
+# Dropout on, so that each rank's RNG state matters; 8 steps an epoch, and the ranks agree to stop every 2.
+MID_EPOCH_RUN = [*TINY_RUN, "--model-options", "width_mult=0.0625,dropout=0.5", "--subset", "256",
+                 "--log-every", "2"]
+
+
+@pytest.mark.slow
+def test_two_ranks_interrupted_mid_epoch_resume_exactly(tmp_path):
+    """Ctrl-C on rank 1 during epoch 2: both ranks stop after the same step and save every rank's RNG
+    states and partial sums; --resume then retraces the uninterrupted two-process run bit for bit."""
+    script = tmp_path / "stop_once.py"
+    script.write_text(STOP_ONCE)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                str(script), "train", *MID_EPOCH_RUN]
+
+    straight = _run([*torchrun, "--out", str(tmp_path / "straight")])
+    assert straight.returncode == 0, straight.stdout[-3000:] + straight.stderr[-3000:]
+    out = tmp_path / "run"
+    stopped = _run([*torchrun, "--out", str(out)], env={"STOP_AT": "1:2"})
+    assert stopped.returncode != 0 and "--resume" in stopped.stdout + stopped.stderr, stopped.stderr[-3000:]
+    state = load_trainer_state(out)
+    assert (state["epoch"], state["step_in_epoch"]) == (1, 4)  # interrupted after 3 steps; they agree every 2
+    resumed = _run([*torchrun, "--out", str(out), "--resume"])
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+
+    from safetensors.torch import load_file
+
+    found, expected = load_file(out / "last" / "model.safetensors"), load_file(
+        tmp_path / "straight" / "last" / "model.safetensors")
+    for key in expected:
+        assert torch.equal(found[key], expected[key]), key
+    for mine, theirs in zip(_history(out), _history(tmp_path / "straight"), strict=True):
+        assert (mine["train_loss"], mine["train_acc"]) == (theirs["train_loss"], theirs["train_acc"])

@@ -26,6 +26,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -290,6 +291,19 @@ def all_reduce_(tensor: torch.Tensor, ctx: DistContext, op: str = "sum") -> torc
     if ctx.distributed:
         dist.all_reduce(tensor, op=_REDUCE_OPS[op])
     return tensor
+
+
+def all_gather_objects(value: Any, ctx: DistContext) -> list[Any]:
+    """Every rank's ``value``, in rank order, on every rank (``[value]`` for a single process).
+
+    For small host-side state (RNG states, a checkpoint's per-rank sums): the values are pickled, so they
+    should hold CPU tensors; the group is the run's own, so the pickles come from its own processes.
+    """
+    if not ctx.distributed:
+        return [value]
+    gathered: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(gathered, value)  # on NCCL, through the device torch.cuda.set_device chose
+    return gathered
 
 
 def barrier(ctx: DistContext) -> None:

@@ -6,7 +6,7 @@ is finite, so a diverging run stops within ``log_every`` steps and never saves a
 
 Exact resume: each epoch seeds every generator from (seed, epoch, rank) and the loader's ``set_epoch``
 fixes the data order, so a run resumed at an epoch boundary retraces the uninterrupted one bit for bit
-(in deterministic mode). A run stopped mid-epoch (Ctrl-C, SIGTERM) also saves its RNG states and
+(in deterministic mode). A run stopped mid-epoch (Ctrl-C, SIGTERM) also saves every rank's RNG states and
 partial sums, and on resume replays the epoch's data order up to the step where it stopped.
 """
 
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from ..errors import ClassicnetsError, ConfigError
 from . import checkpoint as ckpt
 from .config import TrainConfig, config_from_dict
-from .distributed import DistContext, all_reduce_, barrier, wrap_model
+from .distributed import DistContext, all_gather_objects, all_reduce_, barrier, wrap_model
 from .host_memory import reused_host_memory
 from .logging import CONFIG_JSON, epoch_line, plot_curves, write_logs, write_text_atomic
 from .metrics import RunningSums
@@ -436,14 +436,23 @@ class Trainer:
         return bool(flag.item())
 
     def _restore_partial(self, sums: RunningSums) -> int:
-        """Sums and RNG states of an epoch stopped part-way; returns the steps already done."""
+        """Sums and RNG states of an epoch stopped part-way; returns the steps already done.
+
+        Each rank takes back its own share. On another number of processes the data order differs anyway
+        (the run goes on, not exactly): rank 0 takes the epoch's totals so far and its old RNG states.
+        """
         self.images_before = 0
         if not self.start_step or self.partial is None:
             return 0
-        if self.ctx.is_main:  # rank 0 saved its own share; the other ranks' partial sums are not kept
-            sums.load_state(self.partial["sums"])
-            self.images_before = int(self.partial["sums"][1])
-            _set_rng_states(self.partial["rng"])
+        # checkpoints written before the ranks' shares were gathered hold rank 0's alone
+        ranks = self.partial.get("ranks", [self.partial])
+        self.images_before = int(sum(int(share["sums"][1]) for share in ranks))  # all-reduced counts
+        if len(ranks) == self.ctx.world_size:
+            sums.load_state(ranks[self.ctx.rank]["sums"])
+            _set_rng_states(ranks[self.ctx.rank]["rng"])
+        elif self.ctx.is_main:
+            sums.load_state(torch.stack([share["sums"] for share in ranks]).sum(0))
+            _set_rng_states(ranks[0]["rng"])
         return self.start_step
 
     @contextlib.contextmanager
@@ -502,6 +511,11 @@ class Trainer:
               is_best: bool = False, then: Callable[[], Any] | None = None) -> None:
         if not self._parameters_finite():
             self._check_finite(float("nan"), max(epoch - 1, 0), step_in_epoch or self.steps_per_epoch)
+        partial = None
+        if partial_sums is not None:
+            # a mid-epoch stop: every rank's sums and RNG states, for an exact resume on each of them
+            mine = {"sums": partial_sums.state().cpu(), "rng": _rng_states()}
+            partial = {"ranks": all_gather_objects(mine, self.ctx)}
         if not self.ctx.is_main:
             return
         state = {
@@ -509,8 +523,8 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(), "scheduler": self.schedule.state_dict(),
             "history": self.history, "best_acc": self.best_acc, "best_epoch": self.best_epoch,
         }
-        if partial_sums is not None:
-            state["partial"] = {"sums": partial_sums.state(), "rng": _rng_states()}
+        if partial is not None:
+            state["partial"] = partial
         # written on a thread while the next epoch trains (fit waits for it before it returns or raises)
         self.saver.save(self.run_dir, model_state=self.model.state_dict(), metadata=self.metadata,
                         trainer_state=state, is_best=is_best, then=then)
