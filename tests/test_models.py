@@ -377,6 +377,22 @@ def test_lrn_module_computes_the_papers_formula():
     torch.testing.assert_close(b, a / (2 + 1e-4 * window) ** 0.75)
 
 
+@pytest.mark.parametrize("autocast", [False, True])
+def test_lrn_keeps_the_normaliser_in_bf16(autocast):
+    """In bf16, k + alpha * sum(a^2) = 2 + ~0.1 would round to 2 + 1/64 steps; the LRN works in fp32 and
+    gives the fp32 result rounded once (the sum of squares alone would lose the normalisation)."""
+    from classicnets.layers import paper_lrn
+
+    a = (torch.randn(2, 16, 5, 5, generator=torch.Generator().manual_seed(0)) * 20).bfloat16().double()
+    expected = paper_lrn()(a)  # the same (bf16-representable) input, in float64
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        found = paper_lrn()(a.bfloat16())
+    assert found.dtype == torch.bfloat16
+    torch.testing.assert_close(found.double(), expected, rtol=2**-8, atol=1e-6)  # the output's rounding
+    constant_scale = a / 2**0.75  # what a normaliser rounded to 2 gives
+    assert (expected - constant_scale).abs().max() > 0.05 * constant_scale.abs().max()
+
+
 def test_alexnet_towers_are_grouped_convolutions():
     model = meta_model("alexnet")
     groups = {name: m.groups for name, m in model.features.named_children() if isinstance(m, nn.Conv2d)}
@@ -471,7 +487,7 @@ def test_vgg_configs_are_the_papers_table():
 
 def test_vgg_a_lrn_and_c_put_the_lrn_and_the_1x1_convs_where_table_1_does():
     lrn = meta_model("vgg11_lrn").features
-    assert [type(m).__name__ for m in lrn[:4]] == ["Conv2d", "ReLU", "LocalResponseNorm", "MaxPool2d"]
+    assert [type(m).__name__ for m in lrn[:4]] == ["Conv2d", "ReLU", "PaperLRN", "MaxPool2d"]
     assert (lrn[2].size, lrn[2].alpha, lrn[2].beta, lrn[2].k) == (5, 5e-4, 0.75, 2.0)  # AlexNet's constants
     kernels = [m.kernel_size[0] for m in meta_model("vgg16_c").features if isinstance(m, nn.Conv2d)]
     assert kernels == [3, 3, 3, 3, 3, 3, 1, 3, 3, 1, 3, 3, 1]  # conv1-256, conv1-512, conv1-512

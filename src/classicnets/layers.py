@@ -14,6 +14,7 @@ Imports only torch and the standard library (see docs/design.md).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable
 
 import torch
@@ -149,14 +150,31 @@ def make_activation(name: str) -> nn.Module:
         ) from None
 
 
-def paper_lrn(size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0) -> nn.LocalResponseNorm:
+class PaperLRN(nn.LocalResponseNorm):
+    """``nn.LocalResponseNorm`` computed in float32 whatever the input's dtype or the autocast setting.
+
+    With the paper's k=2, the normaliser ``k + alpha * sum(a^2)`` differs from 2 by ~1e-3 for typical
+    activations, while bfloat16's spacing near 2 is 1/64: in bf16 the sum rounds away and LRN becomes a
+    constant scale of 2^-0.75. CPU autocast happens to run the window sum (``avg_pool3d``) in float32;
+    CUDA autocast does not, so without this the paper's nets would silently lose their LRN on a GPU.
+    The output has the input's dtype.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        device = x.device.type
+        autocast_on = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+        with torch.autocast(device, enabled=False) if autocast_on else contextlib.nullcontext():
+            return super().forward(x.float()).to(x.dtype)
+
+
+def paper_lrn(size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0) -> PaperLRN:
     """Local response normalisation with the AlexNet paper's constants (n=5, alpha=1e-4, beta=0.75, k=2).
 
     The paper divides by ``(k + alpha * sum(a^2))^beta``; ``nn.LocalResponseNorm`` divides by
     ``(k + alpha / n * sum(a^2))^beta``, so the paper's alpha is passed multiplied by n (Caffe's reference net
-    missed this, BVLC/caffe#1453).
+    missed this, BVLC/caffe#1453). Computed in float32 (see :class:`PaperLRN`).
     """
-    return nn.LocalResponseNorm(size, alpha=alpha * size, beta=beta, k=k)
+    return PaperLRN(size, alpha=alpha * size, beta=beta, k=k)
 
 
 # ---------------------------------------------------------------------------------------------------
