@@ -467,3 +467,35 @@ def test_two_ranks_interrupted_mid_epoch_resume_exactly(tmp_path):
         assert torch.equal(found[key], expected[key]), key
     for mine, theirs in zip(_history(out), _history(tmp_path / "straight"), strict=True):
         assert (mine["train_loss"], mine["train_acc"]) == (theirs["train_loss"], theirs["train_acc"])
+
+
+# Under torchrun: rank 1's second batch is all NaN, so its loss is the first to become NaN.
+NAN_ON_RANK_1 = """
+import sys, torch
+from classicnets.training import loop
+
+train_step = loop.Trainer._train_step
+
+def train_step_with_a_nan_batch(self, x, y, step, total, sums):
+    if self.ctx.rank == 1 and step == 1:
+        x = torch.full_like(x, float("nan"))
+    train_step(self, x, y, step, total, sums)
+
+loop.Trainer._train_step = train_step_with_a_nan_batch
+from classicnets.cli import main
+sys.exit(main())
+"""
+
+
+@pytest.mark.slow
+def test_a_nan_loss_on_one_rank_stops_every_rank_with_the_nan_message(tmp_path):
+    """The NaN shows in rank 1's sums at the check after step 2, before the gradient all-reduce spreads it:
+    the ranks agree there, so both report the NaN instead of rank 0 losing its peer."""
+    script = tmp_path / "nan_on_rank_1.py"
+    script.write_text(NAN_ON_RANK_1)
+    done = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                 str(script), "train", *MID_EPOCH_RUN, "--out", str(tmp_path / "run")])
+    log = done.stdout + done.stderr
+    assert done.returncode != 0, log[-3000:]
+    assert "NaN or infinite in epoch 1 (by step 2)" in log, log[-3000:]
+    assert "another rank died" not in log, log[-3000:]

@@ -334,6 +334,23 @@ def test_train_cli_end_to_end(tmp_path, fashion_mnist_dir):
     assert process.returncode == 2 and "did you mean batch_size" in stderr and "Traceback" not in stderr
 
 
+def test_a_layer_without_a_deterministic_kernel_is_a_clear_error(tmp_path, fashion_mnist_dir, monkeypatch):
+    """On CUDA, adaptive pooling's backward has no deterministic kernel; put_ stands in for it on the CPU."""
+    original = loop.Trainer._train_step
+
+    def step_with_a_nondeterministic_kernel(self, *args):
+        torch.zeros(4).put_(torch.tensor([0, 0]), torch.tensor([1.0, 2.0]))  # refused in deterministic mode
+        original(self, *args)
+
+    monkeypatch.setattr(loop.Trainer, "_train_step", step_with_a_nondeterministic_kernel)
+    with pytest.raises(ConfigError, match="--deterministic: put_ has no deterministic implementation on cpu.*"
+                                          "without --deterministic"):
+        classicnets.train(tiny(tmp_path, fashion_mnist_dir, epochs=1, subset=128))
+    assert not torch.are_deterministic_algorithms_enabled()  # the global switch is restored
+    classicnets.train(tiny(tmp_path, fashion_mnist_dir, epochs=1, subset=128, deterministic=False,
+                           overwrite=True))  # without it, the same kernel runs
+
+
 def test_sigterm_saves_and_exits_143(tmp_path, fashion_mnist_dir):
     out = tmp_path / "term"
     process = _cli("--model", "alexnet_28", "--model-options", "width_mult=0.0625", "--subset", "2048",

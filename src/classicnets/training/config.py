@@ -115,7 +115,8 @@ class TrainConfig:
 
     # --- reproducibility
     seed: int = _f(0, "seeds torch, numpy, random and the data order")
-    deterministic: bool = _f(False, "torch.use_deterministic_algorithms: bitwise repeatable, slower on GPU")
+    deterministic: bool = _f(False, "torch.use_deterministic_algorithms: bitwise repeatable; slower on GPU, "
+                                    "where some layers (adaptive pooling) have no deterministic kernel")
 
     # --- output
     out: str = _f("runs/train", "run directory: checkpoints (last/, best/), logs, curves.png, config.json")

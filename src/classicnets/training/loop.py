@@ -75,6 +75,18 @@ def seed_everything(*entropy: int) -> None:
     random.seed(seed)
 
 
+NO_DETERMINISTIC_KERNEL = "does not have a deterministic implementation"
+
+
+def _no_deterministic_kernel(message: str, device: torch.device) -> str:
+    # torch's message starts with the kernel's name, e.g. "adaptive_avg_pool2d_backward_cuda does not ..."
+    kernel = message.split(NO_DETERMINISTIC_KERNEL)[0].strip() or "a kernel this model needs"
+    return (f"--deterministic: {kernel} has no deterministic implementation on {device.type} in torch "
+            f"{torch.__version__} (on CUDA: adaptive average pooling, used by vgg* and alexnet_owt, and "
+            "others); train this model without --deterministic (runs then differ in the last bits), or on "
+            "the CPU")
+
+
 @contextlib.contextmanager
 def torch_settings(config: TrainConfig, device: torch.device) -> Iterator[None]:
     """Global switches for the run (deterministic algorithms, TF32 on CUDA, host memory kept for reuse on
@@ -92,6 +104,10 @@ def torch_settings(config: TrainConfig, device: torch.device) -> Iterator[None]:
     try:
         with reused_host_memory(enabled=device.type == "cpu"):
             yield
+    except RuntimeError as error:
+        if config.deterministic and NO_DETERMINISTIC_KERNEL in str(error):
+            raise ConfigError(_no_deterministic_kernel(str(error), device)) from None
+        raise
     finally:
         torch.use_deterministic_algorithms(saved[0])
         torch.set_float32_matmul_precision(saved[1])
@@ -352,8 +368,8 @@ class Trainer:
         if stopped_at is not None:
             self._save(epoch, stopped_at, train)
             return None
+        values = train.values()  # the epoch's first host read: it waits for the steps still queued on a GPU
         train_time = time.perf_counter() - start
-        values = train.values()  # the epoch's first host read of the sums
         self._check_finite(values["loss"], epoch, self.steps_per_epoch)
         eval_start = time.perf_counter()
         test = evaluate(self.eval_model, self.test_loader, device=self.device,
@@ -487,7 +503,10 @@ class Trainer:
     # ------------------------------------------------------------------------------- safety, saving
 
     def _check_finite_sums(self, sums: RunningSums, epoch: int, step: int) -> None:
-        if not sums.loss_is_finite():
+        # Each rank sums its own losses: the ranks agree, so that all of them stop here together instead
+        # of one stopping while the others wait for it in the next gradient all-reduce.
+        finite = all_reduce_(sums.loss_finite_flag(), self.ctx, op="min")
+        if not finite.item():
             self._check_finite(float("nan"), epoch, step)
 
     def _check_finite(self, loss: float, epoch: int, step: int) -> None:
@@ -553,7 +572,8 @@ def _rng_states() -> dict[str, Any]:
     states: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                               "python": random.getstate()}
     if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
+        # this process's GPU only: a resume may see fewer GPUs (another node, one GPU per task under SLURM)
+        states["cuda"] = torch.cuda.get_rng_state()
     return states
 
 
@@ -564,7 +584,11 @@ def _set_rng_states(states: dict[str, Any]) -> None:
     version, internal, gauss = states["python"]
     random.setstate((version, tuple(internal), gauss))
     if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+        cuda = states["cuda"]
+        if isinstance(cuda, (list, tuple)):  # checkpoints that saved every visible GPU's state
+            cuda = cuda[torch.cuda.current_device()] if torch.cuda.current_device() < len(cuda) else None
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda)
 
 
 def fit(model: nn.Module, train_loader, test_loader, config: TrainConfig, *, ctx: DistContext,

@@ -34,9 +34,9 @@ class RunningSums:
                             topk_correct(logits.detach(), target, self.ks).double()])
         self.sums += update
 
-    def loss_is_finite(self) -> bool:
-        """Whether every loss so far was finite (reads one number from the device)."""
-        return bool(torch.isfinite(self.sums[0]))
+    def loss_finite_flag(self) -> torch.Tensor:
+        """1.0 while every loss so far was finite, else 0.0, as a device tensor (to all-reduce, then read)."""
+        return torch.isfinite(self.sums[:1]).to(self.sums.dtype)
 
     def values(self) -> dict[str, float]:
         """Mean loss and top-k accuracies as floats (one device read)."""
