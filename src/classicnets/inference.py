@@ -23,7 +23,7 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import import_module
 from pathlib import Path
@@ -194,11 +194,18 @@ def prepare_batch(images: torch.Tensor, prep: Preprocessing, *, uncropped: bool 
     normalise with the checkpoint's mean/std when it has them. ``uncropped`` resizes to the paper's
     pre-crop size instead (256 for 224), for ten-crop TTA.
     """
+    return eval_transform(prep, uncropped=uncropped, channels_last=channels_last)(images)
+
+
+def eval_transform(prep: Preprocessing, *, uncropped: bool = False,
+                   channels_last: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+    """:func:`prepare_batch` as one transform for many batches: it keeps its constants (resize matrices,
+    mean/std) on the device, where building them for every batch would wait on a copy each time."""
     from .data.augment import BatchTransform
 
     transform = BatchTransform(image_size=prep.image_size, train=False, mean=prep.mean, std=prep.std,
                                channels_last=channels_last, uncropped=uncropped)
-    return transform(_match_channels(images, prep.in_channels))
+    return lambda images: transform(_match_channels(images, prep.in_channels))
 
 
 def _match_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
@@ -355,8 +362,8 @@ def _eval_batches(loaded: LoadedCheckpoint, dataset: str, split: str, data_dir, 
                                        device=device, limit=limit))
     images, labels = _eval_split(loaded, dataset, split, data_dir, download, limit)
     images, labels = images.to(device), labels.to(device)  # small: Fashion-MNIST's test set is 8 MB
-    return ((prepare_batch(x, prep, uncropped=tta == "ten-crop", channels_last=channels_last), y)
-            for x, y in zip(images.split(batch_size), labels.split(batch_size), strict=True))
+    prepare = eval_transform(prep, uncropped=tta == "ten-crop", channels_last=channels_last)
+    return ((prepare(x), y) for x, y in zip(images.split(batch_size), labels.split(batch_size), strict=True))
 
 
 def _eval_split(loaded: LoadedCheckpoint, dataset: str, split: str, data_dir, download: bool,
@@ -509,9 +516,10 @@ def predict(
     prep = loaded.preprocessing
     run_device = _resolve_device(device)
     model = loaded.model.to(run_device)
+    prepare = eval_transform(prep, uncropped=tta == "ten-crop")
     with torch.inference_mode():
-        x = torch.cat([prepare_batch(_square_image(image, prep.in_channels, invert)[None].to(run_device),
-                                     prep, uncropped=tta == "ten-crop") for image in images])
+        x = torch.cat([prepare(_square_image(image, prep.in_channels, invert)[None].to(run_device))
+                       for image in images])
         probabilities = _scores(model, x, tta, prep.image_size)
         if tta == "none":
             probabilities = probabilities.softmax(dim=1)
