@@ -23,7 +23,8 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# where results land: benchmarks/results/, or elsewhere for a trial run (the tests use a temporary folder)
+RESULTS_DIR = Path(os.environ.get("CLASSICNETS_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -202,9 +203,10 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
 
 
 def write_results(
-    name: str, payload: dict, markdown: str, results_dir: Path = RESULTS_DIR
+    name: str, payload: dict, markdown: str, results_dir: Path | None = None
 ) -> tuple[Path, Path]:
     """benchmarks/results/<name>.json (everything) and <name>.md (the table people read)."""
+    results_dir = results_dir or RESULTS_DIR
     results_dir.mkdir(parents=True, exist_ok=True)
     json_path = results_dir / f"{name}.json"
     md_path = results_dir / f"{name}.md"

@@ -120,6 +120,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=5, help="more epochs, more ratios to take the median of")
     p.add_argument("--test-images", type=int, default=1000, help="the first N test images; 0 = all")
     p.add_argument("--d2l-workers", type=int, default=d2l_baseline.D2L_WORKERS)
+    p.add_argument("--data-dir", type=Path, default=d2l_baseline.FASHION_MNIST_DIR,
+                   help="the Fashion-MNIST files (both pipelines read them from here)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="vs_d2l", help="result name under benchmarks/results/")
@@ -131,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     device = common.resolve_device(args.device)
     speed = speed_settings(device)
     subset = args.subset or None
-    train = load_dataset("fashion-mnist", "train", data_dir=d2l_baseline.FASHION_MNIST_DIR)
-    test = load_dataset("fashion-mnist", "test", data_dir=d2l_baseline.FASHION_MNIST_DIR)
+    train = load_dataset("fashion-mnist", "train", data_dir=args.data_dir)
+    test = load_dataset("fashion-mnist", "test", data_dir=args.data_dir)
     test = test_slice(test, args.test_images)
     d2l = d2l_baseline.prepare_baseline(
         train_subset=subset,
@@ -140,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.d2l_workers,
         device=device,
         seed=args.seed,
+        data_dir=args.data_dir,
     )
     # The Trainer keeps freed host memory for reuse while it runs and settles glibc's thresholds when it
     # returns; settle them before the first d2l epoch too, so every d2l epoch runs with the same allocator.

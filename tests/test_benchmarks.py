@@ -3,6 +3,7 @@ and the FLOP count and matmul peak that MFU uses are sane. (Timings themselves a
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -73,3 +74,42 @@ def test_train_flops_of_d2l_alexnet_match_the_reference():
 def test_matmul_peak_is_measured_in_the_asked_dtype():
     peak = common.measure_matmul_peak(torch.device("cpu"), torch.bfloat16, seconds=0.05, sizes=(256, 512))
     assert peak["dtype"] == "bfloat16" and peak["flops_per_s"] > 1e9 and peak["matmul_n"] in (256, 512)
+
+
+# Each script at a tiny size, in its own interpreter (they change process-wide settings), writing into a
+# temporary results folder: what `make bench` and the GPU commands in docs/performance.md run, end to end.
+TINY_RUNS = {
+    "train_step": ["--models", "alexnet_28", "--configs", "fp32", "bf16+cl+reuse", "--batch-size", "4",
+                   "--steps", "1", "--reps", "1", "--warmup", "1"],
+    "vs_d2l": ["--subset", "128", "--epochs", "1", "--test-images", "100", "--d2l-workers", "0"],
+    "time_to_accuracy": ["--recipes", "quick", "d2l", "--subset", "256", "--epochs", "1", "--test-images",
+                         "100"],
+    "loader_throughput": ["--batches", "2", "--batch-size", "16", "--folder-images", "32", "--num-workers",
+                          "0", "--image-size", "64", "--skip-model"],
+    "epoch_overheads": ["--reps", "1", "--eval-images", "64"],
+    "distributed_scaling": ["--nproc", "1", "2", "--", "--model", "alexnet_28", "--model-options",
+                            "width_mult=0.0625", "--dataset", "synthetic", "--subset", "128", "--epochs", "1",
+                            "--batch-size", "32"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(TINY_RUNS))
+def test_benchmark_runs_end_to_end_and_records_its_machine(script, tmp_path, fashion_mnist_dir):
+    import json
+    import subprocess
+
+    benchmarks = Path(__file__).resolve().parent.parent / "benchmarks"
+    data = ["--data-dir", str(fashion_mnist_dir)] if script in ("vs_d2l", "loader_throughput") else []
+    device = [] if script == "epoch_overheads" else ["--device", "cpu"]  # it measures the host's costs
+    env = {**os.environ, "CLASSICNETS_BENCH_RESULTS": str(tmp_path), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(benchmarks.parent / "src")}
+    argv = TINY_RUNS[script]
+    own, train = (argv[:argv.index("--")], argv[argv.index("--"):]) if "--" in argv else (argv, [])
+    done = subprocess.run([sys.executable, str(benchmarks / f"{script}.py"), *device, *data, *own,
+                           *train], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    [written] = list(tmp_path.glob("*.json"))
+    payload = json.loads(written.read_text())
+    assert {"date_utc", "device", "torch_version"} <= set(payload["machine"]), payload["machine"]
+    assert written.with_suffix(".md").read_text().strip()
