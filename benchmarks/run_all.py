@@ -46,6 +46,7 @@ def steps(args) -> dict[str, list[str]]:
                            "--out", "train_step_zoo", *zoo_size, *dev],
         "loader_throughput": ["loader_throughput.py", *dev],
         "epoch_overheads": ["epoch_overheads.py"],  # checkpoint, curves and eval costs (CPU)
+        "lrn": ["lrn.py", *dev],  # the paper AlexNet's LRN: classicnets' against torch's composite
         # where the time of a step goes (torch.profiler tables in results/profile_*.txt)
         "profile_fp32": ["train_step.py", "--models", "alexnet_d2l", "--profile", "fp32", *d2l_batch, *dev],
         "profile_bf16": ["train_step.py", "--models", "alexnet_d2l", "--profile", fast, *d2l_batch, *dev],

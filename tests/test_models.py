@@ -377,6 +377,37 @@ def test_lrn_module_computes_the_papers_formula():
     torch.testing.assert_close(b, a / (2 + 1e-4 * window) ** 0.75)
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_lrn_forward_and_gradient_equal_torchs_composite(layout):
+    """The written-out LRN against torch's (avg_pool3d-based) one in float64, and gradcheck's numerical
+    Jacobian; the output keeps the input's memory layout."""
+    from classicnets.layers import paper_lrn
+
+    a = (torch.randn(2, 9, 4, 3, dtype=torch.float64) * 30).contiguous(memory_format=layout)
+    ours, theirs = a.clone().requires_grad_(), a.clone().requires_grad_()
+    found = paper_lrn()(ours)
+    expected = nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)(theirs)
+    torch.testing.assert_close(found, expected, rtol=1e-12, atol=1e-12)
+    assert found.is_contiguous(memory_format=layout)
+    upstream = torch.randn_like(found)
+    found.backward(upstream)
+    expected.backward(upstream)
+    torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(paper_lrn(groups=3), (a[:, :, :2, :2].clone().requires_grad_(),))
+
+
+def test_grouped_lrn_is_one_lrn_per_group_of_maps():
+    from classicnets.layers import paper_lrn
+
+    a = torch.rand(2, 12, 3, 3, dtype=torch.float64) * 40
+    per_group = torch.cat([paper_lrn()(part) for part in a.chunk(3, dim=1)], dim=1)
+    torch.testing.assert_close(paper_lrn(groups=3)(a), per_group, rtol=1e-12, atol=1e-12)
+    with pytest.raises(InputShapeError, match="multiple of 3"):
+        paper_lrn(groups=3)(torch.rand(1, 10, 3, 3))
+    with pytest.raises(ConfigError, match="odd number of maps"):
+        paper_lrn(size=4)
+
+
 @pytest.mark.parametrize("autocast", [False, True])
 def test_lrn_keeps_the_normaliser_in_bf16(autocast):
     """In bf16, k + alpha * sum(a^2) = 2 + ~0.1 would round to 2 + 1/64 steps; the LRN works in fp32 and

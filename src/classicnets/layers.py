@@ -150,31 +150,87 @@ def make_activation(name: str) -> nn.Module:
         ) from None
 
 
-class PaperLRN(nn.LocalResponseNorm):
-    """``nn.LocalResponseNorm`` computed in float32 whatever the input's dtype or the autocast setting.
+def _channel_window_sum(x: torch.Tensor, size: int, groups: int) -> torch.Tensor:
+    """Each map's sum over the ``size`` maps centred on it (odd ``size``), counting zeros beyond the edges
+    of its group of ``groups`` equal groups of channels: LRN's window, by slices, in the input's layout."""
+    grouped = x.unflatten(1, (groups, x.shape[1] // groups))  # a view in NCHW and channels_last alike
+    out = grouped.clone()
+    for offset in range(1, size // 2 + 1):
+        out[:, :, offset:] += grouped[:, :, :-offset]
+        out[:, :, :-offset] += grouped[:, :, offset:]
+    return out.flatten(1, 2)
 
-    With the paper's k=2, the normaliser ``k + alpha * sum(a^2)`` differs from 2 by ~1e-3 for typical
-    activations, while bfloat16's spacing near 2 is 1/64: in bf16 the sum rounds away and LRN becomes a
-    constant scale of 2^-0.75. CPU autocast happens to run the window sum (``avg_pool3d``) in float32;
-    CUDA autocast does not, so without this the paper's nets would silently lose their LRN on a GPU.
-    The output has the input's dtype.
+
+class _LocalResponseNorm(torch.autograd.Function):
+    """``b_i = a_i / (k + alpha / n * sum_{j in window(i)} a_j^2)^beta``, with its gradient written out.
+
+    ``torch.nn.functional.local_response_norm`` is a composite that sums the window with ``avg_pool3d``:
+    on the CPU that pooling and its backward were half of the paper AlexNet's training step, and on CUDA
+    its backward has no deterministic kernel. Here the window is five slice additions and the backward is
+    the closed form (the window is symmetric, so its transpose is itself):
+    ``grad_a_j = g_j s_j - 2 alpha beta / n * a_j * sum_{i in window(j)} g_i a_i s_i / N_i``, with
+    ``N = k + alpha / n * window(a^2)`` and ``s = N^-beta``. Computed in float32 (float64 for float64).
     """
 
+    @staticmethod
+    def forward(ctx, x, size: int, alpha: float, beta: float, k: float, groups: int):
+        a = x.to(torch.promote_types(x.dtype, torch.float32))
+        norm = _channel_window_sum(a * a, size, groups).mul_(alpha / size).add_(k)
+        scale = norm.pow(-beta)
+        ctx.save_for_backward(x, norm, scale)
+        ctx.constants = (size, alpha, beta, groups)
+        return (a * scale).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, norm, scale = ctx.saved_tensors
+        size, alpha, beta, groups = ctx.constants
+        a = x.to(norm.dtype)
+        g = grad.to(norm.dtype)
+        through_norm = _channel_window_sum((g * a).mul_(scale).div_(norm), size, groups)
+        grad_x = torch.addcmul(g * scale, a, through_norm, value=-2 * alpha * beta / size)
+        return grad_x.to(x.dtype), None, None, None, None, None
+
+
+class PaperLRN(nn.LocalResponseNorm):
+    """Local response normalisation as the AlexNet paper computes it: an odd window of ``size`` maps that
+    stops at the edge of each of ``groups`` groups of maps (the paper's towers: each GPU normalised the
+    maps it held), with torch's parameters (``alpha`` is divided by ``size``; see :func:`paper_lrn`).
+
+    Always computed in float32, whatever the input's dtype or the autocast setting: with the paper's k=2,
+    the normaliser ``k + alpha * sum(a^2)`` differs from 2 by ~1e-3 for typical activations, while
+    bfloat16's spacing near 2 is 1/64, so in bf16 the sum rounds away and LRN becomes a constant scale of
+    2^-0.75 (CUDA autocast would run torch's composite LRN that way). The output has the input's dtype.
+    """
+
+    def __init__(self, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0, groups: int = 1):
+        if size < 1 or size % 2 == 0:
+            raise ConfigError(f"the LRN window must be an odd number of maps (the paper's is 5); got {size}")
+        super().__init__(size, alpha=alpha, beta=beta, k=k)
+        self.groups = groups
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 3 or x.shape[1] % self.groups:
+            raise InputShapeError(f"LRN over {self.groups} groups of maps needs (N, C, ...) input with C a "
+                                  f"multiple of {self.groups}; got {tuple(x.shape)}")
         device = x.device.type
         autocast_on = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
         with torch.autocast(device, enabled=False) if autocast_on else contextlib.nullcontext():
-            return super().forward(x.float()).to(x.dtype)
+            return _LocalResponseNorm.apply(x, self.size, self.alpha, self.beta, self.k, self.groups)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (f", groups={self.groups}" if self.groups > 1 else "")
 
 
-def paper_lrn(size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0) -> PaperLRN:
+def paper_lrn(size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0,
+              groups: int = 1) -> PaperLRN:
     """Local response normalisation with the AlexNet paper's constants (n=5, alpha=1e-4, beta=0.75, k=2).
 
     The paper divides by ``(k + alpha * sum(a^2))^beta``; ``nn.LocalResponseNorm`` divides by
     ``(k + alpha / n * sum(a^2))^beta``, so the paper's alpha is passed multiplied by n (Caffe's reference net
-    missed this, BVLC/caffe#1453). Computed in float32 (see :class:`PaperLRN`).
+    missed this, BVLC/caffe#1453). ``groups``: the window stops at each group's edge (the paper's towers).
     """
-    return PaperLRN(size, alpha=alpha * size, beta=beta, k=k)
+    return PaperLRN(size, alpha=alpha * size, beta=beta, k=k, groups=groups)
 
 
 # ---------------------------------------------------------------------------------------------------

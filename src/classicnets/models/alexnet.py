@@ -6,7 +6,7 @@ Four builders:
 - ``alexnet``: the paper's net. 96-256-384-384-256 convs, ReLU, LRN (paper constants) after ReLU of conv1
   and conv2, overlapping 3/2 max-pools, conv2/conv4/conv5 split into two towers, fc6/fc7 of 4096 with
   dropout 0.5, N(0, 0.01) init with bias 1 in conv2, conv4, conv5, fc6, fc7. The LRN runs within each
-  tower's maps (:class:`TowerLRN`, 48 + 48 in conv1), as on the paper's two GPUs.
+  tower's maps (:func:`tower_lrn`, 48 + 48 in conv1), as on the paper's two GPUs.
   Deviations: 227x227 input (the text's 224 only works with padding 2-3 in conv1); the towers are grouped
   convolutions on one device (``groups=towers``), not two GPUs; the PCA colour augmentation and the 10-crop
   test belong to the data and evaluation code, not the net.
@@ -40,6 +40,7 @@ import torch.nn as nn
 from ..errors import ConfigError
 from ..layers import (
     ClassicNet,
+    PaperLRN,
     check_dropout,
     init_xavier,
     make_activation,
@@ -89,27 +90,15 @@ class AlexNet(ClassicNet):
         return self.classifier(torch.flatten(features, 1))
 
 
-class TowerLRN(nn.Module):
-    """The paper's LRN applied within each tower's maps: with two towers, 96 maps normalise as 48 + 48.
+def tower_lrn(towers: int) -> PaperLRN:
+    """The paper's LRN within each tower's maps: with two towers, 96 maps normalise as 48 + 48.
 
     In the paper each GPU normalises the kernel maps it holds, so a map's window of n=5 neighbours stops
-    at its tower's edge. One ``LocalResponseNorm`` over all channels would mix the maps on either side of
-    the boundary (47/48 in conv1), which neither the paper's net nor the two-device
+    at its tower's edge. One window over all channels would mix the maps on either side of the boundary
+    (47/48 in conv1), which neither the paper's net nor the two-device
     :class:`~classicnets.models.alexnet_towers.AlexNetTowers` does.
     """
-
-    def __init__(self, towers: int):
-        super().__init__()
-        self.towers = towers
-        self.lrn = paper_lrn()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.lrn(part) for part in x.chunk(self.towers, dim=1)], dim=1)
-
-
-def tower_lrn(towers: int) -> nn.Module:
-    """The paper's LRN for a net of ``towers`` towers (plain ``LocalResponseNorm`` for one tower)."""
-    return paper_lrn() if towers == 1 else TowerLRN(towers)
+    return paper_lrn(groups=towers)
 
 
 def _check_options(towers: int, dropout: float) -> None:

@@ -13,7 +13,7 @@ the maps on their own GPU, while conv3 and the fully connected layers read the m
 Activations cross devices only into conv3, fc6, fc7 and fc8 (and the logits gather on ``devices[0]``).
 Every layer's weight is a slice of the grouped model's: tower t gets output channels (units)
 ``[t*out/towers, (t+1)*out/towers)``. The LRN runs within each tower's maps (48 + 48 in conv1), which
-is what the paper's GPUs did and what the grouped model's :class:`~classicnets.models.alexnet.TowerLRN`
+is what the paper's GPUs did and what the grouped model's LRN (:func:`~classicnets.models.alexnet.tower_lrn`)
 does, so both give the same outputs and gradients. Dropout draws its own masks per tower, so the two
 agree in training mode only without dropout (or in eval mode).
 
@@ -31,8 +31,8 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
-from ..layers import ClassicNet
-from .alexnet import AlexNet, TowerLRN
+from ..layers import ClassicNet, PaperLRN, paper_lrn
+from .alexnet import AlexNet
 
 
 class AlexNetTowers(ClassicNet):
@@ -147,8 +147,8 @@ def _tower_part(layer: nn.Module, t: int, towers: int) -> nn.Module:
         return _conv_part(layer, t, towers)
     if isinstance(layer, nn.Linear):
         return _linear_part(layer, t, towers)
-    if isinstance(layer, TowerLRN):
-        return copy.deepcopy(layer.lrn)  # within this tower's maps, as the grouped model does
+    if isinstance(layer, PaperLRN) and layer.groups == towers:
+        return paper_lrn()  # within this tower's maps, as the grouped model does
     if any(True for _ in layer.parameters()) or any(True for _ in layer.buffers()):
         raise ConfigError(f"split_towers cannot split a {type(layer).__name__} that holds weights")
     return copy.deepcopy(layer)  # ReLU, max-pool, dropout, and a plain LRN (within the tower)
