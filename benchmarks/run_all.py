@@ -147,6 +147,20 @@ def tta_section(tta: dict, what: str = "reduced runs on the CPU") -> str:
     )
 
 
+def lrn_section(lrn: dict) -> str:
+    layers = {(r["layer"], r["lrn"]): r["ms"] for r in lrn["layers"]}
+    per_layer = ", ".join(f"{layer} {layers[layer, 'torch composite'] / layers[layer, 'classicnets']:.1f}x"
+                          for layer in dict.fromkeys(r["layer"] for r in lrn["layers"]))
+    steps = {(r["config"], r["lrn"]): r["step_ms"] for r in lrn["steps"]}
+    per_step = ", ".join(f"{config} {steps[config, 'torch composite'] / steps[config, 'classicnets']:.2f}x"
+                         for config in dict.fromkeys(r["config"] for r in lrn["steps"]))
+    return (
+        f"**The paper AlexNet's LRN** written out with its gradient, against torch's composite "
+        f"(batch {lrn['settings']['batch_size']}, {_where(lrn['machine'])}): forward + backward "
+        f"{per_layer}; the whole training step {per_step}. `benchmarks/results/lrn.md`."
+    )
+
+
 GPU_NOTE = (
     "GPU targets (one H100: d2l recipe 10 epochs at 224 in <= 15 s at test acc >= 0.88, >= 35% bf16 MFU "
     "in the AlexNet step, fast recipe > 0.92 in < 60 s) are not measured on this machine; "
@@ -160,6 +174,7 @@ def readme_table(results: Path = common.RESULTS_DIR) -> str:
         ("vs_d2l", headline_section),
         ("train_step", lambda d: step_section(d, "Training step, alexnet_d2l at 224")),
         ("train_step_zoo", lambda d: step_section(d, "Training step, the zoo at each recipe's input size")),
+        ("lrn", lrn_section),
         ("loader_throughput", loader_section),
         ("time_to_accuracy_quick", lambda d: tta_section(d, "the quick recipe in full, on all 10,000 "
                                                              "test images")),
