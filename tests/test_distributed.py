@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from classicnets.errors import ConfigError
 from classicnets.launch import strip_flag, torchrun_args, under_launcher
+from classicnets.layers import paper_lrn
 from classicnets.models.alexnet_towers import split_towers
 from classicnets.registry import create_model
 from classicnets.training import distributed as D
@@ -298,6 +299,18 @@ def test_split_towers_rejects_other_models_and_device_counts():
         split_towers(create_model("alexnet", width_mult=0.125, towers=1), devices=("cpu", "cpu"))
     with pytest.raises(ConfigError, match="3 device.*towers=2"):
         split_towers(create_model("alexnet", width_mult=0.125), devices=("cpu", "cpu", "cpu"))
+    across_towers = create_model("alexnet", width_mult=0.125)
+    across_towers.features.norm1 = paper_lrn()  # one window over both towers' maps: not what a GPU can do
+    with pytest.raises(ConfigError, match="LRN to normalise within the 2 towers' maps"):
+        split_towers(across_towers, devices=("cpu", "cpu"))
+
+
+def test_split_towers_keep_each_lrns_constants():
+    grouped = create_model("alexnet", num_classes=10, width_mult=0.125, dropout=0.0).double()
+    grouped.features.norm1 = paper_lrn(alpha=1e-2, k=1.0, groups=2)  # an ablation's constants
+    x = torch.randn(1, 3, 227, 227, dtype=torch.float64)
+    torch.testing.assert_close(split_towers(grouped, devices=("cpu", "cpu"))(x), grouped(x), rtol=1e-10,
+                               atol=1e-12)
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
@@ -488,8 +501,9 @@ sys.exit(main())
 
 @pytest.mark.slow
 def test_a_nan_loss_on_one_rank_stops_every_rank_with_the_nan_message(tmp_path):
-    """The NaN shows in rank 1's sums at the check after step 2, before the gradient all-reduce spreads it:
-    the ranks agree there, so both report the NaN instead of rank 0 losing its peer."""
+    """At the check after step 2 only rank 1's summed losses are NaN (rank 0's loss of that step came
+    before the all-reduce that spread the NaN into the weights): the ranks agree there, so both report
+    the NaN instead of rank 0 losing its peer."""
     script = tmp_path / "nan_on_rank_1.py"
     script.write_text(NAN_ON_RANK_1)
     done = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",

@@ -396,6 +396,34 @@ def test_lrn_forward_and_gradient_equal_torchs_composite(layout):
     assert torch.autograd.gradcheck(paper_lrn(groups=3), (a[:, :, :2, :2].clone().requires_grad_(),))
 
 
+def test_lrn_second_derivatives_and_torch_func():
+    """The written-out gradient is itself differentiable (create_graph) and works under torch.func."""
+    from classicnets.layers import paper_lrn
+
+    lrn = paper_lrn(groups=2)
+    a = (torch.randn(2, 8, 2, 2, dtype=torch.float64) * 20).requires_grad_()
+    assert torch.autograd.gradgradcheck(lrn, (a,))
+
+    def reference(x):
+        return torch.cat([nn.LocalResponseNorm(5, 5e-4, 0.75, 2.0)(p) for p in x.chunk(2, 1)], 1)
+
+    per_sample = torch.func.vmap(torch.func.grad(lambda x: lrn(x[None]).square().sum()))(a.detach())
+    expected = torch.func.vmap(torch.func.grad(lambda x: reference(x[None]).square().sum()))(a.detach())
+    torch.testing.assert_close(per_sample, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning", "ignore::torch.jit.TracerWarning")
+def test_paper_alexnet_exports_to_torchscript():
+    """Tracing runs the LRN as plain ops (TorchScript cannot hold its autograd.Function)."""
+    model = classicnets.create_model("alexnet", num_classes=10, in_channels=1, width_mult=0.0625).eval()
+    x = torch.rand(2, 1, 227, 227)
+    buffer = io.BytesIO()
+    torch.jit.save(torch.jit.trace(model, x), buffer)
+    buffer.seek(0)
+    with torch.inference_mode():
+        torch.testing.assert_close(torch.jit.load(buffer)(x), model(x))
+
+
 def test_grouped_lrn_is_one_lrn_per_group_of_maps():
     from classicnets.layers import paper_lrn
 
@@ -406,10 +434,12 @@ def test_grouped_lrn_is_one_lrn_per_group_of_maps():
         paper_lrn(groups=3)(torch.rand(1, 10, 3, 3))
     with pytest.raises(ConfigError, match="odd number of maps"):
         paper_lrn(size=4)
+    with pytest.raises(ConfigError, match="groups must be a positive integer"):
+        paper_lrn(groups=0)
 
 
 @pytest.mark.parametrize("autocast", [False, True])
-def test_lrn_keeps_the_normaliser_in_bf16(autocast):
+def test_lrn_keeps_its_normaliser_out_of_bf16(autocast):
     """In bf16, k + alpha * sum(a^2) = 2 + ~0.1 would round to 2 + 1/64 steps; the LRN works in fp32 and
     gives the fp32 result rounded once (the sum of squares alone would lose the normalisation)."""
     from classicnets.layers import paper_lrn

@@ -14,7 +14,6 @@ Imports only torch and the standard library (see docs/design.md).
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterable
 
 import torch
@@ -161,31 +160,54 @@ def _channel_window_sum(x: torch.Tensor, size: int, groups: int) -> torch.Tensor
     return out.flatten(1, 2)
 
 
+def _normaliser(a: torch.Tensor, size: int, alpha: float, beta: float, k: float,
+                groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """LRN's ``N = k + alpha / n * window(a^2)`` and ``s = N^-beta``."""
+    norm = _channel_window_sum(a * a, size, groups).mul_(alpha / size).add_(k)
+    return norm, norm.pow(-beta)
+
+
+def _lrn(x: torch.Tensor, size: int, alpha: float, beta: float, k: float,
+         groups: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """LRN's output (in the input's dtype), N and s, computed in float32 (float64 stays float64)."""
+    a = x.to(torch.promote_types(x.dtype, torch.float32))
+    norm, scale = _normaliser(a, size, alpha, beta, k, groups)
+    return (a * scale).to(x.dtype), norm, scale
+
+
 class _LocalResponseNorm(torch.autograd.Function):
-    """``b_i = a_i / (k + alpha / n * sum_{j in window(i)} a_j^2)^beta``, with its gradient written out.
+    """``b = a * s``, ``s = N^-beta``, ``N = k + alpha / n * window(a^2)``, with its gradient written out.
 
     ``torch.nn.functional.local_response_norm`` is a composite that sums the window with ``avg_pool3d``:
     on the CPU that pooling and its backward were half of the paper AlexNet's training step, and on CUDA
-    its backward has no deterministic kernel. Here the window is five slice additions and the backward is
-    the closed form (the window is symmetric, so its transpose is itself):
-    ``grad_a_j = g_j s_j - 2 alpha beta / n * a_j * sum_{i in window(j)} g_i a_i s_i / N_i``, with
-    ``N = k + alpha / n * window(a^2)`` and ``s = N^-beta``. Computed in float32 (float64 for float64).
+    its backward has no deterministic kernel. Here the window is slice additions and the backward is the
+    closed form (the window is symmetric, so its transpose is itself):
+    ``grad_a_j = g_j s_j - 2 alpha beta / n * a_j * sum_{i in window(j)} g_i a_i s_i / N_i``.
+    Computed in float32 (float64 stays float64). N and s are extra outputs (not differentiable) so that
+    the backward reuses them; torch.func's transforms (grad, vmap) work through it.
     """
 
-    @staticmethod
-    def forward(ctx, x, size: int, alpha: float, beta: float, k: float, groups: int):
-        a = x.to(torch.promote_types(x.dtype, torch.float32))
-        norm = _channel_window_sum(a * a, size, groups).mul_(alpha / size).add_(k)
-        scale = norm.pow(-beta)
-        ctx.save_for_backward(x, norm, scale)
-        ctx.constants = (size, alpha, beta, groups)
-        return (a * scale).to(x.dtype)
+    generate_vmap_rule = True
 
     @staticmethod
-    def backward(ctx, grad):
+    def forward(x, size: int, alpha: float, beta: float, k: float, groups: int):
+        return _lrn(x, size, alpha, beta, k, groups)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, size, alpha, beta, k, groups = inputs
+        _, norm, scale = output
+        ctx.mark_non_differentiable(norm, scale)
+        ctx.save_for_backward(x, norm, scale)
+        ctx.constants = (size, alpha, beta, k, groups)
+
+    @staticmethod
+    def backward(ctx, grad, _grad_norm, _grad_scale):
         x, norm, scale = ctx.saved_tensors
-        size, alpha, beta, groups = ctx.constants
+        size, alpha, beta, k, groups = ctx.constants
         a = x.to(norm.dtype)
+        if torch.is_grad_enabled():  # create_graph: N and s again, so the gradient is differentiable
+            norm, scale = _normaliser(a, size, alpha, beta, k, groups)
         g = grad.to(norm.dtype)
         through_norm = _channel_window_sum((g * a).mul_(scale).div_(norm), size, groups)
         grad_x = torch.addcmul(g * scale, a, through_norm, value=-2 * alpha * beta / size)
@@ -197,15 +219,18 @@ class PaperLRN(nn.LocalResponseNorm):
     stops at the edge of each of ``groups`` groups of maps (the paper's towers: each GPU normalised the
     maps it held), with torch's parameters (``alpha`` is divided by ``size``; see :func:`paper_lrn`).
 
-    Always computed in float32, whatever the input's dtype or the autocast setting: with the paper's k=2,
-    the normaliser ``k + alpha * sum(a^2)`` differs from 2 by ~1e-3 for typical activations, while
-    bfloat16's spacing near 2 is 1/64, so in bf16 the sum rounds away and LRN becomes a constant scale of
-    2^-0.75 (CUDA autocast would run torch's composite LRN that way). The output has the input's dtype.
+    Computed in float32 whatever the input's dtype (float64 stays float64): with the paper's k=2, the
+    normaliser ``k + alpha * sum(a^2)`` differs from 2 by ~1e-3 for typical activations, while bfloat16's
+    spacing near 2 is 1/64, so in bf16 the sum rounds away and LRN becomes a constant scale of 2^-0.75
+    (CUDA autocast runs torch's composite LRN that way). No op inside is one autocast lowers, so autocast
+    leaves it alone. The output has the input's dtype.
     """
 
     def __init__(self, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0, groups: int = 1):
         if size < 1 or size % 2 == 0:
             raise ConfigError(f"the LRN window must be an odd number of maps (the paper's is 5); got {size}")
+        if groups < 1:
+            raise ConfigError(f"LRN groups must be a positive integer (the towers); got {groups}")
         super().__init__(size, alpha=alpha, beta=beta, k=k)
         self.groups = groups
 
@@ -213,10 +238,9 @@ class PaperLRN(nn.LocalResponseNorm):
         if x.dim() < 3 or x.shape[1] % self.groups:
             raise InputShapeError(f"LRN over {self.groups} groups of maps needs (N, C, ...) input with C a "
                                   f"multiple of {self.groups}; got {tuple(x.shape)}")
-        device = x.device.type
-        autocast_on = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
-        with torch.autocast(device, enabled=False) if autocast_on else contextlib.nullcontext():
-            return _LocalResponseNorm.apply(x, self.size, self.alpha, self.beta, self.k, self.groups)
+        if torch.jit.is_tracing():  # TorchScript cannot hold a Python autograd.Function: plain ops
+            return _lrn(x, self.size, self.alpha, self.beta, self.k, self.groups)[0]
+        return _LocalResponseNorm.apply(x, self.size, self.alpha, self.beta, self.k, self.groups)[0]
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (f", groups={self.groups}" if self.groups > 1 else "")

@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
-from ..layers import ClassicNet, PaperLRN, paper_lrn
+from ..layers import ClassicNet, PaperLRN
 from .alexnet import AlexNet
 
 
@@ -147,8 +147,12 @@ def _tower_part(layer: nn.Module, t: int, towers: int) -> nn.Module:
         return _conv_part(layer, t, towers)
     if isinstance(layer, nn.Linear):
         return _linear_part(layer, t, towers)
-    if isinstance(layer, PaperLRN) and layer.groups == towers:
-        return paper_lrn()  # within this tower's maps, as the grouped model does
+    if isinstance(layer, PaperLRN):
+        if layer.groups != towers:
+            raise ConfigError(f"split_towers needs each LRN to normalise within the {towers} towers' maps "
+                              f"(groups={towers}); this one has groups={layer.groups}")
+        # within this tower's maps, as the grouped model does
+        return PaperLRN(layer.size, alpha=layer.alpha, beta=layer.beta, k=layer.k)
     if any(True for _ in layer.parameters()) or any(True for _ in layer.buffers()):
         raise ConfigError(f"split_towers cannot split a {type(layer).__name__} that holds weights")
     return copy.deepcopy(layer)  # ReLU, max-pool, dropout, and a plain LRN (within the tower)
