@@ -106,6 +106,15 @@ def device_label(info: dict) -> str:
 # --------------------------------------------------------------------------- timing
 
 
+def step_benchmark_settings(device: torch.device) -> None:
+    """CUDA settings for timing training steps: cuDNN picks its fastest kernels, and fp32 means fp32 (the
+    matmuls and cuDNN's convolutions, which default to TF32; bf16 is the fast path measured)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for queued GPU work, so a timer reads the work done and not just the launches."""
     if device.type == "cuda":

@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="lrn", help="result name under benchmarks/results/")
     args = p.parse_args(argv)
     device = common.resolve_device(args.device)
+    common.step_benchmark_settings(device)
     with reused_host_memory(enabled=device.type == "cpu"):
         layers = measure_layers(args, device)
     payload = {"benchmark": "lrn", "machine": common.machine_info(device),

@@ -314,11 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     cuda = device.type == "cuda"
     args.batch_size = args.batch_size or (128 if cuda else 32)
     args.steps = args.steps or (20 if cuda else (2 if args.quick else 3))
-    if cuda:
-        torch.backends.cudnn.benchmark = True
-        # fp32 means fp32 here (bf16 is the fast path measured): cuDNN's convolutions default to TF32 too
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+    common.step_benchmark_settings(device)
     if args.quick and args.models == ["*"]:
         args.models = [*QUICK_MODELS, *QUICK_ZOO]
     names, per_model = select(args, device)

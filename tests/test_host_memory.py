@@ -61,8 +61,8 @@ def test_inside_the_block_steps_reuse_the_freed_heap():
     # The heap then grows a few more times while its free blocks settle into a layout that fits a whole
     # step (up to 7 steps here, depending on where small allocations land); after that steps stop faulting.
     settled = faults[8:]
-    assert sorted(settled)[len(settled) // 2] < 0.05, f"still faulting after {len(faults)} steps: {faults}"
-    assert sum(settled) / len(settled) < 0.1, f"still faulting after {len(faults)} steps: {faults}"
+    quiet = sum(f < 0.05 for f in settled)
+    assert quiet >= len(settled) - 2, f"still faulting after {len(faults)} steps: {faults}"
 
 
 def test_leaving_the_block_returns_the_heap_to_the_kernel():

@@ -219,6 +219,32 @@ def test_interrupt_mid_epoch_saves_and_resumes_exactly(tmp_path, fashion_mnist_d
     assert_same_weights(weights(tmp_path / "straight"), weights(tmp_path / "run"))
 
 
+def test_mid_epoch_resume_with_other_accumulation_continues_from_the_same_optimizer_step(
+        tmp_path, fashion_mnist_dir, monkeypatch):
+    """Stopped after 3 of 8 steps of 64; resumed as micro-batches of 32 (2 accumulation steps): the run
+    trains the remaining 5 optimizer steps' 320 images, as 10 micro-batches, and no image twice."""
+    settings = tiny(tmp_path, fashion_mnist_dir, epochs=1, augment="none")
+    classicnets.train({**settings, "out": str(tmp_path / "straight")})
+
+    original = loop.Trainer._train_step
+    batches = []
+
+    def step_then_signal(self, x, *args):
+        original(self, x, *args)
+        batches.append(len(x))
+        if len(batches) == 3 and self.config.grad_accum_steps == 1:
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(loop.Trainer, "_train_step", step_then_signal)
+    with pytest.raises(loop.TrainingInterrupted):
+        classicnets.train(settings)
+    batches.clear()
+    history = classicnets.train({**settings, "resume": True, "grad_accum_steps": 2})
+    assert batches == [32] * 10
+    straight = json.loads((tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()[0])
+    assert history[-1]["train_loss"] == pytest.approx(straight["train_loss"], rel=1e-3)  # over the same 512
+
+
 def test_checkpoint_of_another_model_or_a_pickle_is_refused(tmp_path, fashion_mnist_dir):
     settings = tiny(tmp_path, fashion_mnist_dir, epochs=1, subset=128)
     classicnets.train(settings)

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import signal
 import threading
@@ -79,8 +80,9 @@ NO_DETERMINISTIC_KERNEL = "does not have a deterministic implementation"
 
 
 def _no_deterministic_kernel(message: str, device: torch.device) -> str:
-    # torch's message starts with the kernel's name, e.g. "adaptive_avg_pool2d_backward_cuda does not ..."
-    kernel = message.split(NO_DETERMINISTIC_KERNEL)[0].strip() or "a kernel this model needs"
+    # torch names the kernel first, e.g. "adaptive_avg_pool2d_backward_cuda does not have a deterministic ..."
+    found = re.search(r"(\w+) " + NO_DETERMINISTIC_KERNEL, message)
+    kernel = found.group(1) if found else "a kernel this model needs"
     return (f"--deterministic: {kernel} has no deterministic implementation on {device.type} in torch "
             f"{torch.__version__} (on CUDA: adaptive average pooling, used by vgg* and alexnet_owt, and "
             "others); train this model without --deterministic (runs then differ in the last bits), or on "
@@ -337,6 +339,11 @@ class Trainer:
         self.history = list(state["history"])
         self.best_acc, self.best_epoch = state["best_acc"], state["best_epoch"]
         self.start_epoch, self.start_step = state["epoch"], state["step_in_epoch"]
+        # The step counts micro-batches, and a stop comes only after a whole optimizer step. With other
+        # accumulation steps the same optimizer steps (the same images: every micro-batch of a step comes
+        # from that step's slice of the epoch's order) are other micro-batches.
+        saved_accum = state["config"].get("grad_accum_steps", 1)
+        self.start_step = self.start_step // saved_accum * self.config.grad_accum_steps
         self.partial = state.get("partial")
         self.print(f"resuming {source} at epoch {self.start_epoch + 1}"
                    + (f", step {self.start_step}" if self.start_step else ""))
@@ -454,8 +461,8 @@ class Trainer:
     def _restore_partial(self, sums: RunningSums) -> int:
         """Sums and RNG states of an epoch stopped part-way; returns the steps already done.
 
-        Each rank takes back its own share. On another number of processes the data order differs anyway
-        (the run goes on, not exactly): rank 0 takes the epoch's totals so far and its old RNG states.
+        Each rank takes back its own share. On another number of processes the shards differ anyway (the
+        run goes on, not bit for bit): rank 0 takes the epoch's totals so far and its old RNG states.
         """
         self.images_before = 0
         if not self.start_step or self.partial is None:
