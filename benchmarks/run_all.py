@@ -197,7 +197,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--zoo",
         choices=("quick", "all"),
         default="all",
-        help="all: every registered model (about 6 minutes on 2 CPU cores); quick: "
+        help="all: every registered model (about 9 minutes on 2 CPU cores); quick: "
         + " ".join(train_step.QUICK_ZOO),
     )
     p.add_argument("--only", nargs="+", metavar="STEP", help="run only these steps")
