@@ -396,13 +396,16 @@ def test_lrn_forward_and_gradient_equal_torchs_composite(layout):
     assert torch.autograd.gradcheck(paper_lrn(groups=3), (a[:, :, :2, :2].clone().requires_grad_(),))
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")  # torch.func scripts a helper
 def test_lrn_second_derivatives_and_torch_func():
-    """The written-out gradient is itself differentiable (create_graph) and works under torch.func."""
+    """The written-out gradient is itself differentiable (create_graph), forward mode works, and so do
+    torch.func's transforms."""
     from classicnets.layers import paper_lrn
 
     lrn = paper_lrn(groups=2)
     a = (torch.randn(2, 8, 2, 2, dtype=torch.float64) * 20).requires_grad_()
     assert torch.autograd.gradgradcheck(lrn, (a,))
+    assert torch.autograd.gradcheck(lrn, (a,), check_forward_ad=True)  # the jvp
 
     def reference(x):
         return torch.cat([nn.LocalResponseNorm(5, 5e-4, 0.75, 2.0)(p) for p in x.chunk(2, 1)], 1)
@@ -410,6 +413,9 @@ def test_lrn_second_derivatives_and_torch_func():
     per_sample = torch.func.vmap(torch.func.grad(lambda x: lrn(x[None]).square().sum()))(a.detach())
     expected = torch.func.vmap(torch.func.grad(lambda x: reference(x[None]).square().sum()))(a.detach())
     torch.testing.assert_close(per_sample, expected, rtol=1e-10, atol=1e-12)
+    one = a.detach()[:1, :, :1, :1]
+    torch.testing.assert_close(torch.func.hessian(lambda x: lrn(x).square().sum())(one),
+                               torch.func.hessian(lambda x: reference(x).square().sum())(one))
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning", "ignore::torch.jit.TracerWarning")

@@ -184,7 +184,8 @@ class _LocalResponseNorm(torch.autograd.Function):
     closed form (the window is symmetric, so its transpose is itself):
     ``grad_a_j = g_j s_j - 2 alpha beta / n * a_j * sum_{i in window(j)} g_i a_i s_i / N_i``.
     Computed in float32 (float64 stays float64). N and s are extra outputs (not differentiable) so that
-    the backward reuses them; torch.func's transforms (grad, vmap) work through it.
+    the backward reuses them; with ``jvp`` and a generated vmap rule, torch.func's transforms (grad, vmap,
+    jvp, jacfwd, hessian) work through it as through torch's LRN.
     """
 
     generate_vmap_rule = True
@@ -199,6 +200,7 @@ class _LocalResponseNorm(torch.autograd.Function):
         _, norm, scale = output
         ctx.mark_non_differentiable(norm, scale)
         ctx.save_for_backward(x, norm, scale)
+        ctx.save_for_forward(x, norm, scale)
         ctx.constants = (size, alpha, beta, k, groups)
 
     @staticmethod
@@ -212,6 +214,17 @@ class _LocalResponseNorm(torch.autograd.Function):
         through_norm = _channel_window_sum((g * a).mul_(scale).div_(norm), size, groups)
         grad_x = torch.addcmul(g * scale, a, through_norm, value=-2 * alpha * beta / size)
         return grad_x.to(x.dtype), None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, tangent, *_):
+        """Forward mode (torch.func.jvp, jacfwd, hessian): ``db = s da - 2 alpha beta / n * a s / N *
+        window(a da)``; N and s get no tangent."""
+        x, norm, scale = ctx.saved_tensors
+        size, alpha, beta, k, groups = ctx.constants
+        a, t = x.to(norm.dtype), tangent.to(norm.dtype)
+        through_norm = _channel_window_sum(a * t, size, groups)
+        out = torch.addcmul(t * scale, a * scale / norm, through_norm, value=-2 * alpha * beta / size)
+        return out.to(x.dtype), None, None
 
 
 class PaperLRN(nn.LocalResponseNorm):
