@@ -108,7 +108,8 @@ def device_label(info: dict) -> str:
 
 def step_benchmark_settings(device: torch.device) -> None:
     """CUDA settings for timing training steps: cuDNN picks its fastest kernels, and fp32 means fp32 (the
-    matmuls and cuDNN's convolutions, which default to TF32; bf16 is the fast path measured)."""
+    matmuls and cuDNN's convolutions, which default to TF32; bf16 is the fast path measured). Process-wide
+    and not restored: for the benchmark scripts' own processes."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = False

@@ -299,10 +299,11 @@ def test_split_towers_rejects_other_models_and_device_counts():
         split_towers(create_model("alexnet", width_mult=0.125, towers=1), devices=("cpu", "cpu"))
     with pytest.raises(ConfigError, match="3 device.*towers=2"):
         split_towers(create_model("alexnet", width_mult=0.125), devices=("cpu", "cpu", "cpu"))
-    across_towers = create_model("alexnet", width_mult=0.125)
-    across_towers.features.norm1 = paper_lrn()  # one window over both towers' maps: not what a GPU can do
-    with pytest.raises(ConfigError, match="LRN to normalise within the 2 towers' maps"):
-        split_towers(across_towers, devices=("cpu", "cpu"))
+    for spanning in (paper_lrn(), torch.nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)):
+        across_towers = create_model("alexnet", width_mult=0.125)
+        across_towers.features.norm1 = spanning  # one window over both towers' maps: no GPU holds them all
+        with pytest.raises(ConfigError, match="LRN to normalise within the 2 towers' maps"):
+            split_towers(across_towers, devices=("cpu", "cpu"))
 
 
 def test_split_towers_keep_each_lrns_constants():

@@ -219,6 +219,13 @@ def test_interrupt_mid_epoch_saves_and_resumes_exactly(tmp_path, fashion_mnist_d
     assert_same_weights(weights(tmp_path / "straight"), weights(tmp_path / "run"))
 
 
+def test_the_last_optimizer_step_of_an_epoch_averages_over_its_own_micro_batches():
+    # 15 micro-batches in steps of 2: seven full steps, then one of a single micro-batch
+    assert [loop.micro_batches_in_step(step, 15, 2) for step in range(15)] == [2] * 14 + [1]
+    assert [loop.micro_batches_in_step(step, 8, 3) for step in range(8)] == [3] * 6 + [2] * 2
+    assert {loop.micro_batches_in_step(step, 7, 1) for step in range(7)} == {1}
+
+
 def test_mid_epoch_resume_with_other_accumulation_continues_from_the_same_optimizer_step(
         tmp_path, fashion_mnist_dir, monkeypatch):
     """Stopped after 3 of 8 steps of 64; resumed as micro-batches of 32 (2 accumulation steps): the run
@@ -358,6 +365,19 @@ def test_train_cli_end_to_end(tmp_path, fashion_mnist_dir):
     process = _cli("--config", str(bad), "--out", str(tmp_path / "never"))
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 2 and "did you mean batch_size" in stderr and "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("message, kernel", [
+    ("adaptive_avg_pool2d_backward_cuda does not have a deterministic implementation, but you set ...",
+     "adaptive_avg_pool2d_backward_cuda"),
+    ("median CUDA with indices output does not have a deterministic implementation, but ...",
+     "median CUDA with indices output"),
+    ("Backend compiler failed\nRuntimeError: index_put_ with accumulate=False does not have a deterministic "
+     "implementation, but ...", "index_put_ with accumulate=False"),
+])
+def test_the_deterministic_error_names_the_whole_kernel(message, kernel):
+    assert loop._no_deterministic_kernel(message, torch.device("cuda")).startswith(
+        f"--deterministic: {kernel} has no deterministic implementation on cuda")
 
 
 def test_a_layer_without_a_deterministic_kernel_is_a_clear_error(tmp_path, fashion_mnist_dir, monkeypatch):

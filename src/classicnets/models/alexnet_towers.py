@@ -147,15 +147,16 @@ def _tower_part(layer: nn.Module, t: int, towers: int) -> nn.Module:
         return _conv_part(layer, t, towers)
     if isinstance(layer, nn.Linear):
         return _linear_part(layer, t, towers)
-    if isinstance(layer, PaperLRN):
-        if layer.groups != towers:
+    if isinstance(layer, nn.LocalResponseNorm):
+        groups = layer.groups if isinstance(layer, PaperLRN) else 1
+        if groups != towers:  # a window across the towers' maps: no tower holds all of them
             raise ConfigError(f"split_towers needs each LRN to normalise within the {towers} towers' maps "
-                              f"(groups={towers}); this one has groups={layer.groups}")
+                              f"(PaperLRN with groups={towers}); {layer} spans them")
         # within this tower's maps, as the grouped model does
         return PaperLRN(layer.size, alpha=layer.alpha, beta=layer.beta, k=layer.k)
     if any(True for _ in layer.parameters()) or any(True for _ in layer.buffers()):
         raise ConfigError(f"split_towers cannot split a {type(layer).__name__} that holds weights")
-    return copy.deepcopy(layer)  # ReLU, max-pool, dropout, and a plain LRN (within the tower)
+    return copy.deepcopy(layer)  # ReLU, max-pool, dropout
 
 
 def _conv_part(conv: nn.Conv2d, t: int, towers: int) -> nn.Conv2d:

@@ -81,7 +81,8 @@ NO_DETERMINISTIC_KERNEL = "does not have a deterministic implementation"
 
 def _no_deterministic_kernel(message: str, device: torch.device) -> str:
     # torch names the kernel first, e.g. "adaptive_avg_pool2d_backward_cuda does not have a deterministic ..."
-    found = re.search(r"(\w+) " + NO_DETERMINISTIC_KERNEL, message)
+    # (names may hold spaces, "median CUDA with indices output"; torch.compile prefixes its own text)
+    found = re.search(r"(?:^|[:\n])\s*([^:\n]+?) " + NO_DETERMINISTIC_KERNEL, message)
     kernel = found.group(1) if found else "a kernel this model needs"
     return (f"--deterministic: {kernel} has no deterministic implementation on {device.type} in torch "
             f"{torch.__version__} (on CUDA: adaptive average pooling, used by vgg* and alexnet_owt, and "
@@ -427,13 +428,14 @@ class Trainer:
         x, y = _to_device(x, y, self.device, config.channels_last)
         accum = config.grad_accum_steps
         boundary = (step + 1) % accum == 0 or step + 1 == total
+        in_step = micro_batches_in_step(step, total, accum)
         # DDP all-reduces gradients on every backward; skip that for all but the last micro-batch
         skip_sync = self.ctx.distributed and not boundary
         with self.ddp_model.no_sync() if skip_sync else contextlib.nullcontext():
             with autocast(self.device, config.precision):
                 logits = self.train_model(x)
                 loss = self.loss_fn(logits, y)
-            (loss / accum if accum > 1 else loss).backward()
+            (loss / in_step if in_step > 1 else loss).backward()  # the step's mean over its images
         if boundary:
             if config.grad_clip is not None:
                 # computes the norm and scales on the device (no host sync; foreach kernels)
@@ -567,6 +569,12 @@ class Trainer:
         history = list(self.history)
         title = f"{self.metadata.get('model', '')} on {self.metadata.get('dataset', '')}"
         return lambda: plot_curves(self.run_dir, history, title=title)
+
+
+def micro_batches_in_step(step: int, total: int, accum: int) -> int:
+    """How many micro-batches the optimizer step holding micro-batch ``step`` (of ``total``) sums: ``accum``,
+    except the epoch's last step, which may hold fewer (its loss still averages over its own images)."""
+    return min(accum, total - step // accum * accum)
 
 
 def _is_terminal() -> bool:
