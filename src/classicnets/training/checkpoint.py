@@ -273,15 +273,20 @@ def _contiguous_cpu(state: Mapping[str, torch.Tensor], copy: bool = False) -> di
     out: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
     for name, live in state.items():
-        tensor = live.detach().to("cpu").contiguous()
-        if copy and tensor.data_ptr() == live.data_ptr():
-            tensor = tensor.clone()  # still the live tensor (a contiguous CPU one): snapshot it
+        tensor = _cpu_copy(live) if copy else live.detach().to("cpu").contiguous()
         key = tensor.untyped_storage().data_ptr()
         if key in seen and tensor.numel() > 0:
             tensor = tensor.clone()
         seen.add(key)
         out[name] = tensor
     return out
+
+
+def _cpu_copy(tensor: torch.Tensor) -> torch.Tensor:
+    """A contiguous CPU copy of ``tensor`` that shares no memory with it, copied once: moving a device tensor
+    to the CPU is already the copy; a CPU tensor that ``contiguous`` left as it was is cloned."""
+    out = tensor.detach().to("cpu").contiguous()
+    return out.clone() if out.data_ptr() == tensor.data_ptr() else out
 
 
 def _fsync_file(path: Path) -> None:
@@ -317,7 +322,7 @@ def _remove_stale_temporaries(run_dir: Path) -> None:
 def _split_tensors(value: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
     """Replace each tensor in a nest of containers with {"__tensor__": key}, collecting it in ``tensors``."""
     if isinstance(value, torch.Tensor):
-        tensors[key] = value.detach().to("cpu").contiguous().clone()
+        tensors[key] = _cpu_copy(value)
         return {"__tensor__": key}
     if isinstance(value, Mapping):
         return {"__dict__": [[_split_tensors(k, f"{key}.k{i}", tensors),

@@ -455,10 +455,10 @@ class Trainer:
             return False
         # every rank must stop after the same step: agree on it every log_every steps
         flag = torch.tensor([0.0 if stop.signum is None else float(stop.signum)], device=self.device)
-        all_reduce_(flag, self.ctx, op="max")
-        if flag.item() and stop.signum is None:
-            stop.signum = int(flag.item())
-        return bool(flag.item())
+        signum = int(all_reduce_(flag, self.ctx, op="max").item())  # one host read
+        if signum and stop.signum is None:
+            stop.signum = signum
+        return bool(signum)
 
     def _restore_partial(self, sums: RunningSums) -> int:
         """Sums and RNG states of an epoch stopped part-way; returns the steps already done.
