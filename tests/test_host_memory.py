@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallo
 
 # A "step" allocates, fills and frees blocks of these sizes (MiB), like a training step's activations;
 # all but the smallest are above glibc's largest mmap threshold (32 MiB).
-STEP = textwrap.dedent("""
+PRELUDE = textwrap.dedent("""
     import json, resource, sys, torch
     from classicnets.training import host_memory
 
@@ -31,32 +31,28 @@ STEP = textwrap.dedent("""
     def rss():
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * resource.getpagesize()
-
-    result = {}
-    for name, case in CASES:
-        result[name] = case()
-    print(json.dumps(result))
 """)
 
 
-def run_cases(cases: str) -> dict:
-    code = STEP.replace("for name, case in CASES:", cases + "\nfor name, case in CASES:")
+def run_case(body: str):
+    """Run ``body`` as a function in a fresh interpreter (with ``step_faults``, ``rss`` and ``host_memory``
+    at hand) and return what it returns."""
+    case = "def case():\n" + textwrap.indent(textwrap.dedent(body), "    ")
+    code = f"{PRELUDE}\n{case}\nprint(json.dumps(case()))\n"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     return json.loads(out.splitlines()[-1])
 
 
 def test_by_default_every_step_faults_its_blocks_in_afresh():
-    faults = run_cases('CASES = [("default", lambda: [step_faults() for _ in range(6)])]')["default"]
+    faults = run_case("return [step_faults() for _ in range(6)]")
     assert min(faults) > 0.9, faults
 
 
 def test_inside_the_block_steps_reuse_the_freed_heap():
-    faults = run_cases(textwrap.dedent("""
-        def inside():
-            with host_memory.reused_host_memory():
-                return [step_faults() for _ in range(16)]
-        CASES = [("inside", inside)]
-    """))["inside"]
+    faults = run_case("""
+        with host_memory.reused_host_memory():
+            return [step_faults() for _ in range(16)]
+    """)
     assert faults[0] > 0.9, faults  # the first step grows the heap
     # The heap then grows a few more times while its free blocks settle into a layout that fits a whole
     # step (up to 7 steps here, depending on where small allocations land); after that steps stop faulting.
@@ -66,41 +62,35 @@ def test_inside_the_block_steps_reuse_the_freed_heap():
 
 
 def test_leaving_the_block_returns_the_heap_to_the_kernel():
-    result = run_cases(textwrap.dedent("""
-        def kept_then_released():
-            with host_memory.reused_host_memory():
-                for _ in range(4):
-                    step_faults()
-                kept = rss()
-            return kept - rss()
-        CASES = [("returned", kept_then_released)]
-    """))
-    assert result["returned"] > 100 * 2**20, result  # most of the 208 MiB of free heap
+    returned = run_case("""
+        with host_memory.reused_host_memory():
+            for _ in range(4):
+                step_faults()
+            kept = rss()
+        return kept - rss()
+    """)
+    assert returned > 100 * 2**20, returned  # most of the 208 MiB of free heap
 
 
 def test_disabled_changes_nothing():
-    faults = run_cases(textwrap.dedent("""
-        def disabled():
-            with host_memory.reused_host_memory(enabled=False):
-                return [step_faults() for _ in range(4)]
-        CASES = [("disabled", disabled)]
-    """))["disabled"]
+    faults = run_case("""
+        with host_memory.reused_host_memory(enabled=False):
+            return [step_faults() for _ in range(4)]
+    """)
     assert min(faults) > 0.9, faults
 
 
 def test_nested_blocks_release_only_when_the_outermost_ends():
-    result = run_cases(textwrap.dedent("""
-        def nested():
-            with host_memory.reused_host_memory():
-                for _ in range(12):
-                    step_faults()
-                with host_memory.reused_host_memory():  # e.g. an evaluation inside a training run
-                    step_faults()
-                    before_inner_end = rss()
-                trimmed = before_inner_end - rss()
-                return {"trimmed": trimmed, "faults": [step_faults() for _ in range(3)]}
-        CASES = [("nested", nested)]
-    """))["nested"]
+    result = run_case("""
+        with host_memory.reused_host_memory():
+            for _ in range(12):
+                step_faults()
+            with host_memory.reused_host_memory():  # e.g. an evaluation inside a training run
+                step_faults()
+                before_inner_end = rss()
+            trimmed = before_inner_end - rss()
+            return {"trimmed": trimmed, "faults": [step_faults() for _ in range(3)]}
+    """)
     # Had the inner block released, its end would hand the free heap (200 MiB or more) back to the kernel,
     # and the next step would fault all of its pages in afresh.
     assert result["trimmed"] < 16 * 2**20, f"the inner block's end trimmed the heap: {result}"

@@ -192,28 +192,35 @@ def test_resume_is_exact_and_logs_match(tmp_path, fashion_mnist_dir):
     assert ckpt.load_trainer_state(run / "best")["epoch"] == best_epoch
 
 
+def interrupt_once_after_steps(steps: int, monkeypatch) -> list[int]:
+    """Ctrl-C (SIGINT) right after the ``steps``-th training step, once; returns the batch sizes trained."""
+    original = loop.Trainer._train_step
+    batches: list[int] = []
+    interrupted = []
+
+    def step_then_signal(self, x, *args):
+        original(self, x, *args)
+        batches.append(len(x))
+        if len(batches) == steps and not interrupted:
+            interrupted.append(True)
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(loop.Trainer, "_train_step", step_then_signal)
+    return batches
+
+
 def test_interrupt_mid_epoch_saves_and_resumes_exactly(tmp_path, fashion_mnist_dir, monkeypatch):
     """SIGINT during step 3 of epoch 1: the step finishes, last/ is saved mid-epoch, --resume continues it
     to the same weights as a run never interrupted."""
     settings = tiny(tmp_path, fashion_mnist_dir, epochs=1)
     classicnets.train({**settings, "out": str(tmp_path / "straight")})
 
-    original = loop.Trainer._train_step
-    calls = []
-
-    def step_then_signal(self, *args):
-        original(self, *args)
-        calls.append(1)
-        if len(calls) == 3:
-            signal.raise_signal(signal.SIGINT)
-
-    monkeypatch.setattr(loop.Trainer, "_train_step", step_then_signal)
+    interrupt_once_after_steps(3, monkeypatch)
     with pytest.raises(loop.TrainingInterrupted) as stopped:
         classicnets.train(settings)
     assert stopped.value.exit_code == 130 and "--resume" in str(stopped.value)
     state = ckpt.load_trainer_state(tmp_path / "run")
     assert (state["epoch"], state["step_in_epoch"]) == (0, 3)
-    monkeypatch.setattr(loop.Trainer, "_train_step", original)
     history = classicnets.train({**settings, "resume": True})
     assert len(history) == 1
     assert_same_weights(weights(tmp_path / "straight"), weights(tmp_path / "run"))
@@ -233,16 +240,7 @@ def test_mid_epoch_resume_with_other_accumulation_continues_from_the_same_optimi
     settings = tiny(tmp_path, fashion_mnist_dir, epochs=1, augment="none")
     classicnets.train({**settings, "out": str(tmp_path / "straight")})
 
-    original = loop.Trainer._train_step
-    batches = []
-
-    def step_then_signal(self, x, *args):
-        original(self, x, *args)
-        batches.append(len(x))
-        if len(batches) == 3 and self.config.grad_accum_steps == 1:
-            signal.raise_signal(signal.SIGINT)
-
-    monkeypatch.setattr(loop.Trainer, "_train_step", step_then_signal)
+    batches = interrupt_once_after_steps(3, monkeypatch)
     with pytest.raises(loop.TrainingInterrupted):
         classicnets.train(settings)
     batches.clear()
