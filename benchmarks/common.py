@@ -23,9 +23,12 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from classicnets.data.sources import DEBIAN_ROOT
+
 # where results land: benchmarks/results/, or elsewhere for a trial run (the tests use a temporary folder)
 RESULTS_DIR = Path(os.environ.get("CLASSICNETS_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 REPO_ROOT = Path(__file__).resolve().parent.parent
+FASHION_MNIST_DIR = DEBIAN_ROOT / "fashion-mnist"  # where Debian's dataset-fashion-mnist puts it
 
 
 # --------------------------------------------------------------------------- machine

@@ -39,7 +39,6 @@ import common
 from classicnets.data.loaders import balanced_subset
 from classicnets.training.loop import seed_everything
 
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 D2L_WORKERS = 4  # d2l.get_dataloader_workers()
 
 
@@ -128,7 +127,7 @@ def train_subset_indices(labels: torch.Tensor, count: int | None, seed: int) -> 
 def load_data_fashion_mnist(
     batch_size: int,
     resize: int | None,
-    root: Path = FASHION_MNIST_DIR,
+    root: Path = common.FASHION_MNIST_DIR,
     train_subset: int | None = None,
     test_subset: int | None = None,
     workers: int = D2L_WORKERS,
@@ -303,7 +302,7 @@ def prepare_baseline(
     workers: int = D2L_WORKERS,
     device: torch.device | None = None,
     seed: int = 0,
-    data_dir: Path = FASHION_MNIST_DIR,
+    data_dir: Path = common.FASHION_MNIST_DIR,
 ) -> TrainCh6:
     """d2l's AlexNet (the zoo's ``alexnet_d2l``) and its loaders, ready to train epoch by epoch."""
     device = device or common.resolve_device("auto")
@@ -347,7 +346,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=D2L_WORKERS)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-dir", type=Path, default=FASHION_MNIST_DIR)
+    p.add_argument("--data-dir", type=Path, default=common.FASHION_MNIST_DIR)
     return p
 
 

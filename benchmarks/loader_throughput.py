@@ -32,8 +32,6 @@ import common
 from classicnets.data import build_loaders, load_dataset
 from classicnets.training.host_memory import reused_host_memory
 
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-
 
 class D2LFashionMNIST(Dataset):
     """torchvision's FashionMNIST item with d2l's transforms, by hand: PIL image, Resize(224), ToTensor."""
@@ -195,7 +193,7 @@ def markdown(info: dict, settings: dict, load: dict, loaders: list[dict], models
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", help="cpu, cuda, or auto (CUDA when present; default)")
-    parser.add_argument("--data-dir", type=Path, default=FASHION_MNIST_DIR, help="Fashion-MNIST files")
+    parser.add_argument("--data-dir", type=Path, default=common.FASHION_MNIST_DIR, help="Fashion-MNIST files")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--batches", type=int, default=20, help="timed batches per loader (default 20)")

@@ -120,7 +120,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=5, help="more epochs, more ratios to take the median of")
     p.add_argument("--test-images", type=int, default=1000, help="the first N test images; 0 = all")
     p.add_argument("--d2l-workers", type=int, default=d2l_baseline.D2L_WORKERS)
-    p.add_argument("--data-dir", type=Path, default=d2l_baseline.FASHION_MNIST_DIR,
+    p.add_argument("--data-dir", type=Path, default=common.FASHION_MNIST_DIR,
                    help="the Fashion-MNIST files (both pipelines read them from here)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
