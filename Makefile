@@ -10,7 +10,7 @@ FMNIST := /usr/share/datasets/fashion-mnist
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,export]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,export,tensorboard,show,samples]'
 	touch $(STAMP)
 
 # Fashion-MNIST from Debian's package where apt is at hand; otherwise classicnets
