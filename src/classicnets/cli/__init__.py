@@ -21,6 +21,10 @@ COMMANDS = {
     "eval": "evaluate",
     "predict": "predict",
     "export": "export",
+    "recipes": "recipes",
+    "reproduce": "reproduce",
+    "show": "show",
+    "prepare": "prepare",
 }
 
 
