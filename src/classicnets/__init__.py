@@ -28,6 +28,7 @@ _EXPORTS = {
     "export": "inference",
     "load_dataset": "data",
     "build_loaders": "data",
+    "prepare": "data.prepare",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -263,6 +263,33 @@ def scan_image_folder(root: Path, *, on_bad: str = "skip") -> FolderScan:
     return scan
 
 
+TEST_SPLIT_NAMES = ("val", "test")  # the held-out split's folder, first found wins
+
+
+def split_dir(root: Path, names: tuple[str, ...]) -> Path:
+    """``root/<name>`` for the first of ``names`` that exists; a clear error when none does."""
+    for name in names:
+        if (Path(root) / name).is_dir():
+            return Path(root) / name
+    raise DatasetError(
+        f"image folder {root} has no {' or '.join(f'{n}/' for n in names)} sub-folder; expected "
+        f"{root}/train/<class>/<images> and {root}/val/<class>/<images> (or test/)."
+    )
+
+
+def scan_splits(root: Path, *, on_bad: str = "skip") -> tuple[FolderScan, FolderScan]:
+    """The train/ and val/ (or test/) scans of an image folder, which must hold the same class folders."""
+    train = scan_image_folder(split_dir(root, ("train",)), on_bad=on_bad)
+    test = scan_image_folder(split_dir(root, TEST_SPLIT_NAMES), on_bad=on_bad)
+    if test.classes != train.classes:
+        raise DatasetError(
+            f"{root}: train/ and {test.root.name}/ have different class folders "
+            f"(only in train: {sorted(set(train.classes) - set(test.classes))}, "
+            f"only in {test.root.name}: {sorted(set(test.classes) - set(train.classes))})"
+        )
+    return train, test
+
+
 def decode_image(
     path: Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, draft: tuple[int, int] | None = None
 ):
@@ -294,3 +321,19 @@ def decode_image(
         raise DatasetError(f"{path}: refused as a possible decompression bomb ({error}).") from error
     except (OSError, SyntaxError, ValueError) as error:  # what Pillow raises for unreadable images
         raise DatasetError(f"{path} cannot be read as an image ({error}).") from error
+
+
+def decode_square(path: Path, size: int, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """The paper's preparation of one image as uint8 (size, size, 3): shorter side to ``size``, centre square,
+    in one bilinear resample (JPEGs first decoded at reduced scale where both sides stay >= ``size``).
+
+    The one home of this step: the streaming folder loader and ``classicnets prepare`` both call it, so a
+    prepared store holds bit for bit what the folder path decodes."""
+    from PIL import Image
+
+    image = decode_image(path, max_pixels=max_pixels, draft=(size, size))
+    width, height = image.size
+    side = min(width, height)
+    box = ((width - side) / 2, (height - side) / 2, (width + side) / 2, (height + side) / 2)
+    square = image.resize((size, size), Image.Resampling.BILINEAR, box=box)
+    return np.asarray(square)
