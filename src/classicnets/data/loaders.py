@@ -635,7 +635,7 @@ def _store_loaders(root: Path, **common) -> Loaders:
                             shuffle=False, **place)  # fmt: skip
     classes = train_split.classes
     return Loaders(train, test, classes, 3, len(classes), mean, std, common["image_size"], common["augment"],
-                   str(root), train.num_samples * common["world_size"], len(test_split), uncropped, pca)
+                   str(root), len(train.indices), len(test_split), uncropped, pca)
 
 
 def _store_resize(split, image_size: int) -> int | None:

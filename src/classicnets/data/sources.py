@@ -158,7 +158,8 @@ def canonical_name(name: str) -> str:
     if key not in DATASETS:
         raise ConfigError(
             f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}, "
-            "or 'imagefolder' with --data-dir."
+            "or 'imagefolder' with --data-dir, or the path of an image folder or of a store made by "
+            "`classicnets prepare`."
         )
     return key
 
