@@ -682,7 +682,7 @@ def folder_eval_loader(
                                    channels_last=channels_last, uncropped=uncropped)
     if store_format.is_store(root):
         data = store_format.open_store(root, "train" if split == "train" else "val")
-        _check_classes(data.root, data.classes, classes)
+        _check_classes(data.root, data.classes, classes, "classes")
         return StoreLoader(data, batch_size=batch_size, transform=transform, device=device, shuffle=False,
                            limit=limit, resize_to=_store_resize(data, image_size))
     names = ("train",) if split == "train" else formats.TEST_SPLIT_NAMES
@@ -694,10 +694,10 @@ def folder_eval_loader(
                            num_workers=num_workers, on_bad="skip")
 
 
-def _check_classes(where: Path, found: list[str], classes: list[str]) -> None:
+def _check_classes(where: Path, found: list[str], classes: list[str], what: str = "class folders") -> None:
     if found != list(classes):
         raise DatasetError(
-            f"{where} has classes {found[:5]}... ({len(found)}), but the model was trained on "
+            f"{where} has {what} {found[:5]}... ({len(found)}), but the model was trained on "
             f"{list(classes)[:5]}... ({len(classes)}); evaluate on a folder or store with the same classes"
         )
 
