@@ -345,9 +345,11 @@ class BatchTransform:
         offset = (-mean / std).expand(images.shape[0], -1)  # B x C
         if mode == "paper":  # the shift is in [0, 1] units, so normalisation divides it by std too
             offset = offset + pca_shift(len(images), self._on(images.device, "pca"), generator) / std
-        out = None
-        if layout is not None:
-            out = torch.empty(images.shape, dtype=torch.float32, device=images.device, memory_format=layout)
+        if layout is None:
+            return torch.addcmul(offset[:, :, None, None], images, scale[:, None, None])
+        out = torch.empty(images.shape, dtype=torch.float32, device=images.device, memory_format=layout)
+        if images.dtype == torch.uint8:  # convert in the copy: addcmul would make a float temporary first
+            images = out.copy_(images)
         return torch.addcmul(offset[:, :, None, None], images, scale[:, None, None], out=out)
 
     def _on(self, device: torch.device, what):
