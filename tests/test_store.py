@@ -195,3 +195,19 @@ def test_prepare_then_train_and_evaluate_from_the_cli(photos, tmp_path, capsys):
     assert json.loads((run / "config.json").read_text())["dataset"] == str(store)
     assert main(["eval", str(run)]) == 0
     assert "chelsea" in capsys.readouterr().out
+
+
+def test_crops_of_decoded_bytes_take_the_row_gather_and_match_the_general_path():
+    """Decoded batches are NHWC bytes seen as NCHW: their crops gather whole rows; the result (and the
+    random draws) are those of the per-pixel gather on a contiguous copy, flips included."""
+    from classicnets.data import augment as aug
+
+    nhwc = torch.randint(0, 256, (6, 20, 24, 3), dtype=torch.uint8).permute(0, 3, 1, 2)
+    nchw = nhwc.contiguous()
+    fused = aug.random_crop_flip(nhwc, 16, torch.Generator().manual_seed(7))
+    generator = torch.Generator().manual_seed(7)
+    plain = aug.random_flip(aug.random_crop(nchw, 16, generator), generator)
+    assert torch.equal(fused, plain)
+    top, left = torch.tensor([0, 4, 1, 2, 3, 4]), torch.tensor([8, 0, 5, 1, 2, 3])
+    assert torch.equal(aug._crop_at(nhwc, top, left, 16), aug._crop_at(nchw, top, left, 16))
+    assert torch.equal(aug._crop_at(nhwc, top, left, 16)[1], nchw[1, :, 4:20, 0:16])
