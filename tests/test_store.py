@@ -211,3 +211,17 @@ def test_crops_of_decoded_bytes_take_the_row_gather_and_match_the_general_path()
     top, left = torch.tensor([0, 4, 1, 2, 3, 4]), torch.tensor([8, 0, 5, 1, 2, 3])
     assert torch.equal(aug._crop_at(nhwc, top, left, 16), aug._crop_at(nchw, top, left, 16))
     assert torch.equal(aug._crop_at(nhwc, top, left, 16)[1], nchw[1, :, 4:20, 0:16])
+
+
+def test_interleaved_passes_over_one_store_loader_do_not_share_buffers(photos, tmp_path):
+    _quiet(photos, tmp_path / "store", size=32, shard_size=7, workers=0)
+    loaders = build_loaders(str(tmp_path / "store"), image_size=28, batch_size=4, normalize=False)
+    reference = [list(loaders.train) for _ in range(2)]  # epochs 0 and 1
+    loaders.train.set_epoch(0)
+    first = iter(loaders.train)
+    head = [next(first)]  # epoch 0 is open, its next batches being gathered...
+    loaders.train.set_epoch(1)
+    other = list(loaders.train)  # ...while a pass over epoch 1 runs
+    for seen, expected in ((head + list(first), reference[0]), (other, reference[1])):
+        for (x, y), (xr, yr) in zip(seen, expected, strict=True):
+            assert torch.equal(x, xr) and torch.equal(y, yr)

@@ -287,6 +287,7 @@ class StoreLoader:
         self.indices = np.arange(len(split)) if indices is None else np.asarray(indices, dtype=np.int64)
         self.indices = self.indices[:limit]
         self.resize_to, self.prefetch, self.epoch = resize_to, max(1, prefetch), 0
+        self._buffers: list[torch.Tensor] | None = None
         if shuffle and len(self) == 0:
             raise ConfigError(
                 f"batch size {batch_size} x {world_size} rank(s) exceeds the {len(self.indices):,} training "
@@ -316,43 +317,48 @@ class StoreLoader:
         return self.indices[order[: self.num_samples * self.world_size][self.rank :: self.world_size]]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        from concurrent.futures import ThreadPoolExecutor
-
         epoch = self.epoch
         indices = self.epoch_indices(epoch)
         batches = [indices[i : i + self.batch_size] for i in range(0, len(indices), self.batch_size)]
-        batches = batches[: len(self)]
         generator = torch.Generator(device=self.device)
         generator.manual_seed(stream_seed(self.seed, epoch, self.rank, 1))
-        cuda = self.device.type == "cuda"
-        side = self.split.image_size
-        # one buffer more than batches in flight: the one being consumed is never written
-        buffers = [torch.empty((self.batch_size, side, side, 3), dtype=torch.uint8, pin_memory=cuda)
-                   for _ in range(self.prefetch + 1)]  # fmt: skip
-        copied: list = [None] * len(buffers)  # CUDA events: a buffer is refilled only after its copy is done
+        # one buffer more than batches in flight: the one being consumed is never written; kept across
+        # epochs (pinning memory is slow), unless another pass over this loader is still using them
+        buffers, self._buffers = self._buffers, None
+        if buffers is None:
+            side, pinned = self.split.image_size, self.device.type == "cuda"
+            buffers = [torch.empty((self.batch_size, side, side, 3), dtype=torch.uint8, pin_memory=pinned)
+                       for _ in range(self.prefetch + 1)]  # fmt: skip
+        try:
+            yield from self._batches(batches[: len(self)], buffers, generator)
+        finally:
+            self._buffers = buffers  # the gathering threads have finished with them
+        self.epoch = epoch + 1
+
+    def _batches(self, batches: list[np.ndarray], buffers: list[torch.Tensor], generator: torch.Generator):
+        from concurrent.futures import ThreadPoolExecutor
+
+        slots, cuda = len(buffers), self.device.type == "cuda"
+        copied: list = [None] * slots  # CUDA events: a buffer is refilled only after its copy is done
         with ThreadPoolExecutor(self.prefetch, thread_name_prefix="store-gather") as pool:
-            slots = len(buffers)
             pending = [pool.submit(self._fill, batches[i], buffers[i % slots], copied, i % slots)
                        for i in range(min(self.prefetch, len(batches)))]  # fmt: skip
             try:
                 for i in range(len(batches)):
                     images, labels = pending.pop(0).result()
-                    slot = i % len(buffers)
                     images = images.to(self.device, non_blocking=True)
                     if cuda:
-                        copied[slot] = torch.cuda.Event()
-                        copied[slot].record()
-                    x = self._transformed(images, generator)  # on the CPU this is where the buffer is read
+                        copied[i % slots] = torch.cuda.Event()
+                        copied[i % slots].record()
+                    x = self._transformed(images, generator)  # on the CPU the buffer is read here
                     ahead = i + self.prefetch
                     if ahead < len(batches):
-                        slot_ahead = ahead % len(buffers)
-                        pending.append(pool.submit(self._fill, batches[ahead], buffers[slot_ahead], copied,
-                                                   slot_ahead))  # fmt: skip
+                        task = (batches[ahead], buffers[ahead % slots], copied, ahead % slots)
+                        pending.append(pool.submit(self._fill, *task))
                     yield x, labels.to(self.device, non_blocking=True)
             finally:
                 for task in pending:
                     task.cancel()
-        self.epoch = epoch + 1
 
     def _fill(self, indices: np.ndarray, buffer: torch.Tensor, copied: list, slot: int):
         if copied[slot] is not None:
