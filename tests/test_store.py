@@ -225,3 +225,14 @@ def test_interleaved_passes_over_one_store_loader_do_not_share_buffers(photos, t
     for seen, expected in ((head + list(first), reference[0]), (other, reference[1])):
         for (x, y), (xr, yr) in zip(seen, expected, strict=True):
             assert torch.equal(x, xr) and torch.equal(y, yr)
+
+
+def test_load_dataset_reads_a_store_split_into_memory(photos, tmp_path):
+    from classicnets.data import load_dataset
+
+    _quiet(photos, tmp_path / "store", size=32, shard_size=5, workers=0)
+    val = load_dataset(str(tmp_path / "store"), "test")  # the held-out split, as for named sets
+    data = open_store(tmp_path / "store", "val")
+    assert val.images.shape == (12, 3, 32, 32) and val.classes == data.classes
+    assert torch.equal(val.images[7], torch.from_numpy(data.shards[1][2].copy()).permute(2, 0, 1))
+    assert torch.equal(val.labels, data.labels)
