@@ -135,7 +135,8 @@ def store_section(st: dict) -> str:
     summary = st["summary"]
     return (
         f"**Prepared store against its JPEG folder** (`classicnets prepare`; the paper's batches at 224, "
-        f"batch {st['settings']['batch_size']}, {_where(st['machine'])}): store / folder "
+        f"batch {st['settings']['batch_size']}, {_where(st['machine'])}, shared: 1-min load average "
+        f"{st['machine']['load_average_1m']:.0f}): store / folder "
         f"{summary['store_vs_folder']:.1f}x with the transform on the CPU, "
         f"{summary['host_side_store_vs_folder']:.0f}x on the host side alone (what a GPU waits for; one P100 "
         f"trained AlexNet at 2,987 img/s in TensorFlow's 2017 benchmarks):\n\n"
