@@ -1,6 +1,6 @@
 """Loaders that hand the trainer ready batches: (x float (B, C, S, S) on the device, y int64 on the device).
 
-Two kinds, one interface (``len``, iteration, ``set_epoch``):
+Three kinds, one interface (``len``, iteration, ``set_epoch``):
 
 - :class:`DeviceLoader` for sets that fit in memory (Fashion-MNIST, MNIST, CIFAR, synthetic): the whole set
   is one uint8 tensor on the training device; a batch is an index into it, then whole-batch transforms there
@@ -8,6 +8,9 @@ Two kinds, one interface (``len``, iteration, ``set_epoch``):
 - :class:`StreamingLoader` for image folders: worker processes decode with Pillow to uint8 at the paper's
   256 (``torch.utils.data.DataLoader``, ``DistributedSampler`` across ranks), the crops, flips, PCA colour and
   normalisation then run batched on the device like the in-memory sets.
+- :class:`StoreLoader` for image folders decoded once by ``classicnets prepare`` (``store.py``): batches are
+  gathered from memory-mapped uint8 shards by a background thread, then transformed on the device as a
+  folder's are.
 
 Order and augmentation are seeded from (seed, epoch, rank): same seed, same batches. A loader advances its
 epoch after each full pass; ``set_epoch(e)`` sets it explicitly (as DistributedSampler does).
