@@ -210,7 +210,9 @@ def _decode_chunk(tmp: Path, start: int, paths: list[Path], size: int, max_pixel
             ok[i] = True
         except DatasetError as error:
             failures.append((str(path), str(error)))
-    images.flush()
+    # no msync here: writes through a shared mapping are in the page cache, which every process reads;
+    # _finish_shard makes the whole shard durable once, with fsync, before it is renamed
+    del images
     return start, ok, failures
 
 
@@ -230,6 +232,7 @@ def _finish_shard(tmp: Path, final: Path, ok: np.ndarray, labels: np.ndarray) ->
     np.save(labels_tmp, labels[ok])
     with open(tmp, "rb") as f:
         digest = hashlib.file_digest(f, "sha256").hexdigest()
+        os.fsync(f.fileno())  # on disk before the manifest lists it
     images_path, labels_path = final.with_suffix(".npy"), final.with_name(final.name + ".labels.npy")
     os.replace(labels_tmp, labels_path)
     os.replace(tmp, images_path)
