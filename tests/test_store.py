@@ -140,6 +140,9 @@ def test_an_unreadable_image_is_reported_skipped_and_listed(photos, tmp_path, ca
     shutil.copytree(photos, folder)
     (folder / "train" / "chelsea" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
     manifest = prepare(folder, tmp_path / "store", size=32, shard_size=10, workers=0)
+    single = _quiet(folder, tmp_path / "single", size=32, shard_size=1, workers=0)  # a shard of it alone
+    assert [s["count"] for s in single["splits"]["train"]["shards"]].count(0) == 1
+    assert len(open_store(tmp_path / "single", "train", verify=True)) == 24
     skipped = [s for shard in manifest["splits"]["train"]["shards"] for s in shard["skipped"]]
     assert [s["file"] for s in skipped] == ["train/chelsea/broken.jpg"]
     assert "cannot be read" in skipped[0]["why"]

@@ -218,7 +218,12 @@ def _decode_chunk(tmp: Path, start: int, paths: list[Path], size: int, max_pixel
 
 def _finish_shard(tmp: Path, final: Path, ok: np.ndarray, labels: np.ndarray) -> dict:
     """Worker: drop the rows of undecodable images, hash, and rename the shard and its labels into place."""
-    if not ok.all():  # rare: rewrite without the holes
+    if not ok.any():  # every image unreadable: an empty shard (a memory map cannot be empty)
+        shape = np.load(tmp, mmap_mode="r").shape[1:]
+        empty = tmp.with_name(tmp.name + ".empty.npy")
+        np.save(empty, np.empty((0, *shape), np.uint8))
+        os.replace(empty, tmp)
+    elif not ok.all():  # rare: rewrite without the holes
         images = np.load(tmp, mmap_mode="r")
         compact = tmp.with_name(tmp.name + ".compact")
         shape = (int(ok.sum()), *images.shape[1:])

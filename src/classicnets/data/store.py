@@ -130,7 +130,7 @@ def open_store(root: str | Path, split: str, *, verify: bool = False) -> StoreSp
     entry = manifest["splits"][name]
     size = int(manifest["image_size"])
     shards, labels = [], []
-    for shard in entry["shards"]:
+    for shard in (s for s in entry["shards"] if s["count"]):  # a shard of only unreadable files is empty
         shards.append(_map_shard(root, shard, size, verify))
         labels.append(_load_labels(root, shard, len(manifest["classes"])))
     if not shards:
