@@ -172,6 +172,8 @@ def test_folders_without_images_or_a_busy_out_are_refused(photos, tmp_path):
     (tmp_path / "empty" / "val" / "cat").mkdir(parents=True)
     with pytest.raises(DatasetError, match="holds no images"):
         prepare(tmp_path / "empty", tmp_path / "store")
+    with pytest.raises(DatasetError, match="missing does not exist"):
+        prepare(tmp_path / "missing", tmp_path / "store")
     (tmp_path / "flat" / "cat").mkdir(parents=True)
     with pytest.raises(DatasetError, match="has no train/ sub-folder"):
         prepare(tmp_path / "flat", tmp_path / "store")

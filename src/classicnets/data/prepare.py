@@ -68,6 +68,9 @@ def prepare(
         workers = os.cpu_count() or 1
     if workers < 0:
         raise ConfigError(f"workers must be 0 (decode in this process) or more, found {workers}")
+    if not folder.is_dir():
+        raise DatasetError(f"image folder {folder} does not exist; expected {folder}/train/<class>/<images> "
+                           f"and {folder}/val/<class>/<images> (or test/)")
     scans = dict(zip(store.SPLITS, formats.scan_splits(folder), strict=True))
     manifest = _begin(folder, out, scans, size, shard_size)
     if manifest["complete"]:
