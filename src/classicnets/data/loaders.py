@@ -368,6 +368,8 @@ class StoreLoader:
             copied[slot].synchronize()
         order = self.split.gather(indices, buffer)
         labels = self.split.labels[torch.from_numpy(indices[order])]
+        if self.device.type == "cuda":  # an asynchronous copy needs pinned memory (torch caches the blocks)
+            labels = labels.pin_memory()
         return buffer[: len(indices)], labels
 
     def _transformed(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
