@@ -37,6 +37,9 @@ def stream_seed(*parts: int) -> int:
     )
 
 
+TEST_SUBSET_SEED = 0  # every run of an experiment is tested on the same images, whatever its seed
+
+
 def balanced_subset(labels: torch.Tensor, count: int, seed: int = 0) -> torch.Tensor:
     """Indices of ``count`` items, as even across classes as the data allow, in a seeded random order."""
     if count >= len(labels):
@@ -295,6 +298,7 @@ def build_loaders(
     rank: int = 0,
     world_size: int = 1,
     subset: int | None = None,
+    test_subset: int | None = None,
     download: bool = True,
     num_workers: int = 2,
     on_bad: str = "skip",
@@ -308,7 +312,8 @@ def build_loaders(
     ``augment``: "none", "flip", "crop-flip" (random crop with zero padding, then flip), "resized-crop-flip"
     (Inception-style crops), "paper" (random 224-of-256 crops, flips and PCA colour). ``normalize``: subtract
     the training set's per-channel mean and divide by its std (the paper subtracts the mean image instead);
-    False keeps [0, 1] like d2l. ``subset``: only that many training images, balanced across classes.
+    False keeps [0, 1] like d2l. ``subset``: only that many training images, balanced across classes;
+    ``test_subset``: only that many test images, balanced, the same ones for every seed.
     """
     if augment not in aug.AUGMENTS:
         raise ConfigError(f"unknown augment {augment!r}; choose one of {', '.join(aug.AUGMENTS)}")
@@ -329,6 +334,7 @@ def build_loaders(
         rank=rank,
         world_size=world_size,
         subset=subset,
+        test_subset=test_subset,
     )
     folder = image_folder_root(dataset, data_dir)
     if folder is not None:
@@ -396,6 +402,10 @@ def _array_loaders(train_set: ArrayDataset, test_set: ArrayDataset, **common) ->
     if common["subset"] is not None:
         keep = balanced_subset(labels, common["subset"], common["seed"])
         images, labels = images[keep], labels[keep]
+    test_images, test_labels = test_set.images, test_set.labels
+    if common["test_subset"] is not None:
+        keep = balanced_subset(test_labels, common["test_subset"], TEST_SUBSET_SEED)
+        test_images, test_labels = test_images[keep], test_labels[keep]
     mean, std = aug.channel_stats(images)
     pca = aug.colour_pca(images, seed=common["seed"]) if common["augment"] == "paper" else None
     channels = images.shape[1]
@@ -407,8 +417,8 @@ def _array_loaders(train_set: ArrayDataset, test_set: ArrayDataset, **common) ->
         images, labels, batch_size=common["batch_size"], transform=train_tf, shuffle=True, **placement
     )
     test = DeviceLoader(
-        test_set.images,
-        test_set.labels,
+        test_images,
+        test_labels,
         batch_size=common["eval_batch_size"],
         transform=test_tf,
         shuffle=False,
@@ -435,7 +445,7 @@ def _array_loaders(train_set: ArrayDataset, test_set: ArrayDataset, **common) ->
         common["augment"],
         train_set.name,
         len(labels),
-        len(test_set),
+        len(test_labels),
         uncropped,
         pca,
     )
@@ -464,6 +474,10 @@ def _folder_loaders(root: Path, *, num_workers: int, on_bad: str, max_pixels, **
     if common["subset"] is not None:
         keep = balanced_subset(torch.tensor(labels), common["subset"], common["seed"]).tolist()
         paths, labels = [paths[i] for i in keep], [labels[i] for i in keep]
+    test_paths, test_labels = test_scan.paths, test_scan.labels
+    if common["test_subset"] is not None:
+        keep = balanced_subset(torch.tensor(test_labels), common["test_subset"], TEST_SUBSET_SEED).tolist()
+        test_paths, test_labels = [test_paths[i] for i in keep], [test_labels[i] for i in keep]
     size = aug.pre_crop_size(common["image_size"])
     mean, std, pca = _folder_stats(paths, labels, max_pixels, num_workers, common["seed"])
     train_tf, test_tf, uncropped_tf, (mean, std) = _transforms(
@@ -484,7 +498,7 @@ def _folder_loaders(root: Path, *, num_workers: int, on_bad: str, max_pixels, **
         shuffle=True,
         **stream,
     )
-    test_data = FolderDataset(test_scan.paths, test_scan.labels, size, max_pixels)
+    test_data = FolderDataset(test_paths, test_labels, size, max_pixels)
     test = StreamingLoader(
         test_data, batch_size=common["eval_batch_size"], transform=test_tf, shuffle=False, **stream
     )
@@ -509,7 +523,7 @@ def _folder_loaders(root: Path, *, num_workers: int, on_bad: str, max_pixels, **
         common["augment"],
         str(root),
         len(paths),
-        len(test_scan),
+        len(test_paths),
         uncropped,
         pca,
         skipped,

@@ -66,6 +66,8 @@ class TrainConfig:
     image_size: int | None = _f(None, "side of the square input; None: the model's default input "
                                       "(224 for alexnet_d2l, 28 for alexnet_28)")
     subset: int | None = _f(None, "train on N training images only, balanced across classes (quick runs)")
+    test_subset: int | None = _f(None, "test on N test images only, balanced across classes, the same for "
+                                       "every seed (quick runs); None: the whole test split")
     normalize: bool = _f(False, "subtract the dataset mean and divide by its std; off as in d2l, "
                                 "which feeds pixels in [0, 1]")
     augment: str = _f("none", f"training augmentation: {', '.join(AUGMENTS)}")
@@ -191,7 +193,7 @@ def validate(config: TrainConfig) -> None:
     if config.batch_size % config.grad_accum_steps:
         raise ConfigError(f"batch_size={config.batch_size} is not divisible by "
                           f"grad_accum_steps={config.grad_accum_steps}")
-    for name in ("subset", "image_size", "eval_batch_size", "grad_clip", "cpu_threads"):
+    for name in ("subset", "test_subset", "image_size", "eval_batch_size", "grad_clip", "cpu_threads"):
         value = getattr(config, name)
         if value is not None and value <= 0:
             raise ConfigError(f"{name}={value} must be positive (or None)")
