@@ -209,10 +209,13 @@ def interrupt_once_after_steps(steps: int, monkeypatch) -> list[int]:
     return batches
 
 
-def test_interrupt_mid_epoch_saves_and_resumes_exactly(tmp_path, fashion_mnist_dir, monkeypatch):
+@pytest.mark.parametrize("changes", [{}, dict(optimizer="adamw", lr=3e-3, weight_decay=0.05, precision="bf16",
+                                             channels_last=True, schedule="onecycle")],
+                         ids=["sgd", "quick-recipe-optimizer"])
+def test_interrupt_mid_epoch_saves_and_resumes_exactly(tmp_path, fashion_mnist_dir, monkeypatch, changes):
     """SIGINT during step 3 of epoch 1: the step finishes, last/ is saved mid-epoch, --resume continues it
     to the same weights as a run never interrupted."""
-    settings = tiny(tmp_path, fashion_mnist_dir, epochs=1)
+    settings = tiny(tmp_path, fashion_mnist_dir, epochs=1, **changes)
     classicnets.train({**settings, "out": str(tmp_path / "straight")})
 
     interrupt_once_after_steps(3, monkeypatch)
@@ -291,10 +294,13 @@ class _ToyLoader:
             yield (x * float("nan") if self.epoch == self.poison_epoch else x), self.y[batch]
 
 
-def _toy_trainer(tmp_path, train_loader, **changes):
+def _toy_trainer(tmp_path, train_loader, *, conv: bool = False, **changes):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 32), torch.nn.ReLU(),
                                 torch.nn.Linear(32, 4))
+    if conv:  # 4-d weights, whose memory layout channels_last changes
+        model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(),
+                                    torch.nn.Conv2d(8, 4, 3), torch.nn.Flatten(), torch.nn.Linear(16, 4))
     config = TrainConfig(**{"lr": 0.1, "epochs": 2, "batch_size": 32, "out": str(tmp_path / "toy"),
                             "progress": False, "device": "cpu", "log_every": 4, "precision": "fp32",
                             **changes})
@@ -330,6 +336,42 @@ def test_gradient_accumulation_matches_the_full_batch(tmp_path):
     assert accumulated.steps_per_epoch == full.steps_per_epoch == 8
     for a, b in zip(full.model.parameters(), accumulated.model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+# The optimizer settings of every recipe, and Adam (which no recipe uses but the flags offer).
+OPTIMIZER_SETTINGS = {
+    **{name: {key: recipe[key] for key in ("optimizer", "lr", "momentum", "nesterov", "weight_decay",
+                                           "schedule", "onecycle_pct") if key in recipe}
+       for name, recipe in RECIPES.items()},
+    "adam": dict(optimizer="adam", lr=1e-3, weight_decay=1e-4, schedule="cosine"),
+}
+
+
+# The layouts auto picks (fp32 contiguous, bf16 channels_last) in every run; the two others in slow runs.
+LAYOUTS = [("fp32", False), ("bf16", True),
+           pytest.param("fp32", True, marks=pytest.mark.slow), pytest.param("bf16", False, marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("precision, channels_last", LAYOUTS)
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZER_SETTINGS))
+def test_resume_is_exact_for_every_optimizer_layout_and_precision(tmp_path, monkeypatch, optimizer,
+                                                                  channels_last, precision):
+    """Stopped in epoch 2 (its optimizer state already holds a whole epoch) and resumed: bit for bit the
+    weights of the run never stopped. The fused Adam kernels read each moment with its weight's strides,
+    so moments loaded in another memory layout than channels_last weights would pair wrong elements."""
+    x, y = _toy_data(128)  # 4 steps an epoch
+    settings = dict(OPTIMIZER_SETTINGS[optimizer], channels_last=channels_last, precision=precision,
+                    deterministic=True)
+    straight = _toy_trainer(tmp_path / "straight", _ToyLoader(x, y, 32), conv=True, **settings)
+    straight.fit()
+    interrupt_once_after_steps(4 + 2, monkeypatch)
+    with pytest.raises(loop.TrainingInterrupted):
+        _toy_trainer(tmp_path / "stopped", _ToyLoader(x, y, 32), conv=True, **settings).fit()
+    resumed = _toy_trainer(tmp_path / "stopped", _ToyLoader(x, y, 32), conv=True, resume=True, **settings)
+    resumed.fit()
+    assert_same_weights(weights(tmp_path / "straight" / "toy"), weights(tmp_path / "stopped" / "toy"))
+    for parameter, state in resumed.optimizer.state.items():  # the state follows its weight's layout
+        assert all(v.stride() == parameter.stride() for v in state.values() if torch.is_tensor(v) and v.dim())
 
 
 # ------------------------------------------------------------------------------------------------ CLI

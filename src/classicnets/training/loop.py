@@ -135,6 +135,22 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
                fused=True)
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """``optimizer.load_state_dict(state)``, each state tensor then laid out in memory as its parameter is.
+
+    A checkpoint stores tensors contiguous, and ``load_state_dict`` restores their dtype and device but
+    not their strides. The fused Adam/AdamW kernels walk a weight and its moments as flat buffers, so a
+    channels_last weight would be updated with the moments of other elements (a resumed run drifting
+    from the uninterrupted one); the foreach SGD kernels stay correct but leave their fast path.
+    """
+    optimizer.load_state_dict(state)
+    for parameter, values in optimizer.state.items():
+        for name, value in values.items():
+            if (isinstance(value, torch.Tensor) and value.shape == parameter.shape
+                    and value.stride() != parameter.stride()):
+                values[name] = torch.empty_like(parameter, dtype=value.dtype).copy_(value)
+
+
 class Schedule:
     """The learning-rate schedule: per-step schedulers step after each optimizer step, plateau per epoch."""
 
@@ -335,7 +351,7 @@ class Trainer:
                               source=source)
         self._check_config_matches(state["config"], source)
         ckpt.load_into_model(self.model, weights, source)
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
         self.schedule.load_state_dict(state["scheduler"])
         self.history = list(state["history"])
         self.best_acc, self.best_epoch = state["best_acc"], state["best_epoch"]
