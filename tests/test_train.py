@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import signal
@@ -156,6 +157,40 @@ def test_schedules():
     # accuracy never improves: the lr drops after each patience window, but only three times
     plateau = _lrs(TrainConfig(lr=0.01, epochs=20, schedule="plateau", plateau_patience=1), 1, lambda e: 0.5)
     assert sorted(set(plateau), reverse=True) == pytest.approx([0.01, 1e-3, 1e-4, 1e-5])
+
+
+SCHEDULE_SETTINGS = {
+    "constant": {}, "step": dict(step_epochs=1), "plateau": dict(plateau_patience=1), "cosine": {},
+    "onecycle": {}, "warmup-constant": dict(warmup_epochs=1), "warmup-cosine": dict(warmup_epochs=0.5),
+}
+
+
+@pytest.mark.parametrize("total", [1, 2, 3, 4])
+@pytest.mark.parametrize("name", sorted(SCHEDULE_SETTINGS))
+def test_every_schedule_works_for_any_number_of_steps(name, total):
+    """Runs of 1 to 4 optimizer steps, in one epoch or one step an epoch: a positive, finite lr at every
+    step. (torch's OneCycleLR divides by zero when onecycle_pct x steps is 1: 4 steps at 0.25.)"""
+    schedule = name.removeprefix("warmup-")
+    for steps_per_epoch, epochs in ((total, 1), (1, total)):
+        config = TrainConfig(lr=0.1, epochs=epochs, schedule=schedule, **SCHEDULE_SETTINGS[name])
+        lrs = _lrs(config, steps_per_epoch)
+        assert len(lrs) == total and all(0 < lr <= 0.1 and math.isfinite(lr) for lr in lrs), lrs
+        if name in ("constant", "onecycle"):
+            assert max(lrs) == pytest.approx(0.1)  # one-cycle reaches its peak even in one step
+
+
+def test_onecycle_gives_torchs_onecycle_lrs_bit_for_bit():
+    for total, pct in ((40, 0.25), (7, 0.3), (5, 0.25)):
+        parameter = torch.nn.Parameter(torch.zeros(1))
+        optimizer = torch.optim.SGD([parameter], lr=0.1)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=total,
+                                                        pct_start=pct, cycle_momentum=False)
+        expected = []
+        for _ in range(total):
+            expected.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        assert _lrs(TrainConfig(lr=0.1, epochs=1, schedule="onecycle", onecycle_pct=pct), total) == expected
 
 
 def test_topk_correct_counts():

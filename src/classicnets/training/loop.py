@@ -159,9 +159,9 @@ class Schedule:
         total = max(1, steps_per_epoch * config.epochs)
         sched = torch.optim.lr_scheduler
         if config.schedule == "onecycle":
-            # momentum stays as configured (cycle_momentum off) so the recipe's momentum means what it says
-            self.scheduler = sched.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total,
-                                              pct_start=config.onecycle_pct, cycle_momentum=False)
+            # momentum stays as configured (no cycling) so the recipe's momentum means what it says
+            self.scheduler = OneCycle(optimizer, max_lr=config.lr, total_steps=total,
+                                      pct_start=config.onecycle_pct)
         elif config.schedule == "plateau":
             # "divided by 10 at most three times": the floor is the lr after the last allowed drop
             floor = config.lr * config.gamma ** config.plateau_max_drops * (1 - 1e-6)
@@ -183,6 +183,38 @@ class Schedule:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.scheduler.load_state_dict(state)
+
+
+class OneCycle(torch.optim.lr_scheduler.LRScheduler):
+    """torch's OneCycleLR (cosine annealing, its default divisors, momentum left alone), bit for bit the same
+    lrs, for any number of steps. OneCycleLR puts the peak at step ``pct_start * total - 1`` and divides by
+    that when it is 0 (ZeroDivisionError at 4 steps with pct_start 0.25), and a run shorter still trains all
+    its steps at the final lr, 1e-4 of the start's. Here a peak before the first step is the first step."""
+
+    DIV, FINAL_DIV = 25.0, 1e4  # OneCycleLR's div_factor and final_div_factor
+
+    def __init__(self, optimizer: torch.optim.Optimizer, *, max_lr: float, total_steps: int,
+                 pct_start: float) -> None:
+        self.max_lr, self.initial_lr = max_lr, max_lr / self.DIV
+        self.min_lr = self.initial_lr / self.FINAL_DIV
+        self.peak, self.last = max(0.0, float(pct_start * total_steps) - 1), total_steps - 1
+        super().__init__(optimizer)
+
+    def get_lr(self) -> list[float]:
+        return [self.lr_at(self.last_epoch)] * len(self.optimizer.param_groups)
+
+    def lr_at(self, step: int) -> float:
+        if step <= self.peak:
+            return _annealing_cos(self.initial_lr, self.max_lr, step / self.peak) if self.peak else self.max_lr
+        # past the peak; last == peak == 0 only in a one-step run, after its step
+        span = self.last - self.peak
+        return _annealing_cos(self.max_lr, self.min_lr, min(1.0, (step - self.peak) / span) if span else 1.0)
+
+
+def _annealing_cos(start: float, end: float, pct: float) -> float:
+    """From ``start`` at pct 0 to ``end`` at 1 along half a cosine (OneCycleLR's, the same expression)."""
+    cos_out = math.cos(math.pi * pct) + 1
+    return end + (start - end) / 2.0 * cos_out
 
 
 def _lr_factor(config: TrainConfig, steps_per_epoch: int, total: int) -> Callable[[int], float]:
