@@ -629,8 +629,31 @@ def test_test_time_views():
     assert torch.equal(flip_tta(x)[1], x.flip(-1))
 
 
-def test_device_loader_needs_enough_images():
+def test_a_batch_larger_than_the_data_shrinks_to_it_and_says_so():
+    """8 images, batch 16: one batch of 8 an epoch (dropping the only, partial batch trained nothing);
+    over 2 ranks 4 each; over more ranks than images, a clear refusal."""
     data = _indexed_set(8)
     transform = aug.BatchTransform(image_size=4)
-    with pytest.raises(ConfigError, match="exceeds the 8 training images"):
-        DeviceLoader(data.images, data.labels, batch_size=16, transform=transform)
+    with pytest.warns(UserWarning, match="only 8 training image.*fewer than the batch of 16.*one batch of 8"):
+        loader = DeviceLoader(data.images, data.labels, batch_size=16, transform=transform)
+    assert len(loader) == 1 and [len(y) for _, y in loader] == [8]
+    for rank in (0, 1):
+        with pytest.warns(UserWarning, match="only 4 training image.* per process"):
+            shard = DeviceLoader(data.images, data.labels, batch_size=16, transform=transform, rank=rank,
+                                 world_size=2)
+        assert [len(y) for _, y in shard] == [4]
+    with pytest.raises(ConfigError, match="8 training image.*cannot be shared by 16 processes"):
+        DeviceLoader(data.images, data.labels, batch_size=1, transform=transform, rank=0, world_size=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # enough images for a batch: no warning, the partial one dropped
+        assert [len(y) for _, y in DeviceLoader(data.images, data.labels, batch_size=3,
+                                                transform=transform)] == [3, 3]
+
+
+def test_an_image_folder_smaller_than_a_batch_trains_on_every_rank(tmp_path):
+    _image_folder(tmp_path, per_class=3)  # 6 training images
+    for rank, world_size in ((0, 1), (0, 2), (1, 2)):
+        with pytest.warns(UserWarning, match="fewer than the batch of 16"):
+            loaders = build_loaders(tmp_path, image_size=16, batch_size=16, num_workers=0, rank=rank,
+                                    world_size=world_size)
+        assert len(loaders.train) == 1 and [len(y) for _, y in loaders.train] == [6 // world_size]

@@ -352,6 +352,40 @@ def _toy_data(n=256):
     return x, x.flatten(1)[:, :4].argmax(1)
 
 
+def _tiny_image_folder(root: Path, per_class: int, classes=("cat", "dog")) -> Path:
+    from PIL import Image
+
+    rng = torch.Generator().manual_seed(0)
+    for split in ("train", "val"):
+        for c, name in enumerate(classes):
+            (root / split / name).mkdir(parents=True)
+            for i in range(per_class):
+                pixels = torch.randint(0, 256, (32, 32, 3), generator=rng, dtype=torch.uint8)
+                pixels[..., c % 3] = 250
+                Image.fromarray(pixels.numpy()).save(root / split / name / f"{i}.png")
+    return root
+
+
+FOLDER_RUN = dict(model="alexnet_28", model_options={"width_mult": 0.0625}, image_size=28, epochs=1,
+                  batch_size=16, momentum=0.9, device="cpu", progress=False, num_workers=0, precision="fp32")
+
+
+def test_a_folder_smaller_than_a_batch_trains_on_all_of_it(tmp_path):
+    """6 training images, batch 16: one step of 6 images an epoch, said in a warning (it trained nothing,
+    reported loss 0.0000 and left an untrained best/)."""
+    folder = _tiny_image_folder(tmp_path / "images", per_class=3)
+    with pytest.warns(UserWarning, match="only 6 training image.*fewer than the batch of 16"):
+        history = classicnets.train(FOLDER_RUN, dataset=str(folder), out=str(tmp_path / "run"))
+    assert history[0]["train_loss"] > 0 and history[0]["images_per_sec"] > 0
+    assert ckpt.load_trainer_state(tmp_path / "run")["optimizer"]["state"]  # a step was taken
+
+
+def test_a_loader_without_batches_is_refused(tmp_path):
+    x, y = _toy_data(16)
+    with pytest.raises(ConfigError, match="yields no batch"):
+        _toy_trainer(tmp_path, _ToyLoader(x, y, 32))
+
+
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     x, y = _toy_data()
     trainer = _toy_trainer(tmp_path, _ToyLoader(x, y, 32, poison_epoch=1), epochs=3)

@@ -53,6 +53,27 @@ def balanced_subset(labels: torch.Tensor, count: int, seed: int = 0) -> torch.Te
     return order[torch.argsort(key)[:count]].sort().values
 
 
+def training_batch_size(batch_size: int, per_rank: int, total: int, world_size: int) -> int:
+    """The training batch for ``per_rank`` images a rank sees each epoch (of ``total``): ``batch_size``, or
+    all of them in one batch when there are fewer, with a warning. Dropping the last partial batch (so that
+    every step has the same size) must not drop the only one: a run would train nothing and say it is done."""
+    if per_rank == 0:
+        raise ConfigError(
+            f"{total} training image(s) cannot be shared by {world_size} processes (each needs at least "
+            "one); add images or run on fewer processes"
+        )
+    if per_rank >= batch_size:
+        return batch_size
+    ranks = f" per process ({world_size} processes)" if world_size > 1 else ""
+    warnings.warn(
+        f"only {per_rank} training image(s){ranks}, fewer than the batch of {batch_size}: each epoch "
+        f"trains one batch of {per_rank} instead. Add images, or pass a --batch-size of at most "
+        f"{per_rank * world_size} to choose the batch yourself",
+        stacklevel=3,
+    )
+    return per_rank
+
+
 # ---------------------------------------------------------------------------------------- in memory
 
 
@@ -82,11 +103,8 @@ class DeviceLoader:
         self.batch_size, self.transform, self.shuffle = batch_size, transform, shuffle
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.epoch = 0
-        if shuffle and len(self) == 0:
-            raise ConfigError(
-                f"batch size {batch_size} x {world_size} rank(s) exceeds the {len(labels):,} training "
-                "images; lower the batch size or use more data"
-            )
+        if shuffle:
+            self.batch_size = training_batch_size(batch_size, self.num_samples, len(labels), world_size)
 
     @property
     def num_samples(self) -> int:
@@ -206,6 +224,7 @@ class StreamingLoader:
             self.sampler = DistributedSampler(
                 dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True
             )
+            batch_size = training_batch_size(batch_size, len(self.sampler), len(dataset), world_size)
         else:
             self.sampler = _Shard(len(dataset), rank, world_size)
         self.loader = torch.utils.data.DataLoader(

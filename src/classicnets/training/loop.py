@@ -319,6 +319,9 @@ class Trainer:
         memory_format = torch.channels_last if config.channels_last else torch.preserve_format
         self.model = model.to(self.device, memory_format=memory_format)  # the plain model: saved, loaded
         self.optimizer = build_optimizer(self.model, config)
+        if len(train_loader) == 0:  # an epoch would train nothing and still report success
+            raise ConfigError("the training data yields no batch; the data set is empty or smaller than "
+                              "one batch: add images or lower --batch-size")
         self.steps_per_epoch = math.ceil(len(train_loader) / config.grad_accum_steps)
         self.schedule = Schedule(self.optimizer, config, self.steps_per_epoch)
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
