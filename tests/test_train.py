@@ -417,8 +417,8 @@ OPTIMIZER_SETTINGS = {
 
 
 # The layouts auto picks (fp32 contiguous, bf16 channels_last) in every run; the two others in slow runs.
-LAYOUTS = [("fp32", False), ("bf16", True),
-           pytest.param("fp32", True, marks=pytest.mark.slow), pytest.param("bf16", False, marks=pytest.mark.slow)]
+LAYOUTS = [("fp32", False), ("bf16", True), pytest.param("fp32", True, marks=pytest.mark.slow),
+           pytest.param("bf16", False, marks=pytest.mark.slow)]
 
 
 @pytest.mark.parametrize("precision, channels_last", LAYOUTS)

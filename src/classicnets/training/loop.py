@@ -204,8 +204,9 @@ class OneCycle(torch.optim.lr_scheduler.LRScheduler):
         return [self.lr_at(self.last_epoch)] * len(self.optimizer.param_groups)
 
     def lr_at(self, step: int) -> float:
-        if step <= self.peak:
-            return _annealing_cos(self.initial_lr, self.max_lr, step / self.peak) if self.peak else self.max_lr
+        if step <= self.peak:  # rising (a peak at step 0 has no rise)
+            return self.max_lr if not self.peak else _annealing_cos(self.initial_lr, self.max_lr,
+                                                                    step / self.peak)
         # past the peak; last == peak == 0 only in a one-step run, after its step
         span = self.last - self.peak
         return _annealing_cos(self.max_lr, self.min_lr, min(1.0, (step - self.peak) / span) if span else 1.0)
