@@ -362,6 +362,37 @@ def test_decode_converts_grey_and_rgb_alike(tmp_path):
     assert formats.decode_image(tmp_path / "rgba.webp").mode == "RGB"
 
 
+def _picture_in_8_and_16_bits(folder: Path) -> np.ndarray:
+    """A grey gradient saved as 8-bit PNG, 16-bit PNG (Pillow mode I;16) and 16-bit PGM (mode I)."""
+    picture = np.add.outer(np.arange(24) * 10, np.arange(32)).astype(np.uint8)
+    Image.fromarray(picture).save(folder / "8bit.png")
+    Image.fromarray(picture.astype(np.uint16) * 257).save(folder / "16bit.png")
+    Image.fromarray(picture.astype(np.uint16) * 257).save(folder / "16bit.pgm")
+    assert Image.open(folder / "16bit.png").mode == "I;16" and Image.open(folder / "16bit.pgm").mode == "I"
+    return picture
+
+
+def test_16_bit_grey_images_are_scaled_to_8_bits_not_clipped(tmp_path):
+    """Pillow's convert clips 16-bit values at 255: the same picture was black and white at 16 bits."""
+    picture = _picture_in_8_and_16_bits(tmp_path)
+    for name in ("8bit.png", "16bit.png", "16bit.pgm"):
+        for mode in ("RGB", "L"):
+            decoded = np.asarray(formats.decode_image(tmp_path / name, mode=mode))
+            assert np.array_equal(decoded if mode == "L" else decoded[..., 1], picture), (name, mode)
+    from classicnets.data.loaders import FolderDataset  # the training folders decode the same way
+
+    items = FolderDataset([tmp_path / "8bit.png", tmp_path / "16bit.png"], [0, 0], 16, None)
+    assert torch.equal(items[0][0], items[1][0])
+
+
+def test_decoding_applies_the_exif_orientation(tmp_path):
+    image = Image.new("RGB", (40, 20), (200, 10, 10))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees to display
+    image.save(tmp_path / "phone.jpg", exif=exif.tobytes())
+    assert formats.decode_image(tmp_path / "phone.jpg").size == (20, 40)
+
+
 def test_decompression_bomb_guard(tmp_path):
     Image.new("L", (3000, 3000)).save(tmp_path / "bomb.png")  # 9 Mpixel, a few kB on disk
     assert (tmp_path / "bomb.png").stat().st_size < 50_000
@@ -408,7 +439,7 @@ def test_image_folder_skips_and_counts_bad_files_or_stops(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the stats sample skips the bad files; the epoch must stop
         strict = build_loaders("imagefolder", on_bad="error", **common)
-    with pytest.raises(DatasetError, match=r"(broken.jpg cannot be read|huge.png is 3000x3000)"):
+    with pytest.raises(DatasetError, match=r"(broken.jpg is not an image|huge.png is 3000x3000)"):
         list(strict.train)
 
 

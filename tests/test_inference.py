@@ -240,6 +240,21 @@ def test_predict_reports_missing_and_broken_images(trained_run, tmp_path, capsys
     assert "not an image" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_predict_reads_a_16_bit_picture_as_its_8_bit_twin(tmp_path, channels):
+    """predict decodes with the training folders' decode_image: a 16-bit grey PNG is no longer clipped to
+    black and white (the same picture was a Bag at 16 bits and a Sneaker at 8)."""
+    from classicnets.inference import _square_image
+
+    picture = np.add.outer(np.arange(24) * 10, np.arange(32)).astype(np.uint8)
+    Image.fromarray(picture).save(tmp_path / "8bit.png")
+    Image.fromarray(picture.astype(np.uint16) * 257).save(tmp_path / "16bit.png")
+    eight = _square_image(tmp_path / "8bit.png", channels, invert=False)
+    assert torch.equal(_square_image(tmp_path / "16bit.png", channels, invert=False), eight)
+    assert torch.equal(_square_image(Image.open(tmp_path / "16bit.png"), channels, invert=False), eight)
+    assert torch.equal(eight[0], torch.from_numpy(picture[:, 4:28]))
+
+
 def test_prepare_batch_converts_channels_like_pil():
     rgb = np.random.default_rng(0).integers(0, 256, (1, 3, 8, 8), dtype=np.uint8)
     grey = prepare_batch(torch.from_numpy(rgb), Preprocessing(1, 8, None, None))

@@ -530,23 +530,25 @@ def predict(
 
 
 def _square_image(image: str | Path | Any, channels: int, invert: bool) -> torch.Tensor:
-    """An image file or PIL image as uint8 (channels, S, S): its centred square, before any resizing."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    """An image file or PIL image as uint8 (channels, S, S): its centred square, before any resizing.
 
+    Files are decoded as the training folders are (data.formats.decode_image: EXIF orientation, 16-bit
+    grey scaled to 8 bits), so a picture is the same input here as in training."""
+    from PIL import ImageOps
+
+    from .data.formats import as_8bit, decode_image
+    from .errors import DatasetError
+
+    mode = "L" if channels == 1 else "RGB"
     if isinstance(image, (str, Path)):
         try:
-            with Image.open(image) as opened:
-                opened.load()
-                pil = opened
-        except FileNotFoundError:
-            raise ImageInputError(f"image {image} does not exist") from None
-        except (UnidentifiedImageError, OSError) as error:
-            raise ImageInputError(f"{image} is not an image PIL can read ({error}); "
-                                  "pass a PNG, JPEG, BMP, GIF or TIFF file") from None
+            pil = decode_image(Path(image), mode=mode)
+        except DatasetError as error:
+            if not Path(image).exists():
+                raise ImageInputError(f"image {image} does not exist") from None
+            raise ImageInputError(f"{error} Pass a PNG, JPEG, BMP, GIF or TIFF file.") from None
     else:
-        pil = image
-    pil = ImageOps.exif_transpose(pil)  # phone photos store their rotation in EXIF
-    pil = pil.convert("L" if channels == 1 else "RGB")
+        pil = as_8bit(image, mode)
     if invert:
         pil = ImageOps.invert(pil)
     array = np.asarray(pil, dtype=np.uint8)
