@@ -688,3 +688,14 @@ def test_an_image_folder_smaller_than_a_batch_trains_on_every_rank(tmp_path):
             loaders = build_loaders(tmp_path, image_size=16, batch_size=16, num_workers=0, rank=rank,
                                     world_size=world_size)
         assert len(loaders.train) == 1 and [len(y) for _, y in loaders.train] == [6 // world_size]
+
+
+def test_a_constant_training_channel_is_not_divided_by_zero():
+    """std 0 (every pixel alike) made every normalised input NaN or infinite."""
+    images = torch.full((8, 1, 4, 4), 77, dtype=torch.uint8)
+    pair = tuple(ArrayDataset(images, torch.arange(8) % 2, ["a", "b"], "flat", split)
+                 for split in ("train", "test"))
+    with pytest.warns(UserWarning, match=r"channel\(s\) \[0\] of the array training images hardly vary"):
+        loaders = build_loaders(pair, image_size=4, batch_size=4)
+    assert loaders.std == (1 / 255,)
+    assert all(torch.isfinite(x).all() for x, _ in loaders.train)

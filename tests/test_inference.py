@@ -255,6 +255,25 @@ def test_predict_reads_a_16_bit_picture_as_its_8_bit_twin(tmp_path, channels):
     assert torch.equal(eight[0], torch.from_numpy(picture[:, 4:28]))
 
 
+def test_eval_and_predict_refuse_nan_weights_and_a_zero_std(trained_run, tmp_path, capsys):
+    """They reported 10% top-1 and "nan%" with exit 0; now exit 2 naming the tensor or field."""
+    from safetensors.torch import save_file
+
+    from classicnets.training.checkpoint import load_model_weights
+
+    state, metadata = load_model_weights(trained_run)
+    Image.new("L", (28, 28), 128).save(tmp_path / "grey.png")
+    first = next(iter(state))
+    broken = [({**state, first: state[first] * float("nan")}, metadata, f"weight {first!r} holds"),
+              (state, {**metadata, "std": json.dumps([0.0])}, "header field 'std' is [0.0]")]
+    for weights, header, message in broken:
+        save_file(weights, str(tmp_path / "bad.safetensors"), metadata=header)
+        assert main(["eval", str(tmp_path / "bad.safetensors"), "--limit", "10"]) == 2
+        assert message in capsys.readouterr().err
+        assert main(["predict", str(tmp_path / "bad.safetensors"), str(tmp_path / "grey.png")]) == 2
+        assert message in capsys.readouterr().err
+
+
 def test_prepare_batch_converts_channels_like_pil():
     rgb = np.random.default_rng(0).integers(0, 256, (1, 3, 8, 8), dtype=np.uint8)
     grey = prepare_batch(torch.from_numpy(rgb), Preprocessing(1, 8, None, None))

@@ -385,7 +385,26 @@ def image_folder_root(dataset, data_dir=None) -> Path | None:
     return None
 
 
+# One grey level: the smallest std normalisation divides by. A channel that never changes in the training
+# images (std 0) would otherwise turn every input into NaN or infinity.
+MIN_STD = 1 / 255
+
+
+def _floored_std(std, source: str) -> tuple[float, ...]:
+    if min(std) >= MIN_STD:
+        return tuple(std)
+    warnings.warn(
+        f"channel(s) {[c for c, s in enumerate(std) if s < MIN_STD]} of the {source} training images "
+        f"hardly vary (std {[round(s, 6) for s in std]}); normalising divides by at least {MIN_STD:.4f}. "
+        "Check the images, or pass --no-normalize",
+        stacklevel=4,
+    )
+    return tuple(max(s, MIN_STD) for s in std)
+
+
 def _transforms(common: dict, source: str, mean, std, pca, channels: int):
+    if common["normalize"]:
+        std = _floored_std(std, source)
     keep = dict(
         image_size=common["image_size"],
         augment=common["augment"],
