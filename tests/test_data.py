@@ -699,3 +699,33 @@ def test_a_constant_training_channel_is_not_divided_by_zero():
         loaders = build_loaders(pair, image_size=4, batch_size=4)
     assert loaders.std == (1 / 255,)
     assert all(torch.isfinite(x).all() for x, _ in loaders.train)
+
+
+def test_a_class_none_of_whose_images_decode_is_an_error(tmp_path):
+    """Training went on without the class (each epoch skipped its files with a warning)."""
+    _image_folder(tmp_path)
+    for path in (tmp_path / "train" / "dog").iterdir():
+        path.write_bytes(b"not an image at all")
+    with pytest.raises(DatasetError, match=r"none of the 4 image\(s\) of class 'dog' .*can be decoded"
+                                           r".*dog/0.jpg.*remove its folder"):
+        build_loaders(tmp_path, image_size=16, batch_size=2, num_workers=0)
+
+
+def test_a_one_class_folder_is_an_error(tmp_path):
+    _image_folder(tmp_path)
+    for split in ("train", "val"):
+        for path in (tmp_path / split / "dog").iterdir():
+            path.unlink()
+        (tmp_path / split / "dog").rmdir()
+    with pytest.raises(DatasetError, match=r"1 class\(es\) \['cat'\]; a classifier needs at least two"):
+        build_loaders(tmp_path, image_size=16, batch_size=2, num_workers=0)
+
+
+def test_a_subset_larger_than_the_data_or_smaller_than_the_classes_is_said():
+    with pytest.warns(UserWarning, match="subset=5,000 is larger than the 2,048 training images.*all 2,048"):
+        loaders = build_loaders("synthetic", image_size=28, batch_size=64, subset=5000)
+    assert loaders.train_size == 2048
+    with pytest.warns(UserWarning, match="7 of the 10 classes have no training image.*--subset 3 is smaller"):
+        build_loaders("synthetic", image_size=28, batch_size=2, subset=3)
+    with pytest.raises(DatasetError, match="1 class.*or a larger --subset"):
+        build_loaders("synthetic", image_size=28, batch_size=1, subset=1)
