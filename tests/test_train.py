@@ -386,6 +386,49 @@ def test_a_loader_without_batches_is_refused(tmp_path):
         _toy_trainer(tmp_path, _ToyLoader(x, y, 32))
 
 
+def test_overwrite_keeps_the_old_run_until_the_new_one_has_saved(tmp_path, monkeypatch):
+    """--overwrite deleted last/ and best/ first: a new run failing at step 1 left neither."""
+    x, y = _toy_data(64)
+    _toy_trainer(tmp_path, _ToyLoader(x, y, 32), epochs=1).fit()
+    run = tmp_path / "toy"
+    old = weights(run, "best")
+    old_files = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+
+    def failing_step(self, *args):
+        raise RuntimeError("out of memory")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(loop.Trainer, "_train_step", failing_step)
+        with pytest.raises(RuntimeError, match="out of memory"):
+            _toy_trainer(tmp_path, _ToyLoader(x, y, 32), epochs=1, lr=0.5, overwrite=True).fit()
+    assert_same_weights(weights(run, "best"), old)
+    assert_same_weights(weights(run, "last"), old)
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == old_files  # config.json too
+    assert not (run / loop.REPLACED_RUN).exists()
+
+    # killed before its first save (set aside, never put back): the next start puts the old run back
+    killed = _toy_trainer(tmp_path, _ToyLoader(x, y, 32), epochs=1, lr=0.5, overwrite=True)
+    loop.set_aside_run(run)
+    assert not (run / "last").exists()
+    resumed = _toy_trainer(tmp_path, _ToyLoader(x, y, 32), epochs=2, resume=True)
+    resumed.fit()
+    assert resumed.start_epoch == 1 and not (run / loop.REPLACED_RUN).exists()
+
+    killed.fit()  # an overwrite that saves replaces the old run
+    assert len(ckpt.load_trainer_state(run)["history"]) == 1 and not (run / loop.REPLACED_RUN).exists()
+
+
+def test_an_image_size_the_model_cannot_take_is_refused_before_the_data_is_read(tmp_path, monkeypatch):
+    import classicnets.data
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was read")
+
+    monkeypatch.setattr(classicnets.data, "build_loaders", no_data)
+    with pytest.raises(ConfigError, match="image_size 32 does not fit alexnet_28, which takes 25 to 28 px"):
+        classicnets.train(model="alexnet_28", image_size=32, out=str(tmp_path / "run"), device="cpu")
+
+
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     x, y = _toy_data()
     trainer = _toy_trainer(tmp_path, _ToyLoader(x, y, 32, poison_epoch=1), epochs=3)

@@ -36,7 +36,16 @@ from . import checkpoint as ckpt
 from .config import TrainConfig, config_from_dict
 from .distributed import DistContext, all_gather_objects, all_reduce_, barrier, wrap_model
 from .host_memory import reused_host_memory
-from .logging import CONFIG_JSON, epoch_line, plot_curves, write_logs, write_text_atomic
+from .logging import (
+    CONFIG_JSON,
+    CURVES_PNG,
+    METRICS_CSV,
+    METRICS_JSONL,
+    epoch_line,
+    plot_curves,
+    write_logs,
+    write_text_atomic,
+)
 from .metrics import RunningSums
 from .speed import resolve_speed
 
@@ -46,6 +55,11 @@ RESUMABLE_CHANGES = {"epochs", "progress", "log_every", "num_workers", "out", "r
                      # the global batch stays batch_size when a run resumes on another number of processes
                      # with more or fewer accumulation steps per process
                      "grad_accum_steps", "sync_batchnorm"}
+
+# --overwrite moves the old run's files here; they are deleted when the new run's first checkpoint has
+# landed, and put back if the new run stops before that (or is killed: the next start puts them back).
+REPLACED_RUN = ".replaced-run"
+RUN_FILES = (ckpt.LAST, ckpt.BEST, CONFIG_JSON, METRICS_JSONL, METRICS_CSV, CURVES_PNG)
 
 # Test-time augmentation: a batch -> the views to average (each a batch the model accepts).
 TTA = Callable[[torch.Tensor], list[torch.Tensor]]
@@ -338,9 +352,9 @@ class Trainer:
     def fit(self) -> list[dict[str, Any]]:
         """Train for the configured epochs (continuing a checkpoint with ``resume``); return the history."""
         self._prepare_run_dir()
-        self._wrap_model()
         stop_signals = contextlib.nullcontext(self.stop) if self.stop else StopSignals()
         try:
+            self._wrap_model()
             with torch_settings(self.config, self.device), stop_signals as stop:
                 if stop.signum is not None:  # stopped while setting up: nothing trained, nothing to save
                     raise TrainingInterrupted(stop.signum, None)
@@ -353,6 +367,8 @@ class Trainer:
             self.saver.wait()
         except BaseException:
             self.saver.wait(raise_error=False)  # the save in flight still lands; the first error is raised
+            if self.ctx.is_main:
+                settle_replaced_run(self.run_dir)  # no checkpoint landed: the overwritten run comes back
             raise
         barrier(self.ctx)
         return self.history
@@ -360,6 +376,9 @@ class Trainer:
     # ------------------------------------------------------------------------------ run directory
 
     def _prepare_run_dir(self) -> None:
+        if self.ctx.is_main:
+            settle_replaced_run(self.run_dir)  # an earlier --overwrite run was killed
+        barrier(self.ctx)
         last = self.run_dir / ckpt.LAST
         has_run = last.exists() or any(self.run_dir.glob(f".{ckpt.LAST}.old-*"))
         if self.config.resume and has_run:
@@ -371,9 +390,8 @@ class Trainer:
                               "replace it with --overwrite, or choose another --out")
         if self.ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            if self.config.overwrite and not self.config.resume:
-                for name in (ckpt.LAST, ckpt.BEST):
-                    shutil.rmtree(self.run_dir / name, ignore_errors=True)
+            if self.config.overwrite and not self.config.resume and has_run:
+                set_aside_run(self.run_dir)
             write_text_atomic(self.run_dir / CONFIG_JSON, json.dumps(self.config.to_dict(), indent=1) + "\n")
         barrier(self.ctx)
 
@@ -605,9 +623,14 @@ class Trainer:
         }
         if partial is not None:
             state["partial"] = partial
+        def landed() -> None:
+            shutil.rmtree(self.run_dir / REPLACED_RUN, ignore_errors=True)  # an overwritten run: now replaced
+            if then is not None:
+                then()
+
         # written on a thread while the next epoch trains (fit waits for it before it returns or raises)
         self.saver.save(self.run_dir, model_state=self.model.state_dict(), metadata=self.metadata,
-                        trainer_state=state, is_best=is_best, then=then)
+                        trainer_state=state, is_best=is_best, then=landed)
 
     def _report(self, record: dict[str, Any]) -> None:
         """The epoch's line and logs (curves.png is drawn by :meth:`_curves_job` on the save thread)."""
@@ -621,6 +644,33 @@ class Trainer:
         history = list(self.history)
         title = f"{self.metadata.get('model', '')} on {self.metadata.get('dataset', '')}"
         return lambda: plot_curves(self.run_dir, history, title=title)
+
+
+def set_aside_run(run_dir: Path) -> None:
+    """Move a run's checkpoints and logs into ``run_dir/.replaced-run`` (renames: nothing is copied)."""
+    aside = run_dir / REPLACED_RUN
+    aside.mkdir(exist_ok=True)
+    moved_aside_saves = [p.name for p in run_dir.glob(".*.old-*")]  # a save killed between its renames
+    for name in (*RUN_FILES, *moved_aside_saves):
+        if (run_dir / name).exists():
+            os.replace(run_dir / name, aside / name)
+
+
+def settle_replaced_run(run_dir: Path) -> None:
+    """Finish what --overwrite left: once the new run has a checkpoint, the old run is deleted; while it
+    has none, the old run is moved back (so a new run failing before its first save loses nothing)."""
+    aside = run_dir / REPLACED_RUN
+    if not aside.is_dir():
+        return
+    if (run_dir / ckpt.LAST).exists():
+        shutil.rmtree(aside, ignore_errors=True)
+        return
+    for entry in aside.iterdir():
+        target = run_dir / entry.name
+        if target.is_dir():  # best/ without last/: cannot be the new run's, which saves last/ first
+            shutil.rmtree(target)
+        os.replace(entry, target)
+    aside.rmdir()
 
 
 def micro_batches_in_step(step: int, total: int, accum: int) -> int:
