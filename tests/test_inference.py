@@ -489,3 +489,31 @@ def test_eval_of_an_image_folder_run_whose_folder_is_gone(folder_run, tmp_path, 
     assert main(["eval", str(weights.parent)]) == 2
     err = capsys.readouterr().err
     assert "which is not there; pass --data-dir" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------------------- outputs onto inputs
+
+
+def test_export_and_eval_refuse_to_write_onto_a_checkpoint(tmp_path, capsys):
+    """`export --out RUN/last/model.safetensors` overwrote the checkpoint it read (and best/'s, a hard link
+    to the same file)."""
+    model = classicnets.create_model(MODEL, num_classes=10, in_channels=1, **OPTIONS)
+    metadata = model_metadata(model=MODEL, model_options=OPTIONS, num_classes=10, in_channels=1,
+                              classes=[str(i) for i in range(10)], image_size=28, mean=None, std=None,
+                              dataset="fashion-mnist")
+    run = tmp_path / "run"
+    save_checkpoint(run, model_state=model.state_dict(), metadata=metadata, trainer_state={}, is_best=True)
+    weights = (run / "last" / "model.safetensors").read_bytes()
+    for source, out, why in ((run / "last", run / "last" / "model.safetensors", "the checkpoint being read"),
+                             (run / "best", run / "last" / "model.safetensors", "the checkpoint being read"),
+                             (run, run / "best" / "alexnet.pt", "is a checkpoint folder"),
+                             (run, run / "last", "is a folder")):
+        with pytest.raises(ConfigError, match=why):
+            classicnets.export(source, "torchscript", out)
+    with pytest.raises(ConfigError, match="evaluation results.*is a checkpoint folder"):
+        classicnets.evaluate(run, out_dir=run / "last")
+    out = str(run / "last" / "model.safetensors")
+    assert main(["export", out, "--format", "torchscript", "--out", out]) == 2
+    assert "the checkpoint being read" in capsys.readouterr().err
+    assert (run / "last" / "model.safetensors").read_bytes() == weights
+    assert (run / "best" / "model.safetensors").read_bytes() == weights
