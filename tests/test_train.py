@@ -10,13 +10,14 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
 import classicnets
-from classicnets.errors import CheckpointError, ConfigError
+from classicnets.errors import CheckpointError, ConfigError, DatasetError
 from classicnets.training import checkpoint as ckpt
 from classicnets.training import loop, speed
 from classicnets.training.config import (
@@ -378,6 +379,15 @@ def test_a_folder_smaller_than_a_batch_trains_on_all_of_it(tmp_path):
         history = classicnets.train(FOLDER_RUN, dataset=str(folder), out=str(tmp_path / "run"))
     assert history[0]["train_loss"] > 0 and history[0]["images_per_sec"] > 0
     assert ckpt.load_trainer_state(tmp_path / "run")["optimizer"]["state"]  # a step was taken
+
+
+def test_a_test_split_of_unreadable_images_is_an_error_not_zero_accuracy(tmp_path):
+    folder = _tiny_image_folder(tmp_path / "images", per_class=8)
+    for path in (folder / "val").rglob("*.png"):
+        path.write_bytes(b"not an image")
+    with pytest.raises(DatasetError, match="no test image could be evaluated"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the per-epoch notes on the skipped files
+        classicnets.train(FOLDER_RUN, dataset=str(folder), out=str(tmp_path / "run"))
 
 
 def test_a_loader_without_batches_is_refused(tmp_path):

@@ -446,6 +446,11 @@ def _autocast(device: torch.device, bf16: bool):
 def _result(confusion: torch.Tensor, top_k_hits: int, classes: list[str], settings: dict[str, Any],
             seconds: float) -> EvalResult:
     count = int(confusion.sum())
+    if count == 0:  # every image was skipped as unreadable: no accuracy to report
+        from .errors import DatasetError
+
+        raise DatasetError("no image could be evaluated (each was skipped as unreadable; see the warnings "
+                           "above); fix or replace the images")
     per_class_total = confusion.sum(dim=1)
     per_class = (confusion.diagonal().double() / per_class_total.clamp(min=1)).tolist()
     return EvalResult(

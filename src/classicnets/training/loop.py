@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import ClassicnetsError, ConfigError
+from ..errors import ClassicnetsError, ConfigError, DatasetError
 from . import checkpoint as ckpt
 from .config import TrainConfig, config_from_dict
 from .distributed import DistContext, all_gather_objects, all_reduce_, barrier, wrap_model
@@ -453,6 +453,9 @@ class Trainer:
         test = evaluate(self.eval_model, self.test_loader, device=self.device,
                         precision=self.config.precision, channels_last=self.config.channels_last,
                         tta=self.tta, ctx=self.ctx)
+        if not test["count"]:  # every test image failed to decode: an accuracy of 0 would mean nothing
+            raise DatasetError("no test image could be evaluated (each was skipped as unreadable); fix the "
+                               "test images, or check the warnings above for the files")
         record = {
             "epoch": epoch + 1, "train_loss": values["loss"], "train_acc": values["top1"],
             "test_loss": test["loss"], "test_acc": test["acc"], "test_top5": test["top5"],
