@@ -72,7 +72,7 @@ def run(config: TrainConfig, ctx: DistContext, stop: StopSignals | None = None) 
     config = resolve_speed(config, ctx.device)
     info = registry.model_info(config.model)
     image_size = config.image_size or info.default_input[-1]
-    _check_image_size(config.model, image_size, info.min_input[-1])
+    _check_image_size(config, image_size)  # before any data is read, and before a run is replaced
     loaders = build_loaders(
         config.dataset, data_dir=config.data_dir, image_size=image_size,
         batch_size=_per_process_batch(config, ctx), eval_batch_size=_eval_batch(config, ctx),
@@ -107,10 +107,21 @@ def xavier_init(model: nn.Module) -> None:
             nn.init.xavier_uniform_(module.weight)
 
 
-def _check_image_size(model: str, size: int, minimum: int) -> None:
-    if size < minimum:
-        raise ConfigError(f"image_size {size} is too small for {model}, which needs at least {minimum} px; "
-                          f"pass --image-size {minimum} or more (or leave it unset for the model's default)")
+def _check_image_size(config: TrainConfig, size: int) -> None:
+    """Refuse an image size outside the model's range (its ``input_sizes``: a fixed-size head has a
+    largest size too), from the model built on the meta device: no memory, no weights initialised."""
+    from . import registry
+
+    info = registry.model_info(config.model)
+    with torch.device("meta"):
+        model = registry.create_model(config.model, num_classes=2, in_channels=info.default_input[0],
+                                      **config.model_options)
+    lo, hi = getattr(model, "input_sizes", (info.min_input[-1], None))
+    if size < lo or (hi is not None and size > hi):
+        sizes = f"at least {lo} px" if hi is None else f"{lo} to {hi} px"
+        raise ConfigError(f"image_size {size} does not fit {config.model}, which takes {sizes}; pass an "
+                          f"--image-size in that range (or leave it unset for the model's default, "
+                          f"{info.default_input[-1]})")
 
 
 def _per_process_batch(config: TrainConfig, ctx: DistContext) -> int:

@@ -166,7 +166,31 @@ def _check_weights_fit(model: nn.Module, state: dict[str, torch.Tensor], name: s
 
 def default_output_dir(loaded: LoadedCheckpoint) -> Path:
     """Where results go unless told: the run directory (not best/ or last/, which each save replaces)."""
-    directory = loaded.source.parent
+    return default_output_dir_of(loaded.source)
+
+
+def check_output_path(out: Path, source: Path, what: str) -> None:
+    """Refuse to write ``out`` onto the checkpoint ``source`` it was made from, or into any checkpoint
+    folder: best/ and last/ share their files through hard links, and every save replaces the folder
+    whole, so a file written there either destroys a checkpoint or is lost at the next save."""
+    out = out.resolve()
+    if out.is_dir():
+        raise ConfigError(f"{out} is a folder; pass the path of the {what} file to write")
+    same_file = out == source.resolve() or (out.exists() and source.exists() and out.samefile(source))
+    from .training.checkpoint import MODEL_FILE
+
+    folder = out.parent
+    if same_file or (folder / MODEL_FILE).exists():
+        raise ConfigError(
+            f"refusing to write the {what} to {out}: "
+            + ("that is the checkpoint being read" if same_file else f"{folder} is a checkpoint folder")
+            + f" and it would be {'overwritten' if same_file else 'damaged or lost at the next save'}. "
+            f"Choose another path, such as {default_output_dir_of(source) / out.name}"
+        )
+
+
+def default_output_dir_of(source: Path) -> Path:
+    directory = source.parent
     return directory.parent if directory.name in ("best", "last") else directory
 
 
@@ -314,6 +338,8 @@ def evaluate(
         if value is not None and value < 1:
             raise ConfigError(f"{name} must be >= 1; got {value}")
     loaded = load_checkpoint(checkpoint)
+    if out_dir is not None:
+        check_output_path(Path(out_dir) / "metrics.json", loaded.source, "evaluation results")
     dataset = dataset or loaded.metadata.get("dataset")
     if not dataset:
         raise ConfigError(f"{loaded.source} does not name its dataset; pass --dataset")
@@ -420,6 +446,11 @@ def _autocast(device: torch.device, bf16: bool):
 def _result(confusion: torch.Tensor, top_k_hits: int, classes: list[str], settings: dict[str, Any],
             seconds: float) -> EvalResult:
     count = int(confusion.sum())
+    if count == 0:  # every image was skipped as unreadable: no accuracy to report
+        from .errors import DatasetError
+
+        raise DatasetError("no image could be evaluated (each was skipped as unreadable; see the warnings "
+                           "above); fix or replace the images")
     per_class_total = confusion.sum(dim=1)
     per_class = (confusion.diagonal().double() / per_class_total.clamp(min=1)).tolist()
     return EvalResult(
@@ -530,23 +561,25 @@ def predict(
 
 
 def _square_image(image: str | Path | Any, channels: int, invert: bool) -> torch.Tensor:
-    """An image file or PIL image as uint8 (channels, S, S): its centred square, before any resizing."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    """An image file or PIL image as uint8 (channels, S, S): its centred square, before any resizing.
 
+    Files are decoded as the training folders are (data.formats.decode_image: EXIF orientation, 16-bit
+    grey scaled to 8 bits), so a picture is the same input here as in training."""
+    from PIL import ImageOps
+
+    from .data.formats import as_8bit, decode_image
+    from .errors import DatasetError
+
+    mode = "L" if channels == 1 else "RGB"
     if isinstance(image, (str, Path)):
         try:
-            with Image.open(image) as opened:
-                opened.load()
-                pil = opened
-        except FileNotFoundError:
-            raise ImageInputError(f"image {image} does not exist") from None
-        except (UnidentifiedImageError, OSError) as error:
-            raise ImageInputError(f"{image} is not an image PIL can read ({error}); "
-                                  "pass a PNG, JPEG, BMP, GIF or TIFF file") from None
+            pil = decode_image(Path(image), mode=mode)
+        except DatasetError as error:
+            if not Path(image).exists():
+                raise ImageInputError(f"image {image} does not exist") from None
+            raise ImageInputError(f"{error} Pass a PNG, JPEG, BMP, GIF or TIFF file.") from None
     else:
-        pil = image
-    pil = ImageOps.exif_transpose(pil)  # phone photos store their rotation in EXIF
-    pil = pil.convert("L" if channels == 1 else "RGB")
+        pil = as_8bit(image, mode)
     if invert:
         pil = ImageOps.invert(pil)
     array = np.asarray(pil, dtype=np.uint8)
@@ -605,6 +638,7 @@ def export(
     suffix = ".onnx" if format == "onnx" else ".torchscript.pt"
     name = f"{loaded.metadata['model']}{suffix}"
     path = Path(out) if out is not None else default_output_dir(loaded) / name
+    check_output_path(path, loaded.source, f"{format} export")
     path.parent.mkdir(parents=True, exist_ok=True)
     model = loaded.model.float().eval()
     shape = (prep.in_channels, prep.image_size, prep.image_size)

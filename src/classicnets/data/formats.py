@@ -263,16 +263,23 @@ def scan_image_folder(root: Path, *, on_bad: str = "skip") -> FolderScan:
     return scan
 
 
+# Pillow's modes for more than 8 bits a pixel: 16-bit grey PNG and TIFF open as I;16*, 16-bit PGM as I.
+# Pillow's own convert("L"/"RGB") clips them at 255 (every value above 255 white: a black-and-white image).
+HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
 def decode_image(
-    path: Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, draft: tuple[int, int] | None = None
+    path: Path, *, mode: str = "RGB", max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    draft: tuple[int, int] | None = None,
 ):
-    """Open an image as RGB with Pillow; grey, palette, RGBA and CMYK are converted.
+    """Open an image file as an 8-bit ``mode`` ("RGB" or "L") PIL image: the one decoding of every image
+    classicnets reads (training folders, evaluation, predict). See :func:`as_8bit` for the conversion.
 
     The size is checked from the header before any pixel is decoded, so a decompression bomb (a small file
     that expands to gigabytes) is refused without using the memory. ``draft``: a JPEG may be decoded at
     1/2, 1/4 or 1/8 scale as long as both sides stay at least this size (much faster for large photos).
     """
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     try:
         with warnings.catch_warnings():
@@ -287,10 +294,32 @@ def decode_image(
             if draft is not None:
                 image.draft(None, draft)
             image.load()
-            return image if image.mode == "RGB" else image.convert("RGB")
+            ImageOps.exif_transpose(image, in_place=True)
+            return _to_8bit(image, mode)
     except DatasetError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise DatasetError(f"{path}: refused as a possible decompression bomb ({error}).") from error
+    except FileNotFoundError as error:
+        raise DatasetError(f"{path} does not exist.") from error
     except (OSError, SyntaxError, ValueError) as error:  # what Pillow raises for unreadable images
-        raise DatasetError(f"{path} cannot be read as an image ({error}).") from error
+        raise DatasetError(f"{path} is not an image Pillow can read ({error}).") from error
+
+
+def as_8bit(image, mode: str = "RGB"):
+    """A PIL image as :func:`decode_image` delivers it: upright (its EXIF orientation applied, as phone
+    photos need), in ``mode`` with 8 bits a channel. Grey, palette, RGBA and CMYK are converted by Pillow;
+    16-bit grey (I;16, I) is scaled to 8 bits (value >> 8, so 257 * v comes back as v), where Pillow's
+    conversion would clip it."""
+    from PIL import ImageOps
+
+    return _to_8bit(ImageOps.exif_transpose(image), mode)
+
+
+def _to_8bit(image, mode: str):
+    from PIL import Image
+
+    if image.mode in HIGH_BIT_DEPTH_MODES:
+        values = np.asarray(image).astype(np.int64, copy=False)  # uint16 (either byte order) or int32
+        image = Image.fromarray((values.clip(0, 65535) >> 8).astype(np.uint8))  # mode L
+    return image if image.mode == mode else image.convert(mode)

@@ -20,6 +20,7 @@ healed by :func:`resolve_checkpoint_dir`, which falls back to the moved-aside co
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -45,6 +46,11 @@ FORMAT_VERSION = 1
 _after_file_written: Callable[[Path], None] | None = None
 
 _PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt", ".tar"}
+
+
+class NonFiniteCheckpointError(CheckpointError):
+    """A checkpoint holding NaN or infinite weights or statistics, or a std that is not positive: a model
+    fed by it would answer at random (10% top-1, "nan%" probabilities) without any other sign."""
 
 
 # ----------------------------------------------------------------------------------------- metadata
@@ -395,7 +401,40 @@ def load_model_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[
     except (SafetensorError, OSError, ValueError) as error:
         raise CheckpointError(f"{file} is not a readable safetensors file ({error}); "
                               "it may be truncated or corrupt") from None
+    check_finite(state, f"{file}: weight")
+    _check_input_statistics(metadata, file)
     return state, metadata
+
+
+def check_finite(tensors: Mapping[str, torch.Tensor], what: str) -> None:
+    """Refuse NaN or infinite values in any floating-point tensor, naming the first such tensor."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise NonFiniteCheckpointError(
+                f"{what} {name!r} holds {bad:,} NaN or infinite value(s) of {tensor.numel():,}; the "
+                "checkpoint cannot be used. Take an earlier one (the run's best/ or last/), or train again"
+            )
+
+
+def _check_input_statistics(metadata: Mapping[str, str], file: Path) -> None:
+    """The header's mean and std normalise every input: each must be finite, and std positive."""
+    for key in ("mean", "std"):
+        try:
+            values = json.loads(metadata.get(key, "null"))
+        except ValueError:
+            continue  # a malformed header is reported where the header is decoded
+        if not isinstance(values, list):
+            continue
+        numbers = [v for v in values if isinstance(v, (int, float))]
+        bad = [v for v in numbers if not math.isfinite(v) or (key == "std" and v <= 0)]
+        if bad:
+            need = "finite numbers" if key == "mean" else "finite and positive (inputs are divided by it)"
+            raise NonFiniteCheckpointError(
+                f"{file}: header field {key!r} is {values}; its values must be {need}. The header was "
+                f"damaged or edited: restore it (the training set's per-channel {key} in [0, 1] units), "
+                "or take another checkpoint"
+            )
 
 
 def _model_file(path: Path) -> Path:
@@ -445,6 +484,7 @@ def load_trainer_state(checkpoint_dir: str | Path) -> dict[str, Any]:
         skeleton = json.loads(state_file.read_text(encoding="utf-8"))
     except (SafetensorError, OSError, ValueError) as error:
         raise CheckpointError(f"{directory}: cannot read the trainer state ({error})") from None
+    check_finite(tensors, f"{tensors_file}: optimizer or scheduler tensor")
     return _join_tensors(skeleton, tensors)
 
 

@@ -123,7 +123,8 @@ class TrainConfig:
     # --- output
     out: str = _f("runs/train", "run directory: checkpoints (last/, best/), logs, curves.png, config.json")
     resume: bool = _f(False, "continue the run in --out from its last checkpoint")
-    overwrite: bool = _f(False, "replace an existing run in --out instead of refusing to")
+    overwrite: bool = _f(False, "replace an existing run in --out instead of refusing to (the old run is "
+                                "kept until the new one saves its first checkpoint)")
     log_every: int = _f(50, "steps between progress refreshes and NaN checks (each reads the GPU once)")
     progress: bool = _f(True, "show a progress bar while an epoch runs")
     recipe: str | None = _f(None, "the recipe these settings started from (a label: setting it here applies "
