@@ -72,7 +72,7 @@ def run(config: TrainConfig, ctx: DistContext, stop: StopSignals | None = None) 
     config = resolve_speed(config, ctx.device)
     info = registry.model_info(config.model)
     image_size = config.image_size or info.default_input[-1]
-    _check_image_size(config.model, image_size, info.min_input[-1])
+    _check_image_size(config, image_size)
     loaders = build_loaders(
         config.dataset, data_dir=config.data_dir, image_size=image_size,
         batch_size=_per_process_batch(config, ctx), eval_batch_size=_eval_batch(config, ctx),
@@ -107,10 +107,17 @@ def xavier_init(model: nn.Module) -> None:
             nn.init.xavier_uniform_(module.weight)
 
 
-def _check_image_size(model: str, size: int, minimum: int) -> None:
-    if size < minimum:
-        raise ConfigError(f"image_size {size} is too small for {model}, which needs at least {minimum} px; "
-                          f"pass --image-size {minimum} or more (or leave it unset for the model's default)")
+def _check_image_size(config: TrainConfig, size: int) -> None:
+    """Refuse an input side the model cannot take, before any data is loaded (the model is built on the
+    meta device: shapes only, nothing allocated)."""
+    from . import registry
+
+    with torch.device("meta"):
+        low, high = registry.create_model(config.model, **config.model_options).input_sizes
+    if size < low or (high is not None and size > high):
+        sizes = f"{low} to {high} px" if high is not None else f"at least {low} px"
+        raise ConfigError(f"image_size {size} does not fit {config.model}, which takes {sizes}; pass "
+                          f"--image-size within that range (or leave it unset for the model's default)")
 
 
 def _per_process_batch(config: TrainConfig, ctx: DistContext) -> int:

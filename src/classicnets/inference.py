@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 
 from .errors import CheckpointError, ClassicnetsError, ConfigError
-from .training.checkpoint import FORMAT_VERSION, load_model_weights, parse_metadata
+from .training.checkpoint import load_model_weights, validate_metadata
 from .training.host_memory import reused_host_memory
 from .training.metrics import topk_correct
 
@@ -42,7 +42,6 @@ TTA_MODES = ("none", "flip", "ten-crop")
 EXPORT_FORMATS = ("onnx", "torchscript")
 # ITU-R 601 luma, the weights PIL's convert("L") uses, to feed colour images to a grey model.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
-REQUIRED_METADATA = ("model", "num_classes", "in_channels", "classes", "image_size")
 
 
 class MissingDependencyError(ClassicnetsError, ImportError):
@@ -94,21 +93,31 @@ def load_checkpoint(checkpoint: str | Path) -> LoadedCheckpoint:
     """Rebuild the model a checkpoint was saved from and load its weights (``strict``: every key and shape).
 
     ``checkpoint`` is a run directory (best/ then last/), a checkpoint directory or a ``model.safetensors``.
-    Pickles are refused unread; weights of another model are refused with the first mismatches.
+    Pickles are refused unread; weights of another model are refused with the first mismatches. The header
+    is validated field by field, and the model it names is first built on the meta device (shapes only,
+    nothing allocated) and compared with the file's tensors: a header edited to ask for a huge model is
+    refused before it can take the machine's memory.
     """
     from .registry import create_model
 
     state, raw_metadata = load_model_weights(checkpoint)
     source = _model_file_of(Path(checkpoint))
-    metadata = _decoded_metadata(raw_metadata, source)
-    name, options = metadata["model"], metadata.get("model_options") or {}
-    try:
-        model = create_model(name, num_classes=metadata["num_classes"], in_channels=metadata["in_channels"],
-                             **options)
-    except (ClassicnetsError, TypeError, ValueError) as error:  # unknown name or option, bad option value
-        raise CheckpointError(f"{source}: its header names model {name!r} with options {options}, "
-                              f"which cannot be built here: {error}") from None
-    _check_weights_fit(model, state, name, source)
+    metadata = validate_metadata(raw_metadata, source)
+    name, options = metadata["model"], metadata["model_options"]
+
+    def build() -> nn.Module:
+        try:
+            return create_model(name, num_classes=metadata["num_classes"],
+                                in_channels=metadata["in_channels"], **options)
+        except (ClassicnetsError, TypeError, ValueError) as error:  # unknown name or option, bad value
+            raise CheckpointError(f"{source}: its header names model {name!r} with options {options}, "
+                                  f"which cannot be built here: {error}") from None
+
+    with torch.device("meta"):
+        shapes_only = build()
+    _check_weights_fit(shapes_only, state, name, source)
+    _check_image_size_fits(shapes_only, metadata["image_size"], name, source)
+    model = build()
     model.load_state_dict(state, strict=True)
     return LoadedCheckpoint(model.eval(), metadata, source)
 
@@ -121,26 +130,12 @@ def _model_file_of(path: Path) -> Path:
     return resolve_checkpoint_dir(path) / MODEL_FILE
 
 
-def _decoded_metadata(raw: dict[str, str], source: Path) -> dict[str, Any]:
-    missing = [key for key in REQUIRED_METADATA if key not in raw]
-    if missing:
-        raise CheckpointError(
-            f"{source} is a safetensors file but not a classicnets checkpoint: its header lacks "
-            f"{', '.join(missing)} (found keys: {sorted(raw) or 'none'}). Save weights with "
-            "`classicnets train`, or write the header with classicnets.training.checkpoint.model_metadata()"
-        )
-    try:
-        metadata = parse_metadata(raw)
-    except (ValueError, TypeError) as error:
-        raise CheckpointError(f"{source}: its header is malformed ({error}); the file may be corrupt"
-                              ) from None
-    if metadata.get("format", FORMAT_VERSION) > FORMAT_VERSION:
-        raise CheckpointError(f"{source} uses checkpoint format {metadata['format']}, newer than this "
-                              f"classicnets reads ({FORMAT_VERSION}); upgrade classicnets")
-    if len(metadata["classes"]) != metadata["num_classes"]:
-        raise CheckpointError(f"{source}: its header lists {len(metadata['classes'])} class names for "
-                              f"num_classes={metadata['num_classes']}; the file is inconsistent")
-    return metadata
+def _check_image_size_fits(model: nn.Module, size: int, name: str, source: Path) -> None:
+    low, high = getattr(model, "input_sizes", (1, None))
+    if size < low or (high is not None and size > high):
+        sizes = f"{low} to {high}" if high is not None else f"{low} or more"
+        raise CheckpointError(f"{source}: its header's image_size {size} is not one model {name!r} takes "
+                              f"({sizes} px); the file was edited or is corrupt")
 
 
 def _check_weights_fit(model: nn.Module, state: dict[str, torch.Tensor], name: str, source: Path) -> None:

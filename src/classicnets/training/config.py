@@ -26,7 +26,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import functools
 import json
+import math
 import sys
 import types
 import typing
@@ -165,24 +167,51 @@ RECIPES: dict[str, dict[str, Any]] = {
 # ------------------------------------------------------------------------------------------- checks
 
 
+# Bounds that keep a typo from allocating the machine: a side of 4,096 px is 18x the 224 of the classic
+# nets (one float32 batch of 128 such 3-channel images is already 25 GB).
+MAX_IMAGE_SIZE = 4096
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding, which seed_everything also drives, takes 32 bits
+_AT_LEAST_1 = ("epochs", "batch_size", "grad_accum_steps", "log_every", "step_epochs", "plateau_patience")
+_OPTIONAL_AT_LEAST_1 = ("subset", "eval_batch_size", "cpu_threads")
+_NOT_NEGATIVE = ("plateau_max_drops", "num_workers")
+_FRACTIONS = {"momentum": "[0, 1)", "label_smoothing": "[0, 1)", "onecycle_pct": "(0, 1)", "gamma": "(0, 1]"}
+
+
 def validate(config: TrainConfig) -> None:
+    """Every field's type and range, checked once, here: a bad value fails before anything runs, with a
+    ConfigError that names the setting, the accepted range and what was found."""
+    _check_types(config)
     for name, choices in CHOICES.items():
         value = getattr(config, name)
         if value not in choices:
             raise ConfigError(f"{name}={value!r} is not one of {', '.join(choices)}{_close(value, choices)}")
-    positive = ("epochs", "batch_size", "grad_accum_steps", "log_every", "step_epochs", "plateau_patience")
-    for name in positive:
-        if getattr(config, name) < 1:
-            raise ConfigError(f"{name}={getattr(config, name)} must be at least 1")
-    for name in ("lr", "momentum", "weight_decay", "warmup_epochs", "min_lr", "label_smoothing"):
-        if getattr(config, name) < 0:
-            raise ConfigError(f"{name}={getattr(config, name)} must not be negative")
-    if config.lr == 0:
-        raise ConfigError("lr=0 would not train; pass a positive learning rate such as 0.01")
-    if not 0 <= config.label_smoothing < 1:
-        raise ConfigError(f"label_smoothing={config.label_smoothing} must be in [0, 1)")
-    if not 0 < config.onecycle_pct < 1:
-        raise ConfigError(f"onecycle_pct={config.onecycle_pct} must be between 0 and 1")
+    if config.recipe is not None and config.recipe not in RECIPES:
+        raise ConfigError(f"recipe={config.recipe!r} is not one of {', '.join(RECIPES)}"
+                          f"{_close(config.recipe, RECIPES)}")
+    for name in _AT_LEAST_1:
+        _require(name, getattr(config, name) >= 1, "at least 1", getattr(config, name))
+    for name in _OPTIONAL_AT_LEAST_1:
+        value = getattr(config, name)
+        _require(name, value is None or value >= 1, "at least 1 (or none)", value)
+    for name in _NOT_NEGATIVE:
+        _require(name, getattr(config, name) >= 0, "0 or more", getattr(config, name))
+    _require("seed", 0 <= config.seed <= MAX_SEED, f"between 0 and {MAX_SEED}", config.seed)
+    _require("image_size", config.image_size is None or 1 <= config.image_size <= MAX_IMAGE_SIZE,
+             f"between 1 and {MAX_IMAGE_SIZE} pixels (or none for the model's default)", config.image_size)
+    if not config.lr > 0:
+        raise ConfigError(f"lr={config.lr} would not train; pass a positive learning rate such as 0.01")
+    for name in ("weight_decay", "warmup_epochs", "min_lr"):
+        _require(name, getattr(config, name) >= 0, "0 or more", getattr(config, name))
+    _require("grad_clip", config.grad_clip is None or config.grad_clip > 0, "positive (or none: no clipping)",
+             config.grad_clip)
+    low_open = {"onecycle_pct", "gamma"}
+    for name, words in _FRACTIONS.items():
+        value = getattr(config, name)
+        low_ok = value > 0 if name in low_open else value >= 0
+        high_ok = value <= 1 if words.endswith("]") else value < 1
+        _require(name, low_ok and high_ok, f"in {words}", value)
+    for beta in config.betas:
+        _require("betas", 0 <= beta < 1, "two numbers in [0, 1) such as 0.9,0.999", config.betas)
     if config.nesterov and (config.optimizer != "sgd" or config.momentum == 0):
         raise ConfigError("nesterov needs optimizer=sgd with momentum > 0 (e.g. --momentum 0.9)")
     if config.warmup_epochs and config.schedule in ("plateau", "onecycle"):
@@ -191,15 +220,58 @@ def validate(config: TrainConfig) -> None:
     if config.batch_size % config.grad_accum_steps:
         raise ConfigError(f"batch_size={config.batch_size} is not divisible by "
                           f"grad_accum_steps={config.grad_accum_steps}")
-    for name in ("subset", "image_size", "eval_batch_size", "grad_clip", "cpu_threads"):
+    for name in ("model", "dataset", "out", "device"):
+        _require(name, getattr(config, name).strip() != "", "a non-empty string", getattr(config, name))
+    from ..registry import check_model_options  # the builders' own option checks, without building
+
+    check_model_options(config.model, config.model_options)
+
+
+def _require(name: str, ok: bool, words: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{name}={value!r} must be {words}")
+
+
+def _check_types(config: TrainConfig) -> None:
+    """The value of each field has the field's type (a TrainConfig built in Python skips the parsing of
+    files and flags), and every number is finite: nan and inf pass every comparison the ranges make."""
+    for name in FIELD_NAMES:
         value = getattr(config, name)
-        if value is not None and value <= 0:
-            raise ConfigError(f"{name}={value} must be positive (or None)")
-    if not isinstance(config.model_options, dict):
-        raise ConfigError(f"model_options must be a mapping such as {{\"width_mult\": 0.5}}, "
-                          f"found {config.model_options!r}")
+        kind, optional = _field_type(name)
+        if value is None and optional:
+            continue
+        if kind is tuple and isinstance(value, list):
+            value = tuple(value)
+            object.__setattr__(config, name, value)
+        if kind is float and _is_real(value):
+            value = float(value)
+            object.__setattr__(config, name, value)
+        if not _has_type(value, kind):
+            raise ConfigError(f"{name}={value!r} should be {_type_words(kind, optional)}")
+        numbers = value if kind is tuple else (value,) if kind is float else ()
+        if not all(math.isfinite(v) for v in numbers):
+            raise ConfigError(f"{name}={value!r} must be a finite number, not nan or inf")
     if len(config.betas) != 2:
-        raise ConfigError(f"betas must be two numbers such as [0.9, 0.999], found {config.betas!r}")
+        raise ConfigError(f"betas must be two numbers such as 0.9,0.999; found {config.betas!r}")
+    reserved = {"num_classes", "in_channels"} & set(config.model_options)
+    if reserved:
+        raise ConfigError(f"model_options cannot set {', '.join(sorted(reserved))}: the dataset decides them")
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _has_type(value: Any, kind: type) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return _is_real(value)
+    if kind is tuple:
+        return isinstance(value, tuple) and all(_is_real(v) for v in value)
+    return isinstance(value, kind)
 
 
 def _close(value: Any, choices) -> str:
@@ -277,6 +349,7 @@ def _parse_mapping(value: Any) -> dict:
     return out
 
 
+@functools.cache
 def _field_type(name: str) -> tuple[type, bool]:
     hint = typing.get_type_hints(TrainConfig)[name]
     args = typing.get_args(hint)
