@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import time
+import warnings
 
 import pytest
 import torch
@@ -235,3 +236,135 @@ def test_trainer_state_naming_a_missing_tensor_is_a_clear_error(tmp_path):
     state_file.write_text('{"__dict__": [[1]]}')
     with pytest.raises(CheckpointError, match="trainer.json is malformed"):
         load_trainer_state(run)
+
+
+# ------------------------------------------------------------------------------------- failed saves
+
+
+def test_a_failed_save_stops_training_at_once_naming_the_path(tmp_path, monkeypatch):
+    import errno
+
+    import classicnets
+    from classicnets.training import checkpoint as ckpt
+
+    def full_disk(run_dir, snapshot, is_best):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt, "_write_checkpoint", full_disk)
+    out = tmp_path / "run"
+    message = rf"writing the checkpoint {out}/last failed: .*No space left on device; free some space"
+    with pytest.raises(CheckpointError, match=message):
+        classicnets.train(model=MODEL, model_options=OPTIONS, dataset="synthetic", subset=160, batch_size=16,
+                          epochs=2, device="cpu", progress=False, out=str(out), precision="fp32")
+    # the first epoch's save failed: training stopped in the second epoch instead of finishing it first
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+# ------------------------------------------------------------------------------------- paths and images
+
+
+def _png_header_only(path, width: int, height: int) -> None:
+    """A PNG that declares width x height grey pixels but holds a few bytes: what a decompression bomb's
+    header looks like to a reader."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("side", [20000, 13000])
+def test_predict_refuses_a_decompression_bomb_before_decoding(side, tmp_path, capsys):
+    _png_header_only(tmp_path / "bomb.png", side, side)
+    err = _cli_error(["predict", str(_saved(tmp_path)), str(tmp_path / "bomb.png")], capsys)
+    assert "bomb.png is not an image predict can use" in err and "decompression bomb" in err
+
+
+def test_predict_refuses_a_named_pipe_instead_of_waiting_on_it(tmp_path, capsys):
+    import os
+
+    os.mkfifo(tmp_path / "pipe.png")
+    err = _cli_error(["predict", str(_saved(tmp_path)), str(tmp_path / "pipe.png")], capsys)
+    assert "pipe.png is not a regular file" in err
+
+
+def test_urls_are_not_taken_for_missing_paths(tmp_path, capsys):
+    url = "https://example.com/run"
+    for argv in (["eval", url], ["predict", str(_saved(tmp_path)), url + "/cat.png"],
+                 ["export", url, "--format", "torchscript"],
+                 ["train", "--dataset", url + "/data.tgz", "--out", str(tmp_path / "r")],
+                 ["train", "--data-dir", url, "--out", str(tmp_path / "r")]):
+        err = _cli_error(argv, capsys)
+        assert "is a URL; classicnets reads local files and folders only" in err and "https:/e" not in err
+
+
+def test_a_data_dir_that_is_a_file_is_named(tmp_path, capsys):
+    from classicnets import build_loaders
+
+    file = tmp_path / "images.tgz"
+    file.write_bytes(b"not a folder")
+    for dataset in ("fashion-mnist", "imagefolder"):
+        with pytest.raises(ClassicnetsError, match=f"data_dir {file} is a file, not a folder"):
+            build_loaders(dataset, data_dir=file, image_size=28, batch_size=8)
+    with pytest.raises(ClassicnetsError, match=f"image folder {file} is a file, not a folder"):
+        build_loaders(str(file), image_size=28, batch_size=8)
+
+
+def test_an_unreadable_image_folder_is_named(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from classicnets.data.formats import scan_image_folder
+
+    (tmp_path / "train" / "cat").mkdir(parents=True)
+    real_iterdir = Path.iterdir
+
+    def iterdir(self):
+        if self == tmp_path / "train":  # as os.scandir fails on a folder without read permission
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    with pytest.raises(ClassicnetsError, match=f"cannot read {tmp_path / 'train'}: permission denied"):
+        scan_image_folder(tmp_path / "train")
+    monkeypatch.setattr(Path, "iterdir", real_iterdir)
+    monkeypatch.setattr("os.access", lambda path, mode: False)  # a class folder rglob cannot list
+    with pytest.raises(ClassicnetsError, match="cat: permission denied"):
+        scan_image_folder(tmp_path / "train")
+
+
+def test_export_onto_a_folder_and_of_nan_weights_are_clear_errors(tmp_path, capsys):
+    run = _saved(tmp_path)
+    (tmp_path / "exports").mkdir()
+    err = _cli_error(["export", str(run), "--format", "torchscript", "--out", str(tmp_path / "exports")],
+                     capsys)
+    assert "is a folder; pass the file to write, e.g. --out" in err
+    model = create_model(MODEL, num_classes=3, in_channels=1, **OPTIONS)
+    state = {k: v.fill_(float("nan")) if k.endswith("fc8.weight") else v
+             for k, v in model.state_dict().items()}
+    save_checkpoint(tmp_path / "nan", model_state=state, metadata=_header(), trainer_state={})
+    err = _cli_error(["export", str(tmp_path / "nan"), "--format", "torchscript"], capsys)
+    assert "NaN or infinite logits in PyTorch itself" in err and "--tolerance" not in err
+    assert not list((tmp_path / "nan").glob("*.pt"))  # nothing written
+
+
+def test_on_bad_and_max_pixels_are_flags_and_the_messages_name_them(tmp_path, capsys):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for label in ("cat", "dog"):
+            (tmp_path / split / label).mkdir(parents=True)
+            for i in range(4):
+                Image.new("L", (16, 16), 60 * i).save(tmp_path / split / label / f"{i}.png")
+    Image.new("L", (400, 400)).save(tmp_path / "train" / "dog" / "huge.png")
+    argv = ["train", "--dataset", str(tmp_path), "--model", MODEL, "--model-options", "width_mult=0.0625",
+            "--batch-size", "4", "--epochs", "1", "--num-workers", "0", "--device", "cpu", "--no-progress",
+            "--out", str(tmp_path / "run"), "--max-pixels", "10000", "--on-bad", "error"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the folder's mean/std sample skips the file before the epoch stops
+        err = _cli_error(argv, capsys)
+    assert "huge.png is 400x400 = 160,000 pixels, above the limit of 10,000" in err
+    assert "--max-pixels N when training" in err and "--on-bad skip" in err

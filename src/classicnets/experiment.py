@@ -78,7 +78,8 @@ def run(config: TrainConfig, ctx: DistContext, stop: StopSignals | None = None) 
         batch_size=_per_process_batch(config, ctx), eval_batch_size=_eval_batch(config, ctx),
         augment=config.augment, normalize=config.normalize, device=ctx.device,
         channels_last=config.channels_last, seed=config.seed, rank=ctx.rank, world_size=ctx.world_size,
-        subset=config.subset, num_workers=config.num_workers,
+        subset=config.subset, num_workers=config.num_workers, on_bad=config.on_bad,
+        max_pixels=config.max_pixels,
     )
     seed_everything(config.seed)  # the same initial weights for the same seed, on every rank
     model = registry.create_model(config.model, num_classes=loaders.num_classes,

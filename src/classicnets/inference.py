@@ -526,20 +526,9 @@ def predict(
 
 def _square_image(image: str | Path | Any, channels: int, invert: bool) -> torch.Tensor:
     """An image file or PIL image as uint8 (channels, S, S): its centred square, before any resizing."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import ImageOps
 
-    if isinstance(image, (str, Path)):
-        try:
-            with Image.open(image) as opened:
-                opened.load()
-                pil = opened
-        except FileNotFoundError:
-            raise ImageInputError(f"image {image} does not exist") from None
-        except (UnidentifiedImageError, OSError) as error:
-            raise ImageInputError(f"{image} is not an image PIL can read ({error}); "
-                                  "pass a PNG, JPEG, BMP, GIF or TIFF file") from None
-    else:
-        pil = image
+    pil = _read_image_file(image) if isinstance(image, (str, Path)) else image
     pil = ImageOps.exif_transpose(pil)  # phone photos store their rotation in EXIF
     pil = pil.convert("L" if channels == 1 else "RGB")
     if invert:
@@ -550,6 +539,24 @@ def _square_image(image: str | Path | Any, channels: int, invert: bool) -> torch
     side = min(height, width)
     top, left = (height - side) // 2, (width - side) // 2
     return tensor[:, top:top + side, left:left + side]
+
+
+def _read_image_file(image: str | Path):
+    """Decode an image file with the data loader's guarded decode (data.formats.decode_image): its size is
+    checked from the header before any pixel is decoded, so a decompression bomb is refused unread, and a
+    pipe or device is refused unopened (reading a named pipe would wait for a writer forever)."""
+    from .data.formats import decode_image
+    from .errors import DatasetError, refuse_url
+
+    refuse_url(image, "image", ImageInputError)
+    path = Path(image)
+    if not path.exists():
+        raise ImageInputError(f"image {image} does not exist")
+    try:
+        return decode_image(path)
+    except DatasetError as error:
+        raise ImageInputError(f"{image} is not an image predict can use: {error} "
+                              "Pass a PNG, JPEG, BMP, GIF or TIFF file") from None
 
 
 def _source_name(image: Any) -> str:
@@ -600,6 +607,8 @@ def export(
     suffix = ".onnx" if format == "onnx" else ".torchscript.pt"
     name = f"{loaded.metadata['model']}{suffix}"
     path = Path(out) if out is not None else default_output_dir(loaded) / name
+    if path.is_dir():
+        raise ConfigError(f"--out {path} is a folder; pass the file to write, e.g. --out {path / name}")
     path.parent.mkdir(parents=True, exist_ok=True)
     model = loaded.model.float().eval()
     shape = (prep.in_channels, prep.image_size, prep.image_size)
@@ -609,12 +618,18 @@ def export(
     metadata = {key: json.dumps(value) if not isinstance(value, str) else value
                 for key, value in loaded.metadata.items()}
 
+    with torch.inference_mode():
+        reference = model(check).numpy()
+    if not np.isfinite(reference).all():
+        bad = sum(int((~torch.isfinite(p)).sum()) for p in model.parameters())
+        raise ExportVerificationError(
+            f"{loaded.source} gives NaN or infinite logits in PyTorch itself ({bad:,} of its weights are NaN "
+            "or infinite): the checkpoint is broken, not the export, and no tolerance fixes it. Export "
+            "another checkpoint (the run's best/ or an earlier run)")
     if format == "onnx":
         exported = _export_onnx(model, example, path, metadata)
     else:
         exported = _export_torchscript(model, example, path, metadata)
-    with torch.inference_mode():
-        reference = model(check).numpy()
     diff = float(np.max(np.abs(exported(check.numpy()) - reference)))
     scale = float(np.max(np.abs(reference)))
     result = ExportResult(str(path), format, diff, scale, tolerance, path.stat().st_size, (-1, *shape))

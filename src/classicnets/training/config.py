@@ -36,7 +36,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..data.formats import DEFAULT_MAX_PIXELS
+from ..errors import ConfigError, refuse_url
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "plateau", "cosine", "onecycle")
@@ -44,8 +45,10 @@ PRECISIONS = ("auto", "fp32", "bf16")
 AUGMENTS = ("none", "flip", "crop-flip", "resized-crop-flip", "paper")
 TTAS = ("none", "flip", "ten-crop")
 INITS = ("model", "xavier")
+ON_BAD = ("skip", "error")
 CHOICES = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "precision": PRECISIONS, "augment": AUGMENTS,
-           "tta": TTAS, "init": INITS}
+           "tta": TTAS, "init": INITS, "on_bad": ON_BAD}
+
 
 
 def _f(default: Any, help: str, **kwargs) -> Any:
@@ -72,6 +75,11 @@ class TrainConfig:
                                 "which feeds pixels in [0, 1]")
     augment: str = _f("none", f"training augmentation: {', '.join(AUGMENTS)}")
     tta: str = _f("none", f"test-time augmentation: {', '.join(TTAS)} (ten-crop is the paper's test)")
+    on_bad: str = _f("skip", "image folders: 'skip' skips unreadable or non-image files and counts them "
+                             "(a warning each epoch); 'error' stops at the first one")
+    max_pixels: int | None = _f(DEFAULT_MAX_PIXELS, "image folders: refuse images with more pixels than this "
+                                                    "before decoding them (a decompression-bomb guard); "
+                                                    "none: no limit")
     init: str = _f("model", "weight init: 'model' keeps the builder's own (the paper's N(0, 0.01) for "
                             "alexnet, xavier for the d2l nets); 'xavier' re-initialises every conv and "
                             "linear layer with xavier-uniform as d2l's train_ch6 does")
@@ -172,7 +180,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 MAX_IMAGE_SIZE = 4096
 MAX_SEED = 2**32 - 1  # numpy's legacy seeding, which seed_everything also drives, takes 32 bits
 _AT_LEAST_1 = ("epochs", "batch_size", "grad_accum_steps", "log_every", "step_epochs", "plateau_patience")
-_OPTIONAL_AT_LEAST_1 = ("subset", "eval_batch_size", "cpu_threads")
+_OPTIONAL_AT_LEAST_1 = ("subset", "eval_batch_size", "cpu_threads", "max_pixels")
 _NOT_NEGATIVE = ("plateau_max_drops", "num_workers")
 _FRACTIONS = {"momentum": "[0, 1)", "label_smoothing": "[0, 1)", "onecycle_pct": "(0, 1)", "gamma": "(0, 1]"}
 
@@ -222,6 +230,9 @@ def validate(config: TrainConfig) -> None:
                           f"grad_accum_steps={config.grad_accum_steps}")
     for name in ("model", "dataset", "out", "device"):
         _require(name, getattr(config, name).strip() != "", "a non-empty string", getattr(config, name))
+    for name in ("dataset", "data_dir", "out"):
+        if getattr(config, name) is not None:
+            refuse_url(getattr(config, name), name, ConfigError)
     from ..registry import check_model_options  # the builders' own option checks, without building
 
     check_model_options(config.model, config.model_options)
