@@ -368,3 +368,41 @@ def test_on_bad_and_max_pixels_are_flags_and_the_messages_name_them(tmp_path, ca
         err = _cli_error(argv, capsys)
     assert "huge.png is 400x400 = 160,000 pixels, above the limit of 10,000" in err
     assert "--max-pixels N when training" in err and "--on-bad skip" in err
+
+
+# ------------------------------------------------------------------------------------ defaults that learn
+
+
+def _fashion_png_folder(root, fashion_mnist_dir, per_train: int, per_val: int):
+    """An image folder a user might have: train/ and val/ of PNG files, one sub-folder per class, made from
+    the real Fashion-MNIST (classicnets has never seen it as a folder: no cached statistics, no names)."""
+    import numpy as np
+    from PIL import Image
+
+    import classicnets
+
+    for split, source, count in (("train", "train", per_train), ("val", "test", per_val)):
+        data = classicnets.load_dataset("fashion-mnist", source, data_dir=fashion_mnist_dir, download=False)
+        labels = np.asarray(data.labels)
+        for label, name in enumerate(data.classes):
+            folder = root / split / name.replace("/", "-")
+            folder.mkdir(parents=True)
+            for i, index in enumerate(np.flatnonzero(labels == label)[:count]):
+                Image.fromarray(np.asarray(data.images[index, 0])).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.mark.slow
+def test_a_new_folder_learns_with_the_default_settings(tmp_path, fashion_mnist_dir, capsys):
+    """No recipe named: the `default` recipe. The quick recipe's small net keeps the test within seconds;
+    every optimisation setting is the default. Before the `default` recipe, these were d2l's plain SGD on
+    unnormalised pixels, which stays near chance on this folder in these steps (docs/reliability.md)."""
+    folder = _fashion_png_folder(tmp_path / "folder", fashion_mnist_dir, per_train=140, per_val=30)
+    argv = ["train", "--dataset", str(folder), "--model", "alexnet_28", "--model-options", "width_mult=0.25",
+            "--epochs", "4", "--num-workers", "0", "--device", "cpu", "--no-progress",
+            "--out", str(tmp_path / "run")]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "settings (recipe default)" in printed and "recipe default (no --recipe named)" in printed
+    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert history[-1]["test_acc"] >= 0.6  # 10 classes: chance is 0.1

@@ -8,6 +8,10 @@ The speed settings precision, channels_last and compile default to what pays on 
 
 Recipes (``--recipe``):
 
+- ``default``, used when no recipe is named: the field defaults (d2l's AlexNet at 224, SGD lr 0.01, batch
+  128, 10 epochs) with momentum 0.9 and normalised inputs. d2l's own plain SGD on [0, 1] pixels stays at
+  chance on a small folder of 10 classes (1,400 images, 4 epochs) where these two changes reach 0.94;
+  tests/test_validation.py shows an unseen folder learning with them.
 - ``d2l``: Dive into Deep Learning's run: alexnet_d2l at 224, plain SGD lr 0.01, batch 128, 10 epochs,
   xavier init, no normalisation (about 0.88 test accuracy on Fashion-MNIST).
 - ``paper``: Krizhevsky et al. 2012: SGD momentum 0.9, weight decay 5e-4, batch 128, lr 0.01 divided by 10
@@ -71,8 +75,8 @@ class TrainConfig:
     image_size: int | None = _f(None, "side of the square input; None: the model's default input "
                                       "(224 for alexnet_d2l, 28 for alexnet_28)")
     subset: int | None = _f(None, "train on N training images only, balanced across classes (quick runs)")
-    normalize: bool = _f(False, "subtract the dataset mean and divide by its std; off as in d2l, "
-                                "which feeds pixels in [0, 1]")
+    normalize: bool = _f(False, "subtract the dataset mean and divide by its std (the default recipe); "
+                                "off in d2l's, which feeds pixels in [0, 1]")
     augment: str = _f("none", f"training augmentation: {', '.join(AUGMENTS)}")
     tta: str = _f("none", f"test-time augmentation: {', '.join(TTAS)} (ten-crop is the paper's test)")
     on_bad: str = _f("skip", "image folders: 'skip' skips unreadable or non-image files and counts them "
@@ -90,7 +94,7 @@ class TrainConfig:
     eval_batch_size: int | None = _f(None, "batch for evaluation; None: 2 x batch_size (no gradients kept)")
     optimizer: str = _f("sgd", f"one of {', '.join(OPTIMIZERS)}")
     lr: float = _f(0.01, "peak learning rate (d2l and the paper: 0.01 for AlexNet; 0.1 diverges)")
-    momentum: float = _f(0.0, "SGD momentum (d2l: 0, the paper: 0.9)")
+    momentum: float = _f(0.0, "SGD momentum (d2l: 0; the paper and the default recipe: 0.9)")
     nesterov: bool = _f(False, "Nesterov momentum for SGD")
     weight_decay: float = _f(0.0, "L2 penalty (the paper: 5e-4); decoupled for adamw")
     betas: tuple = _f((0.9, 0.999), "Adam/AdamW betas")
@@ -153,7 +157,11 @@ class TrainConfig:
 
 # Each recipe: the fields it changes from the defaults. A recipe may pick the default model; its
 # model_options then apply only when that model is used (see resolve_config).
+DEFAULT_RECIPE = "default"
 RECIPES: dict[str, dict[str, Any]] = {
+    # what a run gets when it names no recipe: settings that learn on a user's data, not only on
+    # Fashion-MNIST (momentum and normalisation: the paper's; see the module's docstring)
+    "default": dict(momentum=0.9, normalize=True),
     "d2l": dict(model="alexnet_d2l", epochs=10, batch_size=128, optimizer="sgd", lr=0.01, momentum=0.0,
                 weight_decay=0.0, schedule="constant", init="xavier", normalize=False, augment="none"),
     "paper": dict(model="alexnet", epochs=90, batch_size=128, optimizer="sgd", lr=0.01, momentum=0.9,
@@ -413,9 +421,10 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
 def resolve_config(recipe: str | None = None, file_values: dict[str, Any] | None = None,
                    overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Defaults < recipe < config file < overrides (flags or keyword arguments)."""
+    """Defaults < recipe < config file < overrides (flags or keyword arguments). With no recipe named
+    anywhere, the ``default`` recipe applies (a TrainConfig built directly holds the bare field defaults)."""
     file_values, overrides = dict(file_values or {}), dict(overrides or {})
-    recipe = overrides.pop("recipe", None) or file_values.pop("recipe", None) or recipe
+    recipe = overrides.pop("recipe", None) or file_values.pop("recipe", None) or recipe or DEFAULT_RECIPE
     _check_keys(file_values, "config file")
     _check_keys(overrides, "settings")
     values: dict[str, Any] = {}
@@ -445,7 +454,7 @@ def _flag(name: str) -> str:
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field, with its help and default; unset flags stay absent from args."""
-    defaults = TrainConfig()
+    defaults = resolve_config()  # what a run naming no recipe gets
     for f in fields(TrainConfig):
         kind, optional = _field_type(f.name)
         help_text = f"{f.metadata.get('help', '')} (default: {getattr(defaults, f.name)!r})"
