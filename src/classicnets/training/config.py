@@ -9,9 +9,10 @@ The speed settings precision, channels_last and compile default to what pays on 
 Recipes (``--recipe``):
 
 - ``default``, used when no recipe is named: the field defaults (d2l's AlexNet at 224, SGD lr 0.01, batch
-  128, 10 epochs) with momentum 0.9 and normalised inputs. d2l's own plain SGD on [0, 1] pixels stays at
-  chance on a small folder of 10 classes (1,400 images, 4 epochs) where these two changes reach 0.94;
-  tests/test_validation.py shows an unseen folder learning with them.
+  128, 10 epochs) with momentum 0.9 and normalised inputs. On an unseen folder of 10 Fashion-MNIST classes
+  as PNGs (1,400 images, 4 epochs, alexnet_28 at quarter width; 2-core AMD EPYC) d2l's plain SGD on
+  [0, 1] pixels reached 0.267 test accuracy (loss 2.29, chance's 2.30), these two changes 0.723
+  (docs/reliability.md; tests/test_validation.py::test_a_new_folder_learns_with_the_default_settings).
 - ``d2l``: Dive into Deep Learning's run: alexnet_d2l at 224, plain SGD lr 0.01, batch 128, 10 epochs,
   xavier init, no normalisation (about 0.88 test accuracy on Fashion-MNIST).
 - ``paper``: Krizhevsky et al. 2012: SGD momentum 0.9, weight decay 5e-4, batch 128, lr 0.01 divided by 10
@@ -52,7 +53,6 @@ INITS = ("model", "xavier")
 ON_BAD = ("skip", "error")
 CHOICES = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "precision": PRECISIONS, "augment": AUGMENTS,
            "tta": TTAS, "init": INITS, "on_bad": ON_BAD}
-
 
 
 def _f(default: Any, help: str, **kwargs) -> Any:
@@ -261,10 +261,10 @@ def _check_types(config: TrainConfig) -> None:
             continue
         if kind is tuple and isinstance(value, list):
             value = tuple(value)
-            object.__setattr__(config, name, value)
+            setattr(config, name, value)
         if kind is float and _is_real(value):
-            value = float(value)
-            object.__setattr__(config, name, value)
+            value = float(value)  # an int where a float is due (lr=1 in YAML) is the same setting
+            setattr(config, name, value)
         if not _has_type(value, kind):
             raise ConfigError(f"{name}={value!r} should be {_type_words(kind, optional)}")
         numbers = value if kind is tuple else (value,) if kind is float else ()
