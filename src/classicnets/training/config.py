@@ -201,7 +201,7 @@ def validate(config: TrainConfig) -> None:
         value = getattr(config, name)
         if value not in choices:
             raise ConfigError(f"{name}={value!r} is not one of {', '.join(choices)}{_close(value, choices)}")
-    if config.recipe is not None and config.recipe not in RECIPES:
+    if config.recipe is not None and (not isinstance(config.recipe, str) or config.recipe not in RECIPES):
         raise ConfigError(f"recipe={config.recipe!r} is not one of {', '.join(RECIPES)}"
                           f"{_close(config.recipe, RECIPES)}")
     for name in _AT_LEAST_1:
@@ -429,7 +429,7 @@ def resolve_config(recipe: str | None = None, file_values: dict[str, Any] | None
     _check_keys(overrides, "settings")
     values: dict[str, Any] = {}
     if recipe is not None:
-        if recipe not in RECIPES:
+        if not isinstance(recipe, str) or recipe not in RECIPES:
             raise ConfigError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}"
                               f"{_close(recipe, RECIPES)}")
         values.update(RECIPES[recipe])
