@@ -241,8 +241,8 @@ class StreamingLoader:
             first = self.skipped[skipped_before]
             warnings.warn(
                 f"skipped {len(self.skipped) - skipped_before} unreadable image(s) this epoch "
-                f"(first: {first[0]}: {first[1]}); to stop at the first one instead: --on-bad error "
-                "(Python: on_bad='error')",
+                f"(first: {first[0]}: {first[1]}); to stop at the first one instead, train with "
+                "--on-bad error (Python: on_bad='error')",
                 stacklevel=2,
             )
         self.epoch = epoch + 1
