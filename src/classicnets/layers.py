@@ -85,7 +85,7 @@ def _input_hint(found: tuple[int, ...], in_channels: int) -> str:
     return "resize the images into that range (when training: --image-size, or leave it unset)"
 
 
-# 8x the channels is 64x the weights of most layers (AlexNet: 3.9 billion parameters, 15 GB): any wider
+# 8x the channels is 64x the weights of most layers (AlexNet: 3.7 billion parameters, 15 GB): any wider
 # is a typo, and a checkpoint header asking for more would make a reader allocate before any check.
 MAX_WIDTH_MULT = 8.0
 
