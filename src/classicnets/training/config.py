@@ -381,7 +381,7 @@ def _field_type(name: str) -> tuple[type, bool]:
 def _type_words(kind: type, optional: bool) -> str:
     words = {bool: "true or false", int: "a whole number", float: "a number", str: "a string",
              dict: "a mapping such as width_mult=0.5 or {\"width_mult\": 0.5}",
-             tuple: "two numbers such as 0.9,0.999"}[kind]
+             tuple: "two numbers such as 0.9,0.999"}.get(kind, f"a {getattr(kind, '__name__', kind)}")
     return words + (" or none" if optional else "")
 
 
