@@ -241,7 +241,7 @@ def test_a_failed_background_save_is_raised_by_the_next_wait(tmp_path):
     model, _ = _live_state()
     saver = ckpt.BackgroundSaver()
     saver.save(blocker, model_state=model.state_dict(), metadata=_metadata(), trainer_state={"epoch": 1})
-    with pytest.raises(CheckpointError, match="writing the checkpoint failed"):
+    with pytest.raises(CheckpointError, match="writing the checkpoint .*not-a-directory/last failed"):
         saver.wait()
     saver.wait()  # reported once
 

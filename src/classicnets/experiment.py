@@ -19,7 +19,14 @@ import torch.nn as nn
 
 from .errors import ConfigError
 from .training.checkpoint import model_metadata
-from .training.config import TrainConfig, config_from_dict, format_config, load_config_file, resolve_config
+from .training.config import (
+    DEFAULT_RECIPE,
+    TrainConfig,
+    config_from_dict,
+    format_config,
+    load_config_file,
+    resolve_config,
+)
 from .training.distributed import (
     DistContext,
     init_distributed,
@@ -79,6 +86,7 @@ def run(config: TrainConfig, ctx: DistContext, stop: StopSignals | None = None) 
         augment=config.augment, normalize=config.normalize, device=ctx.device,
         channels_last=config.channels_last, seed=config.seed, rank=ctx.rank, world_size=ctx.world_size,
         subset=config.subset, test_subset=config.test_subset, num_workers=config.num_workers,
+        on_bad=config.on_bad, max_pixels=config.max_pixels,
     )
     seed_everything(config.seed)  # the same initial weights for the same seed, on every rank
     model = registry.create_model(config.model, num_classes=loaders.num_classes,
@@ -155,6 +163,10 @@ def _print_start(config: TrainConfig, model: nn.Module, ctx: DistContext, image_
     options = json.dumps(config.model_options) if config.model_options else ""
     where = ctx.device if not ctx.distributed else f"{ctx.world_size} x {ctx.device.type} ({ctx.backend})"
     print(f"settings{f' (recipe {config.recipe})' if config.recipe else ''}:\n{format_config(config)}")
+    if config.recipe == DEFAULT_RECIPE:
+        print("recipe default (no --recipe named): SGD with momentum 0.9 on normalised inputs, which "
+              "learns on new data; --recipe d2l for the book's exact settings, --recipe quick for a "
+              "2-minute CPU run")
     print(f"training {config.model}{options} ({params:,} parameters) on {config.dataset} "
           f"({len(loaders.train)} batches/epoch, {image_size}x{image_size}, {len(loaders.classes)} classes) "
           f"on {where}, torch {torch.__version__}")

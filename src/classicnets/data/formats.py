@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import pickle
 import tarfile
 import warnings
@@ -234,6 +235,15 @@ def scan_image_folder(root: Path, *, on_bad: str = "skip") -> FolderScan:
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"image folder {root} does not exist; expected {root}/<class name>/<image files>.")
+    try:
+        return _scan(root, on_bad)
+    except PermissionError as error:  # os.scandir's error names the folder it could not list
+        raise DatasetError(f"cannot read {error.filename or root}: permission denied. Give this user read "
+                           f"access (e.g. chmod -R u+rX {root}) or copy the images somewhere readable."
+                           ) from None
+
+
+def _scan(root: Path, on_bad: str) -> FolderScan:
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not class_dirs:
         raise DatasetError(
@@ -251,10 +261,14 @@ def scan_image_folder(root: Path, *, on_bad: str = "skip") -> FolderScan:
             elif on_bad == "error":
                 raise DatasetError(
                     f"{path} is not an image (extensions read: {', '.join(IMAGE_EXTENSIONS)}). Remove it, "
-                    "or pass on_bad='skip' to skip and count such files."
+                    "or skip and count such files: --on-bad skip (Python: on_bad='skip')."
                 )
             else:
                 scan.skipped.append((path, "not an image file extension"))
+        if found == 0 and not os.access(class_dir, os.R_OK | os.X_OK):
+            # pathlib's rglob skips a folder it may not list, which would read as an empty class
+            raise DatasetError(f"cannot read {class_dir}: permission denied. Give this user read access "
+                               f"(e.g. chmod -R u+rX {root}) or copy the images somewhere readable.")
         if found == 0:
             raise DatasetError(
                 f"class folder {class_dir} holds no images; every class needs at least one. "
@@ -281,15 +295,20 @@ def decode_image(
     """
     from PIL import Image, ImageOps
 
+    if Path(path).exists() and not Path(path).is_file():
+        # a named pipe would block open() until something writes to it; a device could be endless
+        raise DatasetError(f"{path} is not a regular file (a folder, pipe or device); pass an image file.")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(path)
             width, height = image.size
             if max_pixels is not None and width * height > max_pixels:
+                image.close()  # refused unread: its file handle goes now, not at garbage collection
                 raise DatasetError(
                     f"{path} is {width}x{height} = {width * height:,} pixels, above the limit of "
-                    f"{max_pixels:,} (a decompression-bomb guard). Resize it, or raise max_pixels."
+                    f"{max_pixels:,} (a decompression-bomb guard). Resize it, or raise the limit: "
+                    "--max-pixels N when training (Python: max_pixels=N)."
                 )
             if draft is not None:
                 image.draft(None, draft)

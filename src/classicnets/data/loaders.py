@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import ConfigError, DatasetError
+from ..errors import ConfigError, DatasetError, refuse_url
 from . import augment as aug
 from . import formats
-from .sources import ArrayDataset, canonical_name, load_dataset
+from .sources import ArrayDataset, canonical_name, check_data_dir, load_dataset
 
 
 def stream_seed(*parts: int) -> int:
@@ -299,7 +299,8 @@ class StreamingLoader:
             first = self.skipped[skipped_before]
             warnings.warn(
                 f"skipped {len(self.skipped) - skipped_before} unreadable image(s) this epoch "
-                f"(first: {first[0]}: {first[1]}); pass on_bad='error' to stop at the first one",
+                f"(first: {first[0]}: {first[1]}); to stop at the first one instead, train with "
+                "--on-bad error (Python: on_bad='error')",
                 stacklevel=2,
             )
         self.epoch = epoch + 1
@@ -307,8 +308,8 @@ class StreamingLoader:
     def _note_failures(self, failures: list[tuple[str, str]]) -> None:
         if failures and self.on_bad == "error":
             raise DatasetError(
-                f"{failures[0][1]} Fix or remove the file, or pass on_bad='skip' "
-                "to skip and count unreadable images."
+                f"{failures[0][1]} Fix or remove the file, or skip and count unreadable images: "
+                "--on-bad skip (Python: on_bad='skip')."
             )
         self.skipped.extend(failures)
 
@@ -414,12 +415,13 @@ def image_folder_root(dataset, data_dir=None) -> Path | None:
     if isinstance(dataset, tuple):
         return None
     text = str(dataset)
+    refuse_url(text, "dataset", DatasetError)
     if text.strip().lower().replace("_", "-") in ("imagefolder", "image-folder"):
         if data_dir is None:
             raise ConfigError(
                 "dataset 'imagefolder' needs data_dir (--data-dir) holding train/ and val/ or test/"
             )
-        return Path(data_dir)
+        return check_data_dir(data_dir)
     if text.startswith("imagefolder:"):
         return Path(text.removeprefix("imagefolder:"))
     if isinstance(dataset, Path) or Path(text).is_dir() or os.sep in text:
@@ -526,6 +528,9 @@ def _array_loaders(train_set: ArrayDataset, test_set: ArrayDataset, **common) ->
 
 
 def _split_dir(root: Path, names: tuple[str, ...]) -> Path:
+    if root.exists() and not root.is_dir():
+        raise DatasetError(f"image folder {root} is a file, not a folder; pass the folder that holds "
+                           "train/ and val/ (or test/)")
     for name in names:
         if (root / name).is_dir():
             return root / name

@@ -490,6 +490,8 @@ class Trainer:
                     continue  # replaying the data order of an interrupted epoch
                 self._train_step(x, y, step, total, sums)
                 advance(step + 1, sums)
+                if self.saver.failed:  # the last checkpoint did not land: say so now, not an epoch later
+                    self.saver.wait()
                 if self._should_stop(stop, step, total):
                     return sums, step + 1
         all_reduce_(sums.sums, self.ctx)
