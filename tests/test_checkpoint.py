@@ -241,6 +241,47 @@ def test_a_failed_background_save_is_raised_by_the_next_wait(tmp_path):
     model, _ = _live_state()
     saver = ckpt.BackgroundSaver()
     saver.save(blocker, model_state=model.state_dict(), metadata=_metadata(), trainer_state={"epoch": 1})
-    with pytest.raises(CheckpointError, match="writing the checkpoint failed"):
+    with pytest.raises(CheckpointError, match="writing the checkpoint .*not-a-directory/last failed"):
         saver.wait()
     saver.wait()  # reported once
+
+
+# ------------------------------------------------------------------------------------ non-finite values
+
+
+def _save_model(run_dir: Path, weight: torch.Tensor, **metadata) -> Path:
+    model = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        model.weight.copy_(weight)
+    ckpt.save_checkpoint(run_dir, model_state=model.state_dict(), metadata=_metadata(**metadata),
+                         trainer_state={"epoch": 1})
+    return run_dir / ckpt.LAST
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nan_or_infinite_weights_are_refused_at_load(tmp_path, bad):
+    """A checkpoint with NaN weights evaluated at 10% top-1 and predicted "nan%", exit 0."""
+    weight = torch.ones(2, 3)
+    weight[1, 2] = bad
+    last = _save_model(tmp_path, weight)
+    with pytest.raises(ckpt.NonFiniteCheckpointError, match=r"weight 'weight' holds 1 NaN or infinite value"
+                                                            r"\(s\) of 6.*earlier one"):
+        ckpt.load_model_weights(last)
+
+
+@pytest.mark.parametrize("field, values", [("std", [0.0]), ("std", [float("nan")]), ("std", [-0.2]),
+                                           ("mean", [float("inf")])])
+def test_a_zero_or_nan_std_or_mean_in_the_header_is_refused_at_load(tmp_path, field, values):
+    stats = {"mean": [0.5], "std": [0.25], field: values}
+    last = _save_model(tmp_path, torch.ones(2, 3), **stats)
+    with pytest.raises(ckpt.NonFiniteCheckpointError, match=f"header field '{field}' is .*must be finite"):
+        ckpt.load_model_weights(last)
+    assert issubclass(ckpt.NonFiniteCheckpointError, CheckpointError)
+
+
+def test_nan_optimizer_state_is_refused_at_resume(tmp_path):
+    state = {"optimizer": {"state": {0: {"momentum_buffer": torch.tensor([1.0, float("nan")])}}}}
+    ckpt.save_checkpoint(tmp_path, model_state={"w": torch.ones(1)}, metadata=_metadata(),
+                         trainer_state=state)
+    with pytest.raises(ckpt.NonFiniteCheckpointError, match="optimizer or scheduler tensor"):
+        ckpt.load_trainer_state(tmp_path)

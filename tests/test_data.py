@@ -362,6 +362,37 @@ def test_decode_converts_grey_and_rgb_alike(tmp_path):
     assert formats.decode_image(tmp_path / "rgba.webp").mode == "RGB"
 
 
+def _picture_in_8_and_16_bits(folder: Path) -> np.ndarray:
+    """A grey gradient saved as 8-bit PNG, 16-bit PNG (Pillow mode I;16) and 16-bit PGM (mode I)."""
+    picture = np.add.outer(np.arange(24) * 10, np.arange(32)).astype(np.uint8)
+    Image.fromarray(picture).save(folder / "8bit.png")
+    Image.fromarray(picture.astype(np.uint16) * 257).save(folder / "16bit.png")
+    Image.fromarray(picture.astype(np.uint16) * 257).save(folder / "16bit.pgm")
+    assert Image.open(folder / "16bit.png").mode == "I;16" and Image.open(folder / "16bit.pgm").mode == "I"
+    return picture
+
+
+def test_16_bit_grey_images_are_scaled_to_8_bits_not_clipped(tmp_path):
+    """Pillow's convert clips 16-bit values at 255: the same picture was black and white at 16 bits."""
+    picture = _picture_in_8_and_16_bits(tmp_path)
+    for name in ("8bit.png", "16bit.png", "16bit.pgm"):
+        for mode in ("RGB", "L"):
+            decoded = np.asarray(formats.decode_image(tmp_path / name, mode=mode))
+            assert np.array_equal(decoded if mode == "L" else decoded[..., 1], picture), (name, mode)
+    from classicnets.data.loaders import FolderDataset  # the training folders decode the same way
+
+    items = FolderDataset([tmp_path / "8bit.png", tmp_path / "16bit.png"], [0, 0], 16, None)
+    assert torch.equal(items[0][0], items[1][0])
+
+
+def test_decoding_applies_the_exif_orientation(tmp_path):
+    image = Image.new("RGB", (40, 20), (200, 10, 10))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees to display
+    image.save(tmp_path / "phone.jpg", exif=exif.tobytes())
+    assert formats.decode_image(tmp_path / "phone.jpg").size == (20, 40)
+
+
 def test_decompression_bomb_guard(tmp_path):
     Image.new("L", (3000, 3000)).save(tmp_path / "bomb.png")  # 9 Mpixel, a few kB on disk
     assert (tmp_path / "bomb.png").stat().st_size < 50_000
@@ -408,7 +439,7 @@ def test_image_folder_skips_and_counts_bad_files_or_stops(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the stats sample skips the bad files; the epoch must stop
         strict = build_loaders("imagefolder", on_bad="error", **common)
-    with pytest.raises(DatasetError, match=r"(broken.jpg cannot be read|huge.png is 3000x3000)"):
+    with pytest.raises(DatasetError, match=r"(broken.jpg is not an image|huge.png is 3000x3000)"):
         list(strict.train)
 
 
@@ -629,8 +660,72 @@ def test_test_time_views():
     assert torch.equal(flip_tta(x)[1], x.flip(-1))
 
 
-def test_device_loader_needs_enough_images():
+def test_a_batch_larger_than_the_data_shrinks_to_it_and_says_so():
+    """8 images, batch 16: one batch of 8 an epoch (dropping the only, partial batch trained nothing);
+    over 2 ranks 4 each; over more ranks than images, a clear refusal."""
     data = _indexed_set(8)
     transform = aug.BatchTransform(image_size=4)
-    with pytest.raises(ConfigError, match="exceeds the 8 training images"):
-        DeviceLoader(data.images, data.labels, batch_size=16, transform=transform)
+    with pytest.warns(UserWarning, match="only 8 training image.*fewer than the batch of 16.*one batch of 8"):
+        loader = DeviceLoader(data.images, data.labels, batch_size=16, transform=transform)
+    assert len(loader) == 1 and [len(y) for _, y in loader] == [8]
+    for rank in (0, 1):
+        with pytest.warns(UserWarning, match="only 4 training image.* per process"):
+            shard = DeviceLoader(data.images, data.labels, batch_size=16, transform=transform, rank=rank,
+                                 world_size=2)
+        assert [len(y) for _, y in shard] == [4]
+    with pytest.raises(ConfigError, match="8 training image.*cannot be shared by 16 processes"):
+        DeviceLoader(data.images, data.labels, batch_size=1, transform=transform, rank=0, world_size=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # enough images for a batch: no warning, the partial one dropped
+        assert [len(y) for _, y in DeviceLoader(data.images, data.labels, batch_size=3,
+                                                transform=transform)] == [3, 3]
+
+
+def test_an_image_folder_smaller_than_a_batch_trains_on_every_rank(tmp_path):
+    _image_folder(tmp_path, per_class=3)  # 6 training images
+    for rank, world_size in ((0, 1), (0, 2), (1, 2)):
+        with pytest.warns(UserWarning, match="fewer than the batch of 16"):
+            loaders = build_loaders(tmp_path, image_size=16, batch_size=16, num_workers=0, rank=rank,
+                                    world_size=world_size)
+        assert len(loaders.train) == 1 and [len(y) for _, y in loaders.train] == [6 // world_size]
+
+
+def test_a_constant_training_channel_is_not_divided_by_zero():
+    """std 0 (every pixel alike) made every normalised input NaN or infinite."""
+    images = torch.full((8, 1, 4, 4), 77, dtype=torch.uint8)
+    pair = tuple(ArrayDataset(images, torch.arange(8) % 2, ["a", "b"], "flat", split)
+                 for split in ("train", "test"))
+    with pytest.warns(UserWarning, match=r"channel\(s\) \[0\] of the array training images hardly vary"):
+        loaders = build_loaders(pair, image_size=4, batch_size=4)
+    assert loaders.std == (1 / 255,)
+    assert all(torch.isfinite(x).all() for x, _ in loaders.train)
+
+
+def test_a_class_none_of_whose_images_decode_is_an_error(tmp_path):
+    """Training went on without the class (each epoch skipped its files with a warning)."""
+    _image_folder(tmp_path)
+    for path in (tmp_path / "train" / "dog").iterdir():
+        path.write_bytes(b"not an image at all")
+    with pytest.raises(DatasetError, match=r"none of the 4 image\(s\) of class 'dog' .*can be decoded"
+                                           r".*dog/0.jpg.*remove its folder"):
+        build_loaders(tmp_path, image_size=16, batch_size=2, num_workers=0)
+
+
+def test_a_one_class_folder_is_an_error(tmp_path):
+    _image_folder(tmp_path)
+    for split in ("train", "val"):
+        for path in (tmp_path / split / "dog").iterdir():
+            path.unlink()
+        (tmp_path / split / "dog").rmdir()
+    with pytest.raises(DatasetError, match=r"1 class\(es\) \['cat'\]; a classifier needs at least two"):
+        build_loaders(tmp_path, image_size=16, batch_size=2, num_workers=0)
+
+
+def test_a_subset_larger_than_the_data_or_smaller_than_the_classes_is_said():
+    with pytest.warns(UserWarning, match="subset=5,000 is larger than the 2,048 training images.*all 2,048"):
+        loaders = build_loaders("synthetic", image_size=28, batch_size=64, subset=5000)
+    assert loaders.train_size == 2048
+    with pytest.warns(UserWarning, match="7 of the 10 classes have no training image.*--subset 3 is smaller"):
+        build_loaders("synthetic", image_size=28, batch_size=2, subset=3)
+    with pytest.raises(DatasetError, match="1 class.*or a larger --subset"):
+        build_loaders("synthetic", image_size=28, batch_size=1, subset=1)

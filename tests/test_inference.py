@@ -240,6 +240,40 @@ def test_predict_reports_missing_and_broken_images(trained_run, tmp_path, capsys
     assert "not an image" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_predict_reads_a_16_bit_picture_as_its_8_bit_twin(tmp_path, channels):
+    """predict decodes with the training folders' decode_image: a 16-bit grey PNG is no longer clipped to
+    black and white (the same picture was a Bag at 16 bits and a Sneaker at 8)."""
+    from classicnets.inference import _square_image
+
+    picture = np.add.outer(np.arange(24) * 10, np.arange(32)).astype(np.uint8)
+    Image.fromarray(picture).save(tmp_path / "8bit.png")
+    Image.fromarray(picture.astype(np.uint16) * 257).save(tmp_path / "16bit.png")
+    eight = _square_image(tmp_path / "8bit.png", channels, invert=False)
+    assert torch.equal(_square_image(tmp_path / "16bit.png", channels, invert=False), eight)
+    assert torch.equal(_square_image(Image.open(tmp_path / "16bit.png"), channels, invert=False), eight)
+    assert torch.equal(eight[0], torch.from_numpy(picture[:, 4:28]))
+
+
+def test_eval_and_predict_refuse_nan_weights_and_a_zero_std(trained_run, tmp_path, capsys):
+    """They reported 10% top-1 and "nan%" with exit 0; now exit 2 naming the tensor or field."""
+    from safetensors.torch import save_file
+
+    from classicnets.training.checkpoint import load_model_weights
+
+    state, metadata = load_model_weights(trained_run)
+    Image.new("L", (28, 28), 128).save(tmp_path / "grey.png")
+    first = next(iter(state))
+    broken = [({**state, first: state[first] * float("nan")}, metadata, f"weight {first!r} holds"),
+              (state, {**metadata, "std": json.dumps([0.0])}, "header field 'std' is [0.0]")]
+    for weights, header, message in broken:
+        save_file(weights, str(tmp_path / "bad.safetensors"), metadata=header)
+        assert main(["eval", str(tmp_path / "bad.safetensors"), "--limit", "10"]) == 2
+        assert message in capsys.readouterr().err
+        assert main(["predict", str(tmp_path / "bad.safetensors"), str(tmp_path / "grey.png")]) == 2
+        assert message in capsys.readouterr().err
+
+
 def test_prepare_batch_converts_channels_like_pil():
     rgb = np.random.default_rng(0).integers(0, 256, (1, 3, 8, 8), dtype=np.uint8)
     grey = prepare_batch(torch.from_numpy(rgb), Preprocessing(1, 8, None, None))
@@ -455,3 +489,31 @@ def test_eval_of_an_image_folder_run_whose_folder_is_gone(folder_run, tmp_path, 
     assert main(["eval", str(weights.parent)]) == 2
     err = capsys.readouterr().err
     assert "which is not there; pass --data-dir" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------------------- outputs onto inputs
+
+
+def test_export_and_eval_refuse_to_write_onto_a_checkpoint(tmp_path, capsys):
+    """`export --out RUN/last/model.safetensors` overwrote the checkpoint it read (and best/'s, a hard link
+    to the same file)."""
+    model = classicnets.create_model(MODEL, num_classes=10, in_channels=1, **OPTIONS)
+    metadata = model_metadata(model=MODEL, model_options=OPTIONS, num_classes=10, in_channels=1,
+                              classes=[str(i) for i in range(10)], image_size=28, mean=None, std=None,
+                              dataset="fashion-mnist")
+    run = tmp_path / "run"
+    save_checkpoint(run, model_state=model.state_dict(), metadata=metadata, trainer_state={}, is_best=True)
+    weights = (run / "last" / "model.safetensors").read_bytes()
+    for source, out, why in ((run / "last", run / "last" / "model.safetensors", "the checkpoint being read"),
+                             (run / "best", run / "last" / "model.safetensors", "the checkpoint being read"),
+                             (run, run / "best" / "alexnet.pt", "is a checkpoint folder"),
+                             (run, run / "last", "is a folder")):
+        with pytest.raises(ConfigError, match=why):
+            classicnets.export(source, "torchscript", out)
+    with pytest.raises(ConfigError, match="evaluation results.*is a checkpoint folder"):
+        classicnets.evaluate(run, out_dir=run / "last")
+    out = str(run / "last" / "model.safetensors")
+    assert main(["export", out, "--format", "torchscript", "--out", out]) == 2
+    assert "the checkpoint being read" in capsys.readouterr().err
+    assert (run / "last" / "model.safetensors").read_bytes() == weights
+    assert (run / "best" / "model.safetensors").read_bytes() == weights

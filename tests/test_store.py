@@ -145,7 +145,7 @@ def test_an_unreadable_image_is_reported_skipped_and_listed(photos, tmp_path, ca
     assert len(open_store(tmp_path / "single", "train", verify=True)) == 24
     skipped = [s for shard in manifest["splits"]["train"]["shards"] for s in shard["skipped"]]
     assert [s["file"] for s in skipped] == ["train/chelsea/broken.jpg"]
-    assert "cannot be read" in skipped[0]["why"]
+    assert "is not an image Pillow can read" in skipped[0]["why"]
     assert "broken.jpg" in capsys.readouterr().err
     data = open_store(tmp_path / "store", "train")
     assert len(data) == 24 and torch.bincount(data.labels).tolist() == [8, 8, 8]

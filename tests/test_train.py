@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
 import classicnets
-from classicnets.errors import CheckpointError, ConfigError
+from classicnets.errors import CheckpointError, ConfigError, DatasetError
 from classicnets.training import checkpoint as ckpt
 from classicnets.training import loop, speed
 from classicnets.training.config import (
@@ -120,7 +122,7 @@ def test_every_field_is_a_flag_with_help():
                               "--grad-clip", "none", "--recipe", "quick"])
     assert overrides_from_args(args) == {"lr": 0.1, "normalize": False, "grad_clip": None, "recipe": "quick",
                                          "model_options": {"width_mult": 0.25, "dropout": 0}}
-    assert set(RECIPES) == {"d2l", "paper", "fast", "quick"}
+    assert set(RECIPES) == {"default", "d2l", "paper", "fast", "quick"}
 
 
 # ------------------------------------------------------------------------------------------ schedules
@@ -156,6 +158,40 @@ def test_schedules():
     # accuracy never improves: the lr drops after each patience window, but only three times
     plateau = _lrs(TrainConfig(lr=0.01, epochs=20, schedule="plateau", plateau_patience=1), 1, lambda e: 0.5)
     assert sorted(set(plateau), reverse=True) == pytest.approx([0.01, 1e-3, 1e-4, 1e-5])
+
+
+SCHEDULE_SETTINGS = {
+    "constant": {}, "step": dict(step_epochs=1), "plateau": dict(plateau_patience=1), "cosine": {},
+    "onecycle": {}, "warmup-constant": dict(warmup_epochs=1), "warmup-cosine": dict(warmup_epochs=0.5),
+}
+
+
+@pytest.mark.parametrize("total", [1, 2, 3, 4])
+@pytest.mark.parametrize("name", sorted(SCHEDULE_SETTINGS))
+def test_every_schedule_works_for_any_number_of_steps(name, total):
+    """Runs of 1 to 4 optimizer steps, in one epoch or one step an epoch: a positive, finite lr at every
+    step. (torch's OneCycleLR divides by zero when onecycle_pct x steps is 1: 4 steps at 0.25.)"""
+    schedule = name.removeprefix("warmup-")
+    for steps_per_epoch, epochs in ((total, 1), (1, total)):
+        config = TrainConfig(lr=0.1, epochs=epochs, schedule=schedule, **SCHEDULE_SETTINGS[name])
+        lrs = _lrs(config, steps_per_epoch)
+        assert len(lrs) == total and all(0 < lr <= 0.1 and math.isfinite(lr) for lr in lrs), lrs
+        if name in ("constant", "onecycle"):
+            assert max(lrs) == pytest.approx(0.1)  # one-cycle reaches its peak even in one step
+
+
+def test_onecycle_gives_torchs_onecycle_lrs_bit_for_bit():
+    for total, pct in ((40, 0.25), (7, 0.3), (5, 0.25)):
+        parameter = torch.nn.Parameter(torch.zeros(1))
+        optimizer = torch.optim.SGD([parameter], lr=0.1)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=total,
+                                                        pct_start=pct, cycle_momentum=False)
+        expected = []
+        for _ in range(total):
+            expected.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        assert _lrs(TrainConfig(lr=0.1, epochs=1, schedule="onecycle", onecycle_pct=pct), total) == expected
 
 
 def test_topk_correct_counts():
@@ -209,10 +245,13 @@ def interrupt_once_after_steps(steps: int, monkeypatch) -> list[int]:
     return batches
 
 
-def test_interrupt_mid_epoch_saves_and_resumes_exactly(tmp_path, fashion_mnist_dir, monkeypatch):
+@pytest.mark.parametrize("changes", [{}, dict(optimizer="adamw", lr=3e-3, weight_decay=0.05, precision="bf16",
+                                             channels_last=True, schedule="onecycle")],
+                         ids=["sgd", "quick-recipe-optimizer"])
+def test_interrupt_mid_epoch_saves_and_resumes_exactly(tmp_path, fashion_mnist_dir, monkeypatch, changes):
     """SIGINT during step 3 of epoch 1: the step finishes, last/ is saved mid-epoch, --resume continues it
     to the same weights as a run never interrupted."""
-    settings = tiny(tmp_path, fashion_mnist_dir, epochs=1)
+    settings = tiny(tmp_path, fashion_mnist_dir, epochs=1, **changes)
     classicnets.train({**settings, "out": str(tmp_path / "straight")})
 
     interrupt_once_after_steps(3, monkeypatch)
@@ -291,10 +330,13 @@ class _ToyLoader:
             yield (x * float("nan") if self.epoch == self.poison_epoch else x), self.y[batch]
 
 
-def _toy_trainer(tmp_path, train_loader, **changes):
+def _toy_trainer(tmp_path, train_loader, *, conv: bool = False, **changes):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 32), torch.nn.ReLU(),
                                 torch.nn.Linear(32, 4))
+    if conv:  # 4-d weights, whose memory layout channels_last changes
+        model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(),
+                                    torch.nn.Conv2d(8, 4, 3), torch.nn.Flatten(), torch.nn.Linear(16, 4))
     config = TrainConfig(**{"lr": 0.1, "epochs": 2, "batch_size": 32, "out": str(tmp_path / "toy"),
                             "progress": False, "device": "cpu", "log_every": 4, "precision": "fp32",
                             **changes})
@@ -309,6 +351,92 @@ def _toy_data(n=256):
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(n, 1, 4, 4, generator=generator)
     return x, x.flatten(1)[:, :4].argmax(1)
+
+
+def _tiny_image_folder(root: Path, per_class: int, classes=("cat", "dog")) -> Path:
+    from PIL import Image
+
+    rng = torch.Generator().manual_seed(0)
+    for split in ("train", "val"):
+        for c, name in enumerate(classes):
+            (root / split / name).mkdir(parents=True)
+            for i in range(per_class):
+                pixels = torch.randint(0, 256, (32, 32, 3), generator=rng, dtype=torch.uint8)
+                pixels[..., c % 3] = 250
+                Image.fromarray(pixels.numpy()).save(root / split / name / f"{i}.png")
+    return root
+
+
+FOLDER_RUN = dict(model="alexnet_28", model_options={"width_mult": 0.0625}, image_size=28, epochs=1,
+                  batch_size=16, momentum=0.9, device="cpu", progress=False, num_workers=0, precision="fp32")
+
+
+def test_a_folder_smaller_than_a_batch_trains_on_all_of_it(tmp_path):
+    """6 training images, batch 16: one step of 6 images an epoch, said in a warning (it trained nothing,
+    reported loss 0.0000 and left an untrained best/)."""
+    folder = _tiny_image_folder(tmp_path / "images", per_class=3)
+    with pytest.warns(UserWarning, match="only 6 training image.*fewer than the batch of 16"):
+        history = classicnets.train(FOLDER_RUN, dataset=str(folder), out=str(tmp_path / "run"))
+    assert history[0]["train_loss"] > 0 and history[0]["images_per_sec"] > 0
+    assert ckpt.load_trainer_state(tmp_path / "run")["optimizer"]["state"]  # a step was taken
+
+
+def test_a_test_split_of_unreadable_images_is_an_error_not_zero_accuracy(tmp_path):
+    folder = _tiny_image_folder(tmp_path / "images", per_class=8)
+    for path in (folder / "val").rglob("*.png"):
+        path.write_bytes(b"not an image")
+    with pytest.raises(DatasetError, match="no test image could be evaluated"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the per-epoch notes on the skipped files
+        classicnets.train(FOLDER_RUN, dataset=str(folder), out=str(tmp_path / "run"))
+
+
+def test_a_loader_without_batches_is_refused(tmp_path):
+    x, y = _toy_data(16)
+    with pytest.raises(ConfigError, match="yields no batch"):
+        _toy_trainer(tmp_path, _ToyLoader(x, y, 32))
+
+
+def test_overwrite_keeps_the_old_run_until_the_new_one_has_saved(tmp_path, monkeypatch):
+    """--overwrite deleted last/ and best/ first: a new run failing at step 1 left neither."""
+    x, y = _toy_data(64)
+    _toy_trainer(tmp_path, _ToyLoader(x, y, 32), epochs=1).fit()
+    run = tmp_path / "toy"
+    old = weights(run, "best")
+    old_files = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+
+    def failing_step(self, *args):
+        raise RuntimeError("out of memory")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(loop.Trainer, "_train_step", failing_step)
+        with pytest.raises(RuntimeError, match="out of memory"):
+            _toy_trainer(tmp_path, _ToyLoader(x, y, 32), epochs=1, lr=0.5, overwrite=True).fit()
+    assert_same_weights(weights(run, "best"), old)
+    assert_same_weights(weights(run, "last"), old)
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == old_files  # config.json too
+    assert not (run / loop.REPLACED_RUN).exists()
+
+    # killed before its first save (set aside, never put back): the next start puts the old run back
+    killed = _toy_trainer(tmp_path, _ToyLoader(x, y, 32), epochs=1, lr=0.5, overwrite=True)
+    loop.set_aside_run(run)
+    assert not (run / "last").exists()
+    resumed = _toy_trainer(tmp_path, _ToyLoader(x, y, 32), epochs=2, resume=True)
+    resumed.fit()
+    assert resumed.start_epoch == 1 and not (run / loop.REPLACED_RUN).exists()
+
+    killed.fit()  # an overwrite that saves replaces the old run
+    assert len(ckpt.load_trainer_state(run)["history"]) == 1 and not (run / loop.REPLACED_RUN).exists()
+
+
+def test_an_image_size_the_model_cannot_take_is_refused_before_the_data_is_read(tmp_path, monkeypatch):
+    import classicnets.data
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was read")
+
+    monkeypatch.setattr(classicnets.data, "build_loaders", no_data)
+    with pytest.raises(ConfigError, match="image_size 32 does not fit alexnet_28, which takes 25 to 28 px"):
+        classicnets.train(model="alexnet_28", image_size=32, out=str(tmp_path / "run"), device="cpu")
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -330,6 +458,42 @@ def test_gradient_accumulation_matches_the_full_batch(tmp_path):
     assert accumulated.steps_per_epoch == full.steps_per_epoch == 8
     for a, b in zip(full.model.parameters(), accumulated.model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+# The optimizer settings of every recipe, and Adam (which no recipe uses but the flags offer).
+OPTIMIZER_SETTINGS = {
+    **{name: {key: recipe[key] for key in ("optimizer", "lr", "momentum", "nesterov", "weight_decay",
+                                           "schedule", "onecycle_pct") if key in recipe}
+       for name, recipe in RECIPES.items()},
+    "adam": dict(optimizer="adam", lr=1e-3, weight_decay=1e-4, schedule="cosine"),
+}
+
+
+# The layouts auto picks (fp32 contiguous, bf16 channels_last) in every run; the two others in slow runs.
+LAYOUTS = [("fp32", False), ("bf16", True), pytest.param("fp32", True, marks=pytest.mark.slow),
+           pytest.param("bf16", False, marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("precision, channels_last", LAYOUTS)
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZER_SETTINGS))
+def test_resume_is_exact_for_every_optimizer_layout_and_precision(tmp_path, monkeypatch, optimizer,
+                                                                  channels_last, precision):
+    """Stopped in epoch 2 (its optimizer state already holds a whole epoch) and resumed: bit for bit the
+    weights of the run never stopped. The fused Adam kernels read each moment with its weight's strides,
+    so moments loaded in another memory layout than channels_last weights would pair wrong elements."""
+    x, y = _toy_data(128)  # 4 steps an epoch
+    settings = dict(OPTIMIZER_SETTINGS[optimizer], channels_last=channels_last, precision=precision,
+                    deterministic=True)
+    straight = _toy_trainer(tmp_path / "straight", _ToyLoader(x, y, 32), conv=True, **settings)
+    straight.fit()
+    interrupt_once_after_steps(4 + 2, monkeypatch)
+    with pytest.raises(loop.TrainingInterrupted):
+        _toy_trainer(tmp_path / "stopped", _ToyLoader(x, y, 32), conv=True, **settings).fit()
+    resumed = _toy_trainer(tmp_path / "stopped", _ToyLoader(x, y, 32), conv=True, resume=True, **settings)
+    resumed.fit()
+    assert_same_weights(weights(tmp_path / "straight" / "toy"), weights(tmp_path / "stopped" / "toy"))
+    for parameter, state in resumed.optimizer.state.items():  # the state follows its weight's layout
+        assert all(v.stride() == parameter.stride() for v in state.values() if torch.is_tensor(v) and v.dim())
 
 
 # ------------------------------------------------------------------------------------------------ CLI

@@ -26,15 +26,20 @@ _EXPORTS = {
     "evaluate": "inference",
     "predict": "inference",
     "export": "inference",
+    "reproduce": "experiments",
     "load_dataset": "data",
     "build_loaders": "data",
     "prepare": "data.prepare",
 }
 
+_SUBPACKAGES = ("experiments",)
+
 __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
+    if name in _SUBPACKAGES:
+        return import_module(f".{name}", __name__)
     if name not in _EXPORTS:
         raise AttributeError(f"module 'classicnets' has no attribute {name!r}")
     value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -22,3 +22,12 @@ class DatasetError(ClassicnetsError):
 
 class CheckpointError(ClassicnetsError):
     """A checkpoint that is missing, corrupt, unsafe or for another model."""
+
+
+def refuse_url(path: object, what: str, error: type[ClassicnetsError] = ClassicnetsError) -> None:
+    """Raise ``error`` when ``path`` is a URL: classicnets reads local files only (``Path`` would turn
+    ``https://host/x`` into ``https:/host/x`` and report that it "does not exist")."""
+    text = str(path)
+    if "://" in text:
+        raise error(f"{what} {text} is a URL; classicnets reads local files and folders only. Download it "
+                    "first (e.g. curl -LO URL) and pass the local path")

@@ -19,7 +19,14 @@ import torch.nn as nn
 
 from .errors import ConfigError
 from .training.checkpoint import model_metadata
-from .training.config import TrainConfig, config_from_dict, format_config, load_config_file, resolve_config
+from .training.config import (
+    DEFAULT_RECIPE,
+    TrainConfig,
+    config_from_dict,
+    format_config,
+    load_config_file,
+    resolve_config,
+)
 from .training.distributed import (
     DistContext,
     init_distributed,
@@ -72,13 +79,14 @@ def run(config: TrainConfig, ctx: DistContext, stop: StopSignals | None = None) 
     config = resolve_speed(config, ctx.device)
     info = registry.model_info(config.model)
     image_size = config.image_size or info.default_input[-1]
-    _check_image_size(config.model, image_size, info.min_input[-1])
+    _check_image_size(config, image_size)  # before any data is read, and before a run is replaced
     loaders = build_loaders(
         config.dataset, data_dir=config.data_dir, image_size=image_size,
         batch_size=_per_process_batch(config, ctx), eval_batch_size=_eval_batch(config, ctx),
         augment=config.augment, normalize=config.normalize, device=ctx.device,
         channels_last=config.channels_last, seed=config.seed, rank=ctx.rank, world_size=ctx.world_size,
-        subset=config.subset, num_workers=config.num_workers,
+        subset=config.subset, test_subset=config.test_subset, num_workers=config.num_workers,
+        on_bad=config.on_bad, max_pixels=config.max_pixels,
     )
     seed_everything(config.seed)  # the same initial weights for the same seed, on every rank
     model = registry.create_model(config.model, num_classes=loaders.num_classes,
@@ -107,10 +115,21 @@ def xavier_init(model: nn.Module) -> None:
             nn.init.xavier_uniform_(module.weight)
 
 
-def _check_image_size(model: str, size: int, minimum: int) -> None:
-    if size < minimum:
-        raise ConfigError(f"image_size {size} is too small for {model}, which needs at least {minimum} px; "
-                          f"pass --image-size {minimum} or more (or leave it unset for the model's default)")
+def _check_image_size(config: TrainConfig, size: int) -> None:
+    """Refuse an image size outside the model's range (its ``input_sizes``: a fixed-size head has a
+    largest size too), from the model built on the meta device: no memory, no weights initialised."""
+    from . import registry
+
+    info = registry.model_info(config.model)
+    with torch.device("meta"):
+        model = registry.create_model(config.model, num_classes=2, in_channels=info.default_input[0],
+                                      **config.model_options)
+    lo, hi = getattr(model, "input_sizes", (info.min_input[-1], None))
+    if size < lo or (hi is not None and size > hi):
+        sizes = f"at least {lo} px" if hi is None else f"{lo} to {hi} px"
+        raise ConfigError(f"image_size {size} does not fit {config.model}, which takes {sizes}; pass an "
+                          f"--image-size in that range (or leave it unset for the model's default, "
+                          f"{info.default_input[-1]})")
 
 
 def _per_process_batch(config: TrainConfig, ctx: DistContext) -> int:
@@ -144,6 +163,10 @@ def _print_start(config: TrainConfig, model: nn.Module, ctx: DistContext, image_
     options = json.dumps(config.model_options) if config.model_options else ""
     where = ctx.device if not ctx.distributed else f"{ctx.world_size} x {ctx.device.type} ({ctx.backend})"
     print(f"settings{f' (recipe {config.recipe})' if config.recipe else ''}:\n{format_config(config)}")
+    if config.recipe == DEFAULT_RECIPE:
+        print("recipe default (no --recipe named): SGD with momentum 0.9 on normalised inputs, which "
+              "learns on new data; --recipe d2l for the book's exact settings, --recipe quick for a "
+              "2-minute CPU run")
     print(f"training {config.model}{options} ({params:,} parameters) on {config.dataset} "
           f"({len(loaders.train)} batches/epoch, {image_size}x{image_size}, {len(loaders.classes)} classes) "
           f"on {where}, torch {torch.__version__}")

@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 
 from .errors import CheckpointError, ClassicnetsError, ConfigError
-from .training.checkpoint import FORMAT_VERSION, load_model_weights, parse_metadata
+from .training.checkpoint import load_model_weights, validate_metadata
 from .training.host_memory import reused_host_memory
 from .training.metrics import topk_correct
 
@@ -42,7 +42,6 @@ TTA_MODES = ("none", "flip", "ten-crop")
 EXPORT_FORMATS = ("onnx", "torchscript")
 # ITU-R 601 luma, the weights PIL's convert("L") uses, to feed colour images to a grey model.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
-REQUIRED_METADATA = ("model", "num_classes", "in_channels", "classes", "image_size")
 
 
 class MissingDependencyError(ClassicnetsError, ImportError):
@@ -94,21 +93,31 @@ def load_checkpoint(checkpoint: str | Path) -> LoadedCheckpoint:
     """Rebuild the model a checkpoint was saved from and load its weights (``strict``: every key and shape).
 
     ``checkpoint`` is a run directory (best/ then last/), a checkpoint directory or a ``model.safetensors``.
-    Pickles are refused unread; weights of another model are refused with the first mismatches.
+    Pickles are refused unread; weights of another model are refused with the first mismatches. The header
+    is validated field by field, and the model it names is first built on the meta device (shapes only,
+    nothing allocated) and compared with the file's tensors: a header edited to ask for a huge model is
+    refused before it can take the machine's memory.
     """
     from .registry import create_model
 
     state, raw_metadata = load_model_weights(checkpoint)
     source = _model_file_of(Path(checkpoint))
-    metadata = _decoded_metadata(raw_metadata, source)
-    name, options = metadata["model"], metadata.get("model_options") or {}
-    try:
-        model = create_model(name, num_classes=metadata["num_classes"], in_channels=metadata["in_channels"],
-                             **options)
-    except (ClassicnetsError, TypeError, ValueError) as error:  # unknown name or option, bad option value
-        raise CheckpointError(f"{source}: its header names model {name!r} with options {options}, "
-                              f"which cannot be built here: {error}") from None
-    _check_weights_fit(model, state, name, source)
+    metadata = validate_metadata(raw_metadata, source)
+    name, options = metadata["model"], metadata["model_options"]
+
+    def build() -> nn.Module:
+        try:
+            return create_model(name, num_classes=metadata["num_classes"],
+                                in_channels=metadata["in_channels"], **options)
+        except (ClassicnetsError, TypeError, ValueError) as error:  # unknown name or option, bad value
+            raise CheckpointError(f"{source}: its header names model {name!r} with options {options}, "
+                                  f"which cannot be built here: {error}") from None
+
+    with torch.device("meta"):
+        shapes_only = build()
+    _check_weights_fit(shapes_only, state, name, source)
+    _check_image_size_fits(shapes_only, metadata["image_size"], name, source)
+    model = build()
     model.load_state_dict(state, strict=True)
     return LoadedCheckpoint(model.eval(), metadata, source)
 
@@ -121,26 +130,12 @@ def _model_file_of(path: Path) -> Path:
     return resolve_checkpoint_dir(path) / MODEL_FILE
 
 
-def _decoded_metadata(raw: dict[str, str], source: Path) -> dict[str, Any]:
-    missing = [key for key in REQUIRED_METADATA if key not in raw]
-    if missing:
-        raise CheckpointError(
-            f"{source} is a safetensors file but not a classicnets checkpoint: its header lacks "
-            f"{', '.join(missing)} (found keys: {sorted(raw) or 'none'}). Save weights with "
-            "`classicnets train`, or write the header with classicnets.training.checkpoint.model_metadata()"
-        )
-    try:
-        metadata = parse_metadata(raw)
-    except (ValueError, TypeError) as error:
-        raise CheckpointError(f"{source}: its header is malformed ({error}); the file may be corrupt"
-                              ) from None
-    if metadata.get("format", FORMAT_VERSION) > FORMAT_VERSION:
-        raise CheckpointError(f"{source} uses checkpoint format {metadata['format']}, newer than this "
-                              f"classicnets reads ({FORMAT_VERSION}); upgrade classicnets")
-    if len(metadata["classes"]) != metadata["num_classes"]:
-        raise CheckpointError(f"{source}: its header lists {len(metadata['classes'])} class names for "
-                              f"num_classes={metadata['num_classes']}; the file is inconsistent")
-    return metadata
+def _check_image_size_fits(model: nn.Module, size: int, name: str, source: Path) -> None:
+    low, high = getattr(model, "input_sizes", (1, None))
+    if size < low or (high is not None and size > high):
+        sizes = f"{low} to {high}" if high is not None else f"{low} or more"
+        raise CheckpointError(f"{source}: its header's image_size {size} is not one model {name!r} takes "
+                              f"({sizes} px); the file was edited or is corrupt")
 
 
 def _check_weights_fit(model: nn.Module, state: dict[str, torch.Tensor], name: str, source: Path) -> None:
@@ -166,7 +161,31 @@ def _check_weights_fit(model: nn.Module, state: dict[str, torch.Tensor], name: s
 
 def default_output_dir(loaded: LoadedCheckpoint) -> Path:
     """Where results go unless told: the run directory (not best/ or last/, which each save replaces)."""
-    directory = loaded.source.parent
+    return default_output_dir_of(loaded.source)
+
+
+def check_output_path(out: Path, source: Path, what: str) -> None:
+    """Refuse to write ``out`` onto the checkpoint ``source`` it was made from, or into any checkpoint
+    folder: best/ and last/ share their files through hard links, and every save replaces the folder
+    whole, so a file written there either destroys a checkpoint or is lost at the next save."""
+    out = out.resolve()
+    if out.is_dir():
+        raise ConfigError(f"{out} is a folder; pass the path of the {what} file to write")
+    same_file = out == source.resolve() or (out.exists() and source.exists() and out.samefile(source))
+    from .training.checkpoint import MODEL_FILE
+
+    folder = out.parent
+    if same_file or (folder / MODEL_FILE).exists():
+        raise ConfigError(
+            f"refusing to write the {what} to {out}: "
+            + ("that is the checkpoint being read" if same_file else f"{folder} is a checkpoint folder")
+            + f" and it would be {'overwritten' if same_file else 'damaged or lost at the next save'}. "
+            f"Choose another path, such as {default_output_dir_of(source) / out.name}"
+        )
+
+
+def default_output_dir_of(source: Path) -> Path:
+    directory = source.parent
     return directory.parent if directory.name in ("best", "last") else directory
 
 
@@ -314,6 +333,8 @@ def evaluate(
         if value is not None and value < 1:
             raise ConfigError(f"{name} must be >= 1; got {value}")
     loaded = load_checkpoint(checkpoint)
+    if out_dir is not None:
+        check_output_path(Path(out_dir) / "metrics.json", loaded.source, "evaluation results")
     dataset = dataset or loaded.metadata.get("dataset")
     if not dataset:
         raise ConfigError(f"{loaded.source} does not name its dataset; pass --dataset")
@@ -420,6 +441,11 @@ def _autocast(device: torch.device, bf16: bool):
 def _result(confusion: torch.Tensor, top_k_hits: int, classes: list[str], settings: dict[str, Any],
             seconds: float) -> EvalResult:
     count = int(confusion.sum())
+    if count == 0:  # every image was skipped as unreadable: no accuracy to report
+        from .errors import DatasetError
+
+        raise DatasetError("no image could be evaluated (each was skipped as unreadable; see the warnings "
+                           "above); fix or replace the images")
     per_class_total = confusion.sum(dim=1)
     per_class = (confusion.diagonal().double() / per_class_total.clamp(min=1)).tolist()
     return EvalResult(
@@ -530,23 +556,16 @@ def predict(
 
 
 def _square_image(image: str | Path | Any, channels: int, invert: bool) -> torch.Tensor:
-    """An image file or PIL image as uint8 (channels, S, S): its centred square, before any resizing."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    """An image file or PIL image as uint8 (channels, S, S): its centred square, before any resizing.
 
-    if isinstance(image, (str, Path)):
-        try:
-            with Image.open(image) as opened:
-                opened.load()
-                pil = opened
-        except FileNotFoundError:
-            raise ImageInputError(f"image {image} does not exist") from None
-        except (UnidentifiedImageError, OSError) as error:
-            raise ImageInputError(f"{image} is not an image PIL can read ({error}); "
-                                  "pass a PNG, JPEG, BMP, GIF or TIFF file") from None
-    else:
-        pil = image
-    pil = ImageOps.exif_transpose(pil)  # phone photos store their rotation in EXIF
-    pil = pil.convert("L" if channels == 1 else "RGB")
+    Files are decoded as the training folders are (data.formats.decode_image: EXIF orientation, 16-bit
+    grey scaled to 8 bits, decompression bombs refused), so a picture is the same input here as in training."""
+    from PIL import ImageOps
+
+    from .data.formats import as_8bit
+
+    mode = "L" if channels == 1 else "RGB"
+    pil = _read_image_file(image, mode) if isinstance(image, (str, Path)) else as_8bit(image, mode)
     if invert:
         pil = ImageOps.invert(pil)
     array = np.asarray(pil, dtype=np.uint8)
@@ -555,6 +574,24 @@ def _square_image(image: str | Path | Any, channels: int, invert: bool) -> torch
     side = min(height, width)
     top, left = (height - side) // 2, (width - side) // 2
     return tensor[:, top:top + side, left:left + side]
+
+
+def _read_image_file(image: str | Path, mode: str):
+    """Decode an image file with the data loader's guarded decode (data.formats.decode_image): its size is
+    checked from the header before any pixel is decoded, so a decompression bomb is refused unread, and a
+    pipe or device is refused unopened (reading a named pipe would wait for a writer forever)."""
+    from .data.formats import decode_image
+    from .errors import DatasetError, refuse_url
+
+    refuse_url(image, "image", ImageInputError)
+    path = Path(image)
+    if not path.exists():
+        raise ImageInputError(f"image {image} does not exist")
+    try:
+        return decode_image(path, mode=mode)
+    except DatasetError as error:
+        raise ImageInputError(f"{image} is not an image predict can use: {error} "
+                              "Pass a PNG, JPEG, BMP, GIF or TIFF file") from None
 
 
 def _source_name(image: Any) -> str:
@@ -605,6 +642,7 @@ def export(
     suffix = ".onnx" if format == "onnx" else ".torchscript.pt"
     name = f"{loaded.metadata['model']}{suffix}"
     path = Path(out) if out is not None else default_output_dir(loaded) / name
+    check_output_path(path, loaded.source, f"{format} export")
     path.parent.mkdir(parents=True, exist_ok=True)
     model = loaded.model.float().eval()
     shape = (prep.in_channels, prep.image_size, prep.image_size)
@@ -614,12 +652,18 @@ def export(
     metadata = {key: json.dumps(value) if not isinstance(value, str) else value
                 for key, value in loaded.metadata.items()}
 
+    with torch.inference_mode():
+        reference = model(check).numpy()
+    if not np.isfinite(reference).all():
+        bad = sum(int((~torch.isfinite(p)).sum()) for p in model.parameters())
+        raise ExportVerificationError(
+            f"{loaded.source} gives NaN or infinite logits in PyTorch itself ({bad:,} of its weights are NaN "
+            "or infinite): the checkpoint is broken, not the export, and no tolerance fixes it. Export "
+            "another checkpoint (the run's best/ or an earlier run)")
     if format == "onnx":
         exported = _export_onnx(model, example, path, metadata)
     else:
         exported = _export_torchscript(model, example, path, metadata)
-    with torch.inference_mode():
-        reference = model(check).numpy()
     diff = float(np.max(np.abs(exported(check.numpy()) - reference)))
     scale = float(np.max(np.abs(reference)))
     result = ExportResult(str(path), format, diff, scale, tolerance, path.stat().st_size, (-1, *shape))

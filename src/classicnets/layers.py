@@ -82,13 +82,26 @@ def _input_hint(found: tuple[int, ...], in_channels: int) -> str:
         return "pass a 4-D batch (N, C, H, W)"
     if found[1] != in_channels:
         return f"build the model with in_channels={found[1]} or convert the images"
-    return "resize the images"
+    return "resize the images into that range (when training: --image-size, or leave it unset)"
+
+
+# 8x the channels is 64x the weights of most layers (AlexNet: 3.7 billion parameters, 15 GB): any wider
+# is a typo, and a checkpoint header asking for more would make a reader allocate before any check.
+MAX_WIDTH_MULT = 8.0
+
+
+def check_width_mult(width_mult: object) -> float:
+    """A width multiplier in (0, MAX_WIDTH_MULT], or :class:`ConfigError`."""
+    if isinstance(width_mult, bool) or not isinstance(width_mult, (int, float)) or not (
+            0 < width_mult <= MAX_WIDTH_MULT):
+        raise ConfigError(f"width_mult must be a number in (0, {MAX_WIDTH_MULT:g}]; got {width_mult!r}: "
+                          "use e.g. 0.25 (quarter width) or 1 (the paper's width)")
+    return float(width_mult)
 
 
 def scaled(channels: int, width_mult: float, divisor: int = 1) -> int:
     """``channels * width_mult`` rounded to a multiple of ``divisor`` (grouped convs' tower count)."""
-    if not width_mult > 0:
-        raise ConfigError(f"width_mult must be > 0; got {width_mult!r}: use e.g. 0.25 (quarter width)")
+    width_mult = check_width_mult(width_mult)
     return max(divisor, int(round(channels * width_mult / divisor)) * divisor)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -121,9 +122,10 @@ def create_model(
     The model carries its metadata as ``model.info`` (a :class:`ModelInfo` for its ``in_channels``).
     """
     entry = _entry(name)
-    unknown = sorted(set(options) - entry.options)
-    if unknown:
-        raise ModelOptionError(_unknown_option_message(name, unknown, entry.options))
+    check_model_options(name, options)
+    for key, value in (("num_classes", num_classes), ("in_channels", in_channels)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ModelOptionError(f"{key} must be a positive whole number; got {value!r}")
     if num_classes is not None:
         options["num_classes"] = num_classes
     if in_channels is not None:
@@ -131,6 +133,45 @@ def create_model(
     model = entry.builder(**options)
     model.info = entry.info.for_channels(options.get("in_channels", entry.defaults["in_channels"]))
     return model
+
+
+def check_model_options(name: str, options: dict) -> None:
+    """Refuse options the builder does not take, and values of another type than its default's (a number
+    for width_mult, true/false for a switch), with a :class:`ModelOptionError` naming the option; the
+    builders check the ranges (width_mult in (0, 8], dropout in [0, 1)...)."""
+    from .layers import check_width_mult
+
+    entry = _entry(name)
+    unknown = sorted(set(options) - entry.options)
+    if unknown:
+        raise ModelOptionError(_unknown_option_message(name, unknown, entry.options))
+    for key, value in options.items():
+        default = entry.defaults.get(key)
+        if default is None:
+            continue
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        else:
+            ok = isinstance(value, type(default))
+        if not ok:
+            raise ModelOptionError(f"model {name!r}: option {key}={value!r} should be "
+                                   f"{_kind_words(default)} like its default {default!r}")
+    if "width_mult" in options:
+        check_width_mult(options["width_mult"])
+
+
+def _kind_words(default: object) -> str:
+    if isinstance(default, bool):
+        return "true or false"
+    if isinstance(default, int):
+        return "a whole number"
+    if isinstance(default, float):
+        return "a finite number"
+    return f"a {type(default).__name__}"
 
 
 def model_defaults(name: str) -> dict:

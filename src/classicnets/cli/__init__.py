@@ -28,13 +28,22 @@ COMMANDS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse without prefix matching: ``--epoch 3`` would silently mean ``--epochs 3``, and a prefix
+    that is unique today becomes ambiguous the day another flag is added. Every command's parser is one."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="classicnets",
         description="AlexNet and the classic CNNs: inspect, train, evaluate, predict, export.",
     )
     parser.add_argument("--traceback", action="store_true", help="show the full traceback of an error")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     for command, module_name in COMMANDS.items():
         module = _command_module(module_name)
         if module is not None:

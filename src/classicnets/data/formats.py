@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import pickle
 import tarfile
 import warnings
@@ -234,6 +235,15 @@ def scan_image_folder(root: Path, *, on_bad: str = "skip") -> FolderScan:
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"image folder {root} does not exist; expected {root}/<class name>/<image files>.")
+    try:
+        return _scan(root, on_bad)
+    except PermissionError as error:  # os.scandir's error names the folder it could not list
+        raise DatasetError(f"cannot read {error.filename or root}: permission denied. Give this user read "
+                           f"access (e.g. chmod -R u+rX {root}) or copy the images somewhere readable."
+                           ) from None
+
+
+def _scan(root: Path, on_bad: str) -> FolderScan:
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not class_dirs:
         raise DatasetError(
@@ -251,10 +261,14 @@ def scan_image_folder(root: Path, *, on_bad: str = "skip") -> FolderScan:
             elif on_bad == "error":
                 raise DatasetError(
                     f"{path} is not an image (extensions read: {', '.join(IMAGE_EXTENSIONS)}). Remove it, "
-                    "or pass on_bad='skip' to skip and count such files."
+                    "or skip and count such files: --on-bad skip (Python: on_bad='skip')."
                 )
             else:
                 scan.skipped.append((path, "not an image file extension"))
+        if found == 0 and not os.access(class_dir, os.R_OK | os.X_OK):
+            # pathlib's rglob skips a folder it may not list, which would read as an empty class
+            raise DatasetError(f"cannot read {class_dir}: permission denied. Give this user read access "
+                               f"(e.g. chmod -R u+rX {root}) or copy the images somewhere readable.")
         if found == 0:
             raise DatasetError(
                 f"class folder {class_dir} holds no images; every class needs at least one. "
@@ -268,6 +282,10 @@ TEST_SPLIT_NAMES = ("val", "test")  # the held-out split's folder, first found w
 
 def split_dir(root: Path, names: tuple[str, ...]) -> Path:
     """``root/<name>`` for the first of ``names`` that exists; a clear error when none does."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise DatasetError(f"image folder {root} is a file, not a folder; pass the folder that holds "
+                           "train/ and val/ (or test/)")
     for name in names:
         if (Path(root) / name).is_dir():
             return Path(root) / name
@@ -290,37 +308,71 @@ def scan_splits(root: Path, *, on_bad: str = "skip") -> tuple[FolderScan, Folder
     return train, test
 
 
+# Pillow's modes for more than 8 bits a pixel: 16-bit grey PNG and TIFF open as I;16*, 16-bit PGM as I.
+# Pillow's own convert("L"/"RGB") clips them at 255 (every value above 255 white: a black-and-white image).
+HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
 def decode_image(
-    path: Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, draft: tuple[int, int] | None = None
+    path: Path, *, mode: str = "RGB", max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    draft: tuple[int, int] | None = None,
 ):
-    """Open an image as RGB with Pillow; grey, palette, RGBA and CMYK are converted.
+    """Open an image file as an 8-bit ``mode`` ("RGB" or "L") PIL image: the one decoding of every image
+    classicnets reads (training folders, evaluation, predict). See :func:`as_8bit` for the conversion.
 
     The size is checked from the header before any pixel is decoded, so a decompression bomb (a small file
     that expands to gigabytes) is refused without using the memory. ``draft``: a JPEG may be decoded at
     1/2, 1/4 or 1/8 scale as long as both sides stay at least this size (much faster for large photos).
     """
-    from PIL import Image
+    from PIL import Image, ImageOps
 
+    if Path(path).exists() and not Path(path).is_file():
+        # a named pipe would block open() until something writes to it; a device could be endless
+        raise DatasetError(f"{path} is not a regular file (a folder, pipe or device); pass an image file.")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(path)
             width, height = image.size
             if max_pixels is not None and width * height > max_pixels:
+                image.close()  # refused unread: its file handle goes now, not at garbage collection
                 raise DatasetError(
                     f"{path} is {width}x{height} = {width * height:,} pixels, above the limit of "
-                    f"{max_pixels:,} (a decompression-bomb guard). Resize it, or raise max_pixels."
+                    f"{max_pixels:,} (a decompression-bomb guard). Resize it, or raise the limit: "
+                    "--max-pixels N when training (Python: max_pixels=N)."
                 )
             if draft is not None:
                 image.draft(None, draft)
             image.load()
-            return image if image.mode == "RGB" else image.convert("RGB")
+            ImageOps.exif_transpose(image, in_place=True)
+            return _to_8bit(image, mode)
     except DatasetError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise DatasetError(f"{path}: refused as a possible decompression bomb ({error}).") from error
+    except FileNotFoundError as error:
+        raise DatasetError(f"{path} does not exist.") from error
     except (OSError, SyntaxError, ValueError) as error:  # what Pillow raises for unreadable images
-        raise DatasetError(f"{path} cannot be read as an image ({error}).") from error
+        raise DatasetError(f"{path} is not an image Pillow can read ({error}).") from error
+
+
+def as_8bit(image, mode: str = "RGB"):
+    """A PIL image as :func:`decode_image` delivers it: upright (its EXIF orientation applied, as phone
+    photos need), in ``mode`` with 8 bits a channel. Grey, palette, RGBA and CMYK are converted by Pillow;
+    16-bit grey (I;16, I) is scaled to 8 bits (value >> 8, so 257 * v comes back as v), where Pillow's
+    conversion would clip it."""
+    from PIL import ImageOps
+
+    return _to_8bit(ImageOps.exif_transpose(image), mode)
+
+
+def _to_8bit(image, mode: str):
+    from PIL import Image
+
+    if image.mode in HIGH_BIT_DEPTH_MODES:
+        values = np.asarray(image).astype(np.int64, copy=False)  # uint16 (either byte order) or int32
+        image = Image.fromarray((values.clip(0, 65535) >> 8).astype(np.uint8))  # mode L
+    return image if image.mode == mode else image.convert(mode)
 
 
 def decode_square(path: Path, size: int, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:

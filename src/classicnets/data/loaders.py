@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import ConfigError, DatasetError
+from ..errors import ConfigError, DatasetError, refuse_url
 from . import augment as aug
 from . import formats
 from . import store as store_format
-from .sources import ArrayDataset, canonical_name, load_dataset
+from .sources import ArrayDataset, canonical_name, check_data_dir, load_dataset
 
 
 def stream_seed(*parts: int) -> int:
@@ -39,6 +39,9 @@ def stream_seed(*parts: int) -> int:
     return int(
         np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint32).view(np.uint64)[0] >> 1
     )
+
+
+TEST_SUBSET_SEED = 0  # every run of an experiment is tested on the same images, whatever its seed
 
 
 def balanced_subset(labels: torch.Tensor, count: int, seed: int = 0) -> torch.Tensor:
@@ -55,6 +58,63 @@ def balanced_subset(labels: torch.Tensor, count: int, seed: int = 0) -> torch.Te
     # round robin over classes: the k-th image of every class before the (k+1)-th of any
     key = rank_in_class * (int(labels.max()) + 1) + shuffled
     return order[torch.argsort(key)[:count]].sort().values
+
+
+def training_batch_size(batch_size: int, per_rank: int, total: int, world_size: int) -> int:
+    """The training batch for ``per_rank`` images a rank sees each epoch (of ``total``): ``batch_size``, or
+    all of them in one batch when there are fewer, with a warning. Dropping the last partial batch (so that
+    every step has the same size) must not drop the only one: a run would train nothing and say it is done."""
+    if per_rank == 0:
+        raise ConfigError(
+            f"{total} training image(s) cannot be shared by {world_size} processes (each needs at least "
+            "one); add images or run on fewer processes"
+        )
+    if per_rank >= batch_size:
+        return batch_size
+    ranks = f" per process ({world_size} processes)" if world_size > 1 else ""
+    warnings.warn(
+        f"only {per_rank} training image(s){ranks}, fewer than the batch of {batch_size}: each epoch "
+        f"trains one batch of {per_rank} instead. Add images, or pass a --batch-size of at most "
+        f"{per_rank * world_size} to choose the batch yourself",
+        stacklevel=3,
+    )
+    return per_rank
+
+
+def training_subset(labels: torch.Tensor, subset: int | None, seed: int, classes: list[str],
+                    source: str) -> torch.Tensor | None:
+    """Indices of the ``subset`` training images to use (None: all), after checking that what is left can
+    teach a classifier: at least two classes, and every class at least one image (else a warning)."""
+    keep = None
+    if subset is not None:
+        if subset > len(labels):
+            warnings.warn(
+                f"subset={subset:,} is larger than the {len(labels):,} training images of {source}; "
+                f"training on all {len(labels):,}. Pass --subset {len(labels):,} or less, or leave it unset",
+                stacklevel=3,
+            )
+        else:
+            keep = balanced_subset(labels, subset, seed)
+            labels = labels[keep]
+    counts = torch.bincount(labels, minlength=len(classes))
+    present = int((counts > 0).sum())
+    if present < 2:
+        names = [name for name, count in zip(classes, counts.tolist(), strict=True) if count]
+        raise DatasetError(
+            f"{source}: the training images hold {present} class(es) {names}; a classifier needs at "
+            "least two (with one, the loss is 0 from the start and nothing is learnt). "
+            "Add a folder per class" + (", or a larger --subset" if keep is not None else "")
+        )
+    if present < len(classes):
+        missing = [name for name, count in zip(classes, counts.tolist(), strict=True) if count == 0]
+        warnings.warn(
+            f"{source}: {len(missing)} of the {len(classes)} classes have no training image "
+            f"({', '.join(missing[:5])}{'...' if len(missing) > 5 else ''}); the model cannot learn them"
+            + (f". --subset {int(labels.numel())} is smaller than the number of classes" if keep is not None
+               and len(labels) < len(classes) else ""),
+            stacklevel=3,
+        )
+    return keep
 
 
 # ---------------------------------------------------------------------------------------- in memory
@@ -86,11 +146,8 @@ class DeviceLoader:
         self.batch_size, self.transform, self.shuffle = batch_size, transform, shuffle
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.epoch = 0
-        if shuffle and len(self) == 0:
-            raise ConfigError(
-                f"batch size {batch_size} x {world_size} rank(s) exceeds the {len(labels):,} training "
-                "images; lower the batch size or use more data"
-            )
+        if shuffle:
+            self.batch_size = training_batch_size(batch_size, self.num_samples, len(labels), world_size)
 
     @property
     def num_samples(self) -> int:
@@ -204,6 +261,7 @@ class StreamingLoader:
             self.sampler = DistributedSampler(
                 dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True
             )
+            batch_size = training_batch_size(batch_size, len(self.sampler), len(dataset), world_size)
         else:
             self.sampler = _Shard(len(dataset), rank, world_size)
         self.loader = torch.utils.data.DataLoader(
@@ -239,7 +297,8 @@ class StreamingLoader:
             first = self.skipped[skipped_before]
             warnings.warn(
                 f"skipped {len(self.skipped) - skipped_before} unreadable image(s) this epoch "
-                f"(first: {first[0]}: {first[1]}); pass on_bad='error' to stop at the first one",
+                f"(first: {first[0]}: {first[1]}); to stop at the first one instead, train with "
+                "--on-bad error (Python: on_bad='error')",
                 stacklevel=2,
             )
         self.epoch = epoch + 1
@@ -247,8 +306,8 @@ class StreamingLoader:
     def _note_failures(self, failures: list[tuple[str, str]]) -> None:
         if failures and self.on_bad == "error":
             raise DatasetError(
-                f"{failures[0][1]} Fix or remove the file, or pass on_bad='skip' "
-                "to skip and count unreadable images."
+                f"{failures[0][1]} Fix or remove the file, or skip and count unreadable images: "
+                "--on-bad skip (Python: on_bad='skip')."
             )
         self.skipped.extend(failures)
 
@@ -291,11 +350,8 @@ class StoreLoader:
         self.indices = self.indices[:limit]
         self.resize_to, self.prefetch, self.epoch = resize_to, max(1, prefetch), 0
         self._buffers: list[torch.Tensor] | None = None
-        if shuffle and len(self) == 0:
-            raise ConfigError(
-                f"batch size {batch_size} x {world_size} rank(s) exceeds the {len(self.indices):,} training "
-                "images; lower the batch size or use more data"
-            )
+        if shuffle:
+            self.batch_size = training_batch_size(batch_size, self.num_samples, len(self.indices), world_size)
 
     @property
     def num_samples(self) -> int:
@@ -420,6 +476,7 @@ def build_loaders(
     rank: int = 0,
     world_size: int = 1,
     subset: int | None = None,
+    test_subset: int | None = None,
     download: bool = True,
     num_workers: int = 2,
     on_bad: str = "skip",
@@ -433,7 +490,8 @@ def build_loaders(
     ``augment``: "none", "flip", "crop-flip" (random crop with zero padding, then flip), "resized-crop-flip"
     (Inception-style crops), "paper" (random 224-of-256 crops, flips and PCA colour). ``normalize``: subtract
     the training set's per-channel mean and divide by its std (the paper subtracts the mean image instead);
-    False keeps [0, 1] like d2l. ``subset``: only that many training images, balanced across classes.
+    False keeps [0, 1] like d2l. ``subset``: only that many training images, balanced across classes;
+    ``test_subset``: only that many test images, balanced, the same ones for every seed.
     """
     if augment not in aug.AUGMENTS:
         raise ConfigError(f"unknown augment {augment!r}; choose one of {', '.join(aug.AUGMENTS)}")
@@ -454,6 +512,7 @@ def build_loaders(
         rank=rank,
         world_size=world_size,
         subset=subset,
+        test_subset=test_subset,
     )
     folder = image_folder_root(dataset, data_dir)
     if folder is not None and store_format.is_store(folder):
@@ -480,12 +539,13 @@ def image_folder_root(dataset, data_dir=None) -> Path | None:
     if isinstance(dataset, tuple):
         return None
     text = str(dataset)
+    refuse_url(text, "dataset", DatasetError)
     if text.strip().lower().replace("_", "-") in ("imagefolder", "image-folder"):
         if data_dir is None:
             raise ConfigError(
                 "dataset 'imagefolder' needs data_dir (--data-dir) holding train/ and val/ or test/"
             )
-        return Path(data_dir)
+        return check_data_dir(data_dir)
     if text.startswith("imagefolder:"):
         return Path(text.removeprefix("imagefolder:"))
     if isinstance(dataset, Path) or Path(text).is_dir() or os.sep in text:
@@ -493,7 +553,26 @@ def image_folder_root(dataset, data_dir=None) -> Path | None:
     return None
 
 
+# One grey level: the smallest std normalisation divides by. A channel that never changes in the training
+# images (std 0) would otherwise turn every input into NaN or infinity.
+MIN_STD = 1 / 255
+
+
+def _floored_std(std, source: str) -> tuple[float, ...]:
+    if min(std) >= MIN_STD:
+        return tuple(std)
+    warnings.warn(
+        f"channel(s) {[c for c, s in enumerate(std) if s < MIN_STD]} of the {source} training images "
+        f"hardly vary (std {[round(s, 6) for s in std]}); normalising divides by at least {MIN_STD:.4f}. "
+        "Check the images, or pass --no-normalize",
+        stacklevel=4,
+    )
+    return tuple(max(s, MIN_STD) for s in std)
+
+
 def _transforms(common: dict, source: str, mean, std, pca, channels: int):
+    if common["normalize"]:
+        std = _floored_std(std, source)
     keep = dict(
         image_size=common["image_size"],
         augment=common["augment"],
@@ -520,9 +599,13 @@ def _array_loaders(train_set: ArrayDataset, test_set: ArrayDataset, **common) ->
             f"({tuple(train_set.images.shape[1:])} vs {tuple(test_set.images.shape[1:])}) or classes"
         )
     images, labels = train_set.images, train_set.labels
-    if common["subset"] is not None:
-        keep = balanced_subset(labels, common["subset"], common["seed"])
+    keep = training_subset(labels, common["subset"], common["seed"], list(train_set.classes), train_set.name)
+    if keep is not None:
         images, labels = images[keep], labels[keep]
+    test_images, test_labels = test_set.images, test_set.labels
+    if common["test_subset"] is not None:
+        keep = balanced_subset(test_labels, common["test_subset"], TEST_SUBSET_SEED)
+        test_images, test_labels = test_images[keep], test_labels[keep]
     mean, std = aug.channel_stats(images)
     pca = aug.colour_pca(images, seed=common["seed"]) if common["augment"] == "paper" else None
     channels = images.shape[1]
@@ -534,8 +617,8 @@ def _array_loaders(train_set: ArrayDataset, test_set: ArrayDataset, **common) ->
         images, labels, batch_size=common["batch_size"], transform=train_tf, shuffle=True, **placement
     )
     test = DeviceLoader(
-        test_set.images,
-        test_set.labels,
+        test_images,
+        test_labels,
         batch_size=common["eval_batch_size"],
         transform=test_tf,
         shuffle=False,
@@ -562,7 +645,7 @@ def _array_loaders(train_set: ArrayDataset, test_set: ArrayDataset, **common) ->
         common["augment"],
         train_set.name,
         len(labels),
-        len(test_set),
+        len(test_labels),
         uncropped,
         pca,
     )
@@ -571,11 +654,17 @@ def _array_loaders(train_set: ArrayDataset, test_set: ArrayDataset, **common) ->
 def _folder_loaders(root: Path, *, num_workers: int, on_bad: str, max_pixels, **common) -> Loaders:
     train_scan, test_scan = formats.scan_splits(root, on_bad=on_bad)
     paths, labels = train_scan.paths, train_scan.labels
-    if common["subset"] is not None:
-        keep = balanced_subset(torch.tensor(labels), common["subset"], common["seed"]).tolist()
-        paths, labels = [paths[i] for i in keep], [labels[i] for i in keep]
+    keep = training_subset(torch.tensor(labels), common["subset"], common["seed"], train_scan.classes,
+                           str(train_scan.root))
+    if keep is not None:
+        paths, labels = [paths[i] for i in keep.tolist()], [labels[i] for i in keep.tolist()]
+    test_paths, test_labels = test_scan.paths, test_scan.labels
+    if common["test_subset"] is not None:
+        keep = balanced_subset(torch.tensor(test_labels), common["test_subset"], TEST_SUBSET_SEED).tolist()
+        test_paths, test_labels = [test_paths[i] for i in keep], [test_labels[i] for i in keep]
     size = aug.pre_crop_size(common["image_size"])
-    mean, std, pca = _folder_stats(paths, labels, max_pixels, num_workers, common["seed"])
+    mean, std, pca = _folder_stats(paths, labels, max_pixels, num_workers, common["seed"],
+                                   classes=train_scan.classes)
     train_tf, test_tf, uncropped_tf, (mean, std) = _transforms(
         common, "folder", mean, std, pca if common["augment"] == "paper" else None, 3
     )
@@ -594,7 +683,7 @@ def _folder_loaders(root: Path, *, num_workers: int, on_bad: str, max_pixels, **
         shuffle=True,
         **stream,
     )
-    test_data = FolderDataset(test_scan.paths, test_scan.labels, size, max_pixels)
+    test_data = FolderDataset(test_paths, test_labels, size, max_pixels)
     test = StreamingLoader(
         test_data, batch_size=common["eval_batch_size"], transform=test_tf, shuffle=False, **stream
     )
@@ -619,7 +708,7 @@ def _folder_loaders(root: Path, *, num_workers: int, on_bad: str, max_pixels, **
         common["augment"],
         str(root),
         len(paths),
-        len(test_scan),
+        len(test_paths),
         uncropped,
         pca,
         skipped,
@@ -629,9 +718,12 @@ def _folder_loaders(root: Path, *, num_workers: int, on_bad: str, max_pixels, **
 def _store_loaders(root: Path, **common) -> Loaders:
     train_split = store_format.open_store(root, "train")
     test_split = store_format.open_store(root, "val")
-    indices = None
-    if common["subset"] is not None:
-        indices = balanced_subset(train_split.labels, common["subset"], common["seed"]).numpy()
+    keep = training_subset(train_split.labels, common["subset"], common["seed"], train_split.classes,
+                           str(root))
+    indices = None if keep is None else keep.numpy()
+    test_indices = None
+    if common["test_subset"] is not None:
+        test_indices = balanced_subset(test_split.labels, common["test_subset"], TEST_SUBSET_SEED).numpy()
     mean, std, pca = _store_stats(train_split, common["seed"])
     train_tf, test_tf, uncropped_tf, (mean, std) = _transforms(
         common, "folder", mean, std, pca if common["augment"] == "paper" else None, 3
@@ -641,12 +733,12 @@ def _store_loaders(root: Path, **common) -> Loaders:
     train = StoreLoader(train_split, batch_size=common["batch_size"], transform=train_tf, shuffle=True,
                         indices=indices, **place)
     test = StoreLoader(test_split, batch_size=common["eval_batch_size"], transform=test_tf, shuffle=False,
-                       **place)
+                       indices=test_indices, **place)
     uncropped = StoreLoader(test_split, batch_size=common["eval_batch_size"], transform=uncropped_tf,
-                            shuffle=False, **place)  # fmt: skip
+                            shuffle=False, indices=test_indices, **place)  # fmt: skip
     classes = train_split.classes
     return Loaders(train, test, classes, 3, len(classes), mean, std, common["image_size"], common["augment"],
-                   str(root), len(train.indices), len(test_split), uncropped, pca)
+                   str(root), len(train.indices), len(test.indices), uncropped, pca)
 
 
 def _store_resize(split, image_size: int) -> int | None:
@@ -713,15 +805,33 @@ def _check_classes(where: Path, found: list[str], classes: list[str], what: str 
         )
 
 
-def _folder_stats(paths, labels, max_pixels, num_workers, seed, sample: int = 512, side: int = 64):
+def _folder_stats(paths, labels, max_pixels, num_workers, seed, *, classes: list[str], sample: int = 512,
+                  side: int = 64):
     """Mean, std and colour PCA from a class-balanced sample of training images decoded small: the paper
-    computes its PCA over all of ImageNet; 512 images fix a 3x3 covariance well enough for jitter."""
-    keep = balanced_subset(torch.tensor(labels), sample, seed).tolist()
+    computes its PCA over all of ImageNet; 512 images fix a 3x3 covariance well enough for jitter.
+
+    The sample holds images of every class (at least one each, all of a class's first few), so it also
+    finds a class none of whose images decode: training would go on without it, silently."""
+    keep = balanced_subset(torch.tensor(labels), max(sample, len(classes)), seed).tolist()
     data = FolderDataset([paths[i] for i in keep], [labels[i] for i in keep], side, max_pixels)
     loader = torch.utils.data.DataLoader(data, batch_size=64, num_workers=num_workers, collate_fn=_collate)
-    batches = [images.permute(0, 3, 1, 2) for images, _, _ in loader if images is not None]
-    if not batches:
-        raise DatasetError(f"none of the {len(data)} sampled training images could be decoded")
+    batches, decoded, failures = [], torch.zeros(len(classes), dtype=torch.int64), []
+    for images, batch_labels, batch_failures in loader:
+        failures += batch_failures
+        if images is not None:
+            batches.append(images.permute(0, 3, 1, 2))
+            decoded += torch.bincount(batch_labels, minlength=len(classes))
+    sampled = torch.bincount(torch.tensor(data.labels), minlength=len(classes))
+    broken = [c for c in range(len(classes)) if sampled[c] and not decoded[c]]
+    if broken:
+        label_of = dict(zip(map(str, data.paths), data.labels, strict=True))
+        first = next((path, why) for path, why in failures if label_of[path] in broken)
+        raise DatasetError(
+            f"none of the {int(sampled[broken[0]])} image(s) of class {classes[broken[0]]!r} read so far can "
+            f"be decoded (first: {first[1]}); training would go on without the class"
+            + (f" (and {len(broken) - 1} other class(es) alike)" if len(broken) > 1 else "")
+            + ". Fix or replace its files, or remove its folder"
+        )
     images = torch.cat(batches)
     mean, std = aug.channel_stats(images)
     return mean, std, aug.colour_pca(images)

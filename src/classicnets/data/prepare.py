@@ -69,7 +69,8 @@ def prepare(
     if workers < 0:
         raise ConfigError(f"workers must be 0 (decode in this process) or more, found {workers}")
     if not folder.is_dir():
-        raise DatasetError(f"image folder {folder} does not exist; expected {folder}/train/<class>/<images> "
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise DatasetError(f"image folder {folder} {what}; expected {folder}/train/<class>/<images> "
                            f"and {folder}/val/<class>/<images> (or test/)")
     scans = dict(zip(store.SPLITS, formats.scan_splits(folder), strict=True))
     manifest = _begin(folder, out, scans, size, shard_size)

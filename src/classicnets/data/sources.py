@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import ConfigError, DatasetError
+from ..errors import ConfigError, DatasetError, refuse_url
 from . import formats, store
 
 ENV_DATA = "CLASSICNETS_DATA"  # a directory holding data sets (searched, and where downloads go)
@@ -386,6 +386,7 @@ def _sha256_file(path: Path) -> str:
 
 def _search_dirs(spec: DatasetSpec, data_dir) -> list[Path]:
     if data_dir is not None:
+        check_data_dir(data_dir)
         bases = [Path(data_dir)]
     else:
         bases = [Path(os.environ[ENV_DATA])] if os.environ.get(ENV_DATA) else []
@@ -394,6 +395,17 @@ def _search_dirs(spec: DatasetSpec, data_dir) -> list[Path]:
     for base in bases:
         dirs += [base, *(base / layout for layout in spec.layouts)]
     return dirs
+
+
+def check_data_dir(data_dir: str | Path) -> Path:
+    """``data_dir`` as a Path, refusing a URL and a path that exists but is not a folder (a file there
+    would otherwise fail deep inside a download with "File exists")."""
+    refuse_url(data_dir, "data_dir", DatasetError)
+    path = Path(data_dir)
+    if path.exists() and not path.is_dir():
+        raise DatasetError(f"data_dir {path} is a file, not a folder; pass the folder that holds the "
+                           "dataset's files (--data-dir DIR)")
+    return path
 
 
 def _download_dir(spec: DatasetSpec, data_dir) -> Path:

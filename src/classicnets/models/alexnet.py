@@ -11,7 +11,12 @@ Four builders:
   convolutions on one device (``groups=towers``), not two GPUs; the PCA colour augmentation and the 10-crop
   test belong to the data and evaluation code, not the net.
   Options for the paper's ablations: ``lrn``, ``overlap_pool`` (off = 2/2 pools), ``dropout``,
-  ``activation`` ("relu" or "tanh"), ``towers`` (1 = the one-GPU net of the same width).
+  ``activation`` ("relu" or "tanh"), ``towers`` (1 = the one-GPU net of the same width), ``conv_widths``
+  (the five conv widths, e.g. the paper's one-GPU net of section 3.2 with half the kernels in conv1-4),
+  ``unit_bias`` (the bias of conv2/4/5 and fc6/7: 1 in the paper, 0.1 in Caffe's reference net) and
+  ``stem`` ("small": conv1 5x5 stride 1 for 31x31 images, so the ablations run on Fashion-MNIST on a CPU;
+  every pool then still halves 31 -> 15 -> 7 -> 3 for 3/2 and 2/2 pooling alike, as 55 -> 27 -> 13 -> 6
+  does in the paper's net).
 
   Model-parallel layout: ``features`` is an ``nn.Sequential`` with named children ``conv1, relu1, norm1,
   pool1, conv2, ..., conv5, relu5, pool5`` (``norm*`` absent when ``lrn=False``) and ``classifier`` holds
@@ -107,11 +112,20 @@ def _check_options(towers: int, dropout: float) -> None:
     check_dropout(dropout)
 
 
+# conv1 of each stem and the side of pool5's maps that fc6 reads
+STEMS = {
+    "paper": (dict(kernel_size=11, stride=4), 6),  # 227 -> 55 -> 27 -> 13 -> 6
+    # Deviation for small images (Fashion-MNIST, CIFAR): 31 -> 31 -> 15 -> 7 -> 3, odd sides throughout,
+    # so 2/2 pools give the same map sizes as 3/2 pools, as they do in the paper's net
+    "small": (dict(kernel_size=5, stride=1, padding=2), 3),
+}
+
+
 def _paper_features(in_channels: int, channels: tuple[int, ...], towers: int, lrn: bool,
-                    pool: tuple[int, int], activation: str) -> nn.Sequential:
+                    pool: tuple[int, int], activation: str, stem: str = "paper") -> nn.Sequential:
     c1, c2, c3, c4, c5 = channels
     layers: list[tuple[str, nn.Module]] = [
-        ("conv1", nn.Conv2d(in_channels, c1, 11, stride=4)),  # 227 -> 55
+        ("conv1", nn.Conv2d(in_channels, c1, **STEMS[stem][0])),  # 227 -> 55 (small: 31 -> 31)
         ("relu1", make_activation(activation)),
         ("norm1", tower_lrn(towers)),  # within each tower's maps, as each GPU did
         ("pool1", nn.MaxPool2d(*pool)),  # 55 -> 27
@@ -146,13 +160,26 @@ def _classifier(in_features: int, width: int, num_classes: int, dropout: float,
     ]))
 
 
-def _init_paper(model: AlexNet) -> None:
-    """Weights N(0, 0.01^2); biases 1 in conv2, conv4, conv5, fc6, fc7 (ReLUs start active), else 0."""
-    ones = {"conv2", "conv4", "conv5", "fc6", "fc7"}
+UNIT_BIAS_LAYERS = ("conv2", "conv4", "conv5", "fc6", "fc7")
+
+
+def _init_paper(model: AlexNet, unit_bias: float = 1.0) -> None:
+    """Weights N(0, 0.01^2); biases ``unit_bias`` (the paper: 1, so the ReLUs start active) in conv2, conv4,
+    conv5, fc6, fc7, else 0."""
     for name, m in [*model.features.named_children(), *model.classifier.named_children()]:
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             nn.init.normal_(m.weight, mean=0.0, std=0.01)
-            nn.init.constant_(m.bias, 1.0 if name in ones else 0.0)
+            nn.init.constant_(m.bias, unit_bias if name in UNIT_BIAS_LAYERS else 0.0)
+
+
+def _paper_channels(width_mult: float, towers: int, conv_widths) -> tuple[int, ...]:
+    if conv_widths is None:
+        return tuple(scaled(c, width_mult, towers) for c in PAPER_CHANNELS)
+    widths = tuple(conv_widths)
+    if len(widths) != 5 or not all(isinstance(c, int) and c > 0 and c % towers == 0 for c in widths):
+        raise ConfigError(f"conv_widths must be five positive integers divisible by towers={towers}, such "
+                          f"as [48, 128, 192, 192, 128]; got {conv_widths!r}")
+    return widths
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -172,16 +199,20 @@ PAPER = "Krizhevsky, Sutskever, Hinton: ImageNet Classification with Deep Convol
 ))
 def alexnet(num_classes: int = 1000, in_channels: int = 3, width_mult: float = 1.0, towers: int = 2,
             lrn: bool = True, overlap_pool: bool = True, dropout: float = 0.5,
-            activation: str = "relu") -> AlexNet:
+            activation: str = "relu", conv_widths: list[int] | None = None, unit_bias: float = 1.0,
+            stem: str = "paper") -> AlexNet:
     """The 2012 paper's AlexNet; ``towers=1`` is the one-GPU net, the other options the paper's ablations."""
     _check_options(towers, dropout)
-    channels = tuple(scaled(c, width_mult, towers) for c in PAPER_CHANNELS)
+    if stem not in STEMS:
+        raise ConfigError(f"stem must be one of {', '.join(STEMS)}; got {stem!r}")
+    channels = _paper_channels(width_mult, towers, conv_widths)
     pool = (3, 2) if overlap_pool else (2, 2)
-    features = _paper_features(in_channels, channels, towers, lrn, pool, activation)
+    features = _paper_features(in_channels, channels, towers, lrn, pool, activation, stem)
     width = scaled(FC_WIDTH, width_mult)
-    classifier = _classifier(channels[-1] * 6 * 6, width, num_classes, dropout, activation)
-    model = AlexNet(features, classifier, in_channels, final_size=6)
-    _init_paper(model)
+    final_size = STEMS[stem][1]
+    classifier = _classifier(channels[-1] * final_size ** 2, width, num_classes, dropout, activation)
+    model = AlexNet(features, classifier, in_channels, final_size=final_size)
+    _init_paper(model, float(unit_bias))
     return model
 
 

@@ -19,7 +19,9 @@ healed by :func:`resolve_checkpoint_dir`, which falls back to the moved-aside co
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -32,7 +34,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, refuse_url
 
 MODEL_FILE = "model.safetensors"
 TRAINER_TENSORS_FILE = "trainer.safetensors"
@@ -45,6 +47,11 @@ FORMAT_VERSION = 1
 _after_file_written: Callable[[Path], None] | None = None
 
 _PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt", ".tar"}
+
+
+class NonFiniteCheckpointError(CheckpointError):
+    """A checkpoint holding NaN or infinite weights or statistics, or a std that is not positive: a model
+    fed by it would answer at random (10% top-1, "nan%" probabilities) without any other sign."""
 
 
 # ----------------------------------------------------------------------------------------- metadata
@@ -95,10 +102,88 @@ def parse_metadata(metadata: Mapping[str, str]) -> dict[str, Any]:
     return decoded
 
 
+REQUIRED_METADATA = ("model", "num_classes", "in_channels", "classes", "image_size")
+# Bounds of a header a reader trusts enough to allocate from: far above any real checkpoint, far below
+# what would exhaust memory (image_size is TrainConfig's own bound).
+MAX_CLASSES = 100_000
+MAX_IN_CHANNELS = 64
+
+
+def validate_metadata(metadata: Mapping[str, Any], source: Path | str) -> dict[str, Any]:
+    """The header of ``model.safetensors`` decoded and checked, field by field, before anything is built
+    or allocated from it; a missing, malformed or out-of-range field raises a CheckpointError naming it.
+
+    The one place that decides what a readable header is: evaluation, prediction, export and resume read
+    headers through it.
+    """
+    from .config import MAX_IMAGE_SIZE
+
+    if not isinstance(metadata, Mapping) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CheckpointError(f"{source}: its header metadata must map names to strings; the file is corrupt")
+    missing = [key for key in REQUIRED_METADATA if key not in metadata]
+    if missing:
+        raise CheckpointError(
+            f"{source} is a safetensors file but not a classicnets checkpoint: its header lacks "
+            f"{', '.join(missing)} (found keys: {sorted(metadata) or 'none'}). Save weights with "
+            "`classicnets train`, or write the header with classicnets.training.checkpoint.model_metadata()"
+        )
+
+    def bad(key: str, expected: str) -> CheckpointError:
+        return CheckpointError(f"{source}: its header's {key} is {metadata.get(key)!r}, expected {expected}; "
+                               "the file was edited or is corrupt, use a checkpoint written by classicnets")
+
+    def whole(key: str, low: int, high: int) -> int:
+        text = metadata[key].strip()
+        if not (text.isascii() and text.lstrip("-").isdigit()) or not low <= int(text) <= high:
+            raise bad(key, f"a whole number from {low:,} to {high:,}")
+        return int(text)
+
+    def json_field(key: str, expected: str) -> Any:
+        try:
+            return json.loads(metadata[key])
+        except (ValueError, RecursionError):
+            raise bad(key, expected) from None
+
+    decoded: dict[str, Any] = dict(metadata)
+    decoded["format"] = whole("format", 1, 1_000_000) if "format" in metadata else FORMAT_VERSION
+    if decoded["format"] > FORMAT_VERSION:
+        raise CheckpointError(f"{source} uses checkpoint format {decoded['format']}, newer than this "
+                              f"classicnets reads ({FORMAT_VERSION}); upgrade classicnets")
+    if not metadata["model"].strip():
+        raise bad("model", "a model name")
+    decoded["num_classes"] = whole("num_classes", 1, MAX_CLASSES)
+    decoded["in_channels"] = whole("in_channels", 1, MAX_IN_CHANNELS)
+    decoded["image_size"] = whole("image_size", 1, MAX_IMAGE_SIZE)
+    options = json_field("model_options", "a JSON object") if "model_options" in metadata else {}
+    if not isinstance(options, dict):
+        raise bad("model_options", "a JSON object such as {\"width_mult\": 0.5}")
+    decoded["model_options"] = options
+    classes = json_field("classes", "a JSON list of class names")
+    if not isinstance(classes, list) or not all(isinstance(name, str) for name in classes):
+        raise bad("classes", "a JSON list of class names")
+    if len(classes) != decoded["num_classes"]:
+        raise CheckpointError(f"{source}: its header lists {len(classes)} class names for "
+                              f"num_classes={decoded['num_classes']}; the file is inconsistent")
+    decoded["classes"] = classes
+    for key in ("mean", "std"):
+        words = f"null or a JSON list of {decoded['in_channels']} finite numbers (one per input channel)"
+        value = json_field(key, words) if key in metadata else None
+        if value is not None and not (
+                isinstance(value, list) and len(value) == decoded["in_channels"]
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                        and (key == "mean" or v > 0) for v in value)):
+            raise bad(key, words + (", all positive" if key == "std" else ""))
+        decoded[key] = value
+    if (decoded["mean"] is None) != (decoded["std"] is None):
+        raise CheckpointError(f"{source}: its header has a mean but no std, or a std but no mean; "
+                              "the file is inconsistent")
+    return decoded
+
+
 def check_same_model(metadata: Mapping[str, str], *, model: str, model_options: Mapping[str, Any],
                      num_classes: int, in_channels: int, source: Path | str) -> None:
     """Refuse a checkpoint written for another model (name, options, classes or input channels)."""
-    found = parse_metadata(metadata)
+    found = validate_metadata(metadata, source)
     expected = {"model": model, "model_options": json.loads(json.dumps(dict(model_options))),
                 "num_classes": int(num_classes), "in_channels": int(in_channels)}
     wrong = [f"{key} is {found.get(key)!r}, expected {value!r}"
@@ -170,14 +255,21 @@ class BackgroundSaver:
     :meth:`save` copies the state (on the caller's thread: training changes the weights in place) and
     returns; a worker thread then writes it exactly as :func:`save_checkpoint` does, atomically and
     fsynced. One save is in flight at a time: the next :meth:`save`, and :meth:`wait`, block until the
-    previous one is on disk and raise its error if it failed. A 187 MB AlexNet checkpoint takes about half
-    a second to write and sync, several times a GPU epoch of the d2l recipe.
+    previous one is on disk and raise its error if it failed; :attr:`failed` tells the trainer at once
+    (it checks every step and stops, naming the path, instead of training an epoch more). A 187 MB
+    AlexNet checkpoint takes about half a second to write and sync, several times a GPU epoch of the d2l
+    recipe.
     """
 
     def __init__(self) -> None:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._failed = "the checkpoint"  # what the error in _error interrupted
+
+    @property
+    def failed(self) -> bool:
+        """Whether the save in flight has already failed (a plain attribute read: no wait, no sync)."""
+        return self._error is not None
 
     def save(self, run_dir: str | Path, *, model_state: Mapping[str, torch.Tensor],
              metadata: Mapping[str, str], trainer_state: Mapping[str, Any], is_best: bool = False,
@@ -198,11 +290,13 @@ class BackgroundSaver:
             self._thread = None
         error, self._error = self._error, None
         if error is not None and raise_error:
-            raise CheckpointError(f"writing {self._failed} failed: {error}") from error
+            hint = ("; free some space or pass another --out" if isinstance(error, OSError)
+                    and error.errno in (errno.ENOSPC, errno.EDQUOT) else "")
+            raise CheckpointError(f"writing {self._failed} failed: {error}{hint}") from error
 
     def _write(self, run_dir: Path, snapshot: _Snapshot, is_best: bool,
                then: Callable[[], Any] | None) -> None:
-        self._failed = "the checkpoint"
+        self._failed = f"the checkpoint {run_dir / LAST}"
         try:
             _write_checkpoint(run_dir, snapshot, is_best)
             if then is not None:
@@ -346,6 +440,10 @@ def _join_tensors(value: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
         return [_join_tensors(v, tensors) for v in value]
     if isinstance(value, dict):
         if "__tensor__" in value:
+            if value["__tensor__"] not in tensors:
+                raise CheckpointError(f"{TRAINER_STATE_FILE} names the tensor {value['__tensor__']!r}, which "
+                                      f"{TRAINER_TENSORS_FILE} lacks: the two files are from different saves "
+                                      "or damaged; resume from another checkpoint or start a new run")
             return tensors[value["__tensor__"]]
         if "__tuple__" in value:
             return tuple(_join_tensors(v, tensors) for v in value["__tuple__"])
@@ -360,6 +458,7 @@ def _join_tensors(value: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
 
 def resolve_checkpoint_dir(path: str | Path, prefer: tuple[str, ...] = (BEST, LAST)) -> Path:
     """The checkpoint directory that ``path`` names: itself, or a run dir's best/ (then last/)."""
+    refuse_url(path, "checkpoint", CheckpointError)
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist; pass a run directory, "
@@ -386,6 +485,7 @@ def load_model_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[
 
     Pickles (``torch.save`` files: .pt, .pth, ...) are refused: unpickling can run arbitrary code.
     """
+    refuse_url(path, "checkpoint", CheckpointError)
     file = _model_file(Path(path))
     _refuse_non_safetensors(file)
     try:
@@ -395,7 +495,40 @@ def load_model_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[
     except (SafetensorError, OSError, ValueError) as error:
         raise CheckpointError(f"{file} is not a readable safetensors file ({error}); "
                               "it may be truncated or corrupt") from None
+    check_finite(state, f"{file}: weight")
+    _check_input_statistics(metadata, file)
     return state, metadata
+
+
+def check_finite(tensors: Mapping[str, torch.Tensor], what: str) -> None:
+    """Refuse NaN or infinite values in any floating-point tensor, naming the first such tensor."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise NonFiniteCheckpointError(
+                f"{what} {name!r} holds {bad:,} NaN or infinite value(s) of {tensor.numel():,}; the "
+                "checkpoint cannot be used. Take an earlier one (the run's best/ or last/), or train again"
+            )
+
+
+def _check_input_statistics(metadata: Mapping[str, str], file: Path) -> None:
+    """The header's mean and std normalise every input: each must be finite, and std positive."""
+    for key in ("mean", "std"):
+        try:
+            values = json.loads(metadata.get(key, "null"))
+        except ValueError:
+            continue  # a malformed header is reported where the header is decoded
+        if not isinstance(values, list):
+            continue
+        numbers = [v for v in values if isinstance(v, (int, float))]
+        bad = [v for v in numbers if not math.isfinite(v) or (key == "std" and v <= 0)]
+        if bad:
+            need = "finite numbers" if key == "mean" else "finite and positive (inputs are divided by it)"
+            raise NonFiniteCheckpointError(
+                f"{file}: header field {key!r} is {values}; its values must be {need}. The header was "
+                f"damaged or edited: restore it (the training set's per-channel {key} in [0, 1] units), "
+                "or take another checkpoint"
+            )
 
 
 def _model_file(path: Path) -> Path:
@@ -437,7 +570,8 @@ def load_trainer_state(checkpoint_dir: str | Path) -> dict[str, Any]:
     for file in (tensors_file, state_file):
         if not file.is_file():
             raise CheckpointError(f"{directory} has no {file.name}: it holds weights only and cannot be "
-                                  "resumed; start a new run (or load the weights with --init-from)")
+                                  "resumed; start a new run with another --out (its weights still work with "
+                                  "eval, predict and export)")
     _refuse_non_safetensors(tensors_file)
     try:
         with safe_open(str(tensors_file), framework="pt", device="cpu") as f:
@@ -445,7 +579,12 @@ def load_trainer_state(checkpoint_dir: str | Path) -> dict[str, Any]:
         skeleton = json.loads(state_file.read_text(encoding="utf-8"))
     except (SafetensorError, OSError, ValueError) as error:
         raise CheckpointError(f"{directory}: cannot read the trainer state ({error})") from None
-    return _join_tensors(skeleton, tensors)
+    check_finite(tensors, f"{tensors_file}: optimizer or scheduler tensor")
+    try:
+        return _join_tensors(skeleton, tensors)
+    except (TypeError, ValueError, KeyError) as error:  # a hand-edited or damaged trainer.json
+        raise CheckpointError(f"{directory / TRAINER_STATE_FILE} is malformed ({error!r}); resume from "
+                              "another checkpoint or start a new run") from None
 
 
 def load_into_model(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: Path | str) -> None:

@@ -31,12 +31,21 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import ClassicnetsError, ConfigError
+from ..errors import ClassicnetsError, ConfigError, DatasetError
 from . import checkpoint as ckpt
 from .config import TrainConfig, config_from_dict
 from .distributed import DistContext, all_gather_objects, all_reduce_, barrier, wrap_model
 from .host_memory import reused_host_memory
-from .logging import CONFIG_JSON, epoch_line, plot_curves, write_logs, write_text_atomic
+from .logging import (
+    CONFIG_JSON,
+    CURVES_PNG,
+    METRICS_CSV,
+    METRICS_JSONL,
+    epoch_line,
+    plot_curves,
+    write_logs,
+    write_text_atomic,
+)
 from .metrics import RunningSums
 from .speed import resolve_speed
 
@@ -46,6 +55,11 @@ RESUMABLE_CHANGES = {"epochs", "progress", "log_every", "num_workers", "out", "r
                      # the global batch stays batch_size when a run resumes on another number of processes
                      # with more or fewer accumulation steps per process
                      "grad_accum_steps", "sync_batchnorm"}
+
+# --overwrite moves the old run's files here; they are deleted when the new run's first checkpoint has
+# landed, and put back if the new run stops before that (or is killed: the next start puts them back).
+REPLACED_RUN = ".replaced-run"
+RUN_FILES = (ckpt.LAST, ckpt.BEST, CONFIG_JSON, METRICS_JSONL, METRICS_CSV, CURVES_PNG)
 
 # Test-time augmentation: a batch -> the views to average (each a batch the model accepts).
 TTA = Callable[[torch.Tensor], list[torch.Tensor]]
@@ -135,6 +149,22 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
                fused=True)
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """``optimizer.load_state_dict(state)``, each state tensor then laid out in memory as its parameter is.
+
+    A checkpoint stores tensors contiguous, and ``load_state_dict`` restores their dtype and device but
+    not their strides. The fused Adam/AdamW kernels walk a weight and its moments as flat buffers, so a
+    channels_last weight would be updated with the moments of other elements (a resumed run drifting
+    from the uninterrupted one); the foreach SGD kernels stay correct but leave their fast path.
+    """
+    optimizer.load_state_dict(state)
+    for parameter, values in optimizer.state.items():
+        for name, value in values.items():
+            if (isinstance(value, torch.Tensor) and value.shape == parameter.shape
+                    and value.stride() != parameter.stride()):
+                values[name] = torch.empty_like(parameter, dtype=value.dtype).copy_(value)
+
+
 class Schedule:
     """The learning-rate schedule: per-step schedulers step after each optimizer step, plateau per epoch."""
 
@@ -143,9 +173,9 @@ class Schedule:
         total = max(1, steps_per_epoch * config.epochs)
         sched = torch.optim.lr_scheduler
         if config.schedule == "onecycle":
-            # momentum stays as configured (cycle_momentum off) so the recipe's momentum means what it says
-            self.scheduler = sched.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total,
-                                              pct_start=config.onecycle_pct, cycle_momentum=False)
+            # momentum stays as configured (no cycling) so the recipe's momentum means what it says
+            self.scheduler = OneCycle(optimizer, max_lr=config.lr, total_steps=total,
+                                      pct_start=config.onecycle_pct)
         elif config.schedule == "plateau":
             # "divided by 10 at most three times": the floor is the lr after the last allowed drop
             floor = config.lr * config.gamma ** config.plateau_max_drops * (1 - 1e-6)
@@ -167,6 +197,39 @@ class Schedule:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.scheduler.load_state_dict(state)
+
+
+class OneCycle(torch.optim.lr_scheduler.LRScheduler):
+    """torch's OneCycleLR (cosine annealing, its default divisors, momentum left alone), bit for bit the same
+    lrs, for any number of steps. OneCycleLR puts the peak at step ``pct_start * total - 1`` and divides by
+    that when it is 0 (ZeroDivisionError at 4 steps with pct_start 0.25), and a run shorter still trains all
+    its steps at the final lr, 1e-4 of the start's. Here a peak before the first step is the first step."""
+
+    DIV, FINAL_DIV = 25.0, 1e4  # OneCycleLR's div_factor and final_div_factor
+
+    def __init__(self, optimizer: torch.optim.Optimizer, *, max_lr: float, total_steps: int,
+                 pct_start: float) -> None:
+        self.max_lr, self.initial_lr = max_lr, max_lr / self.DIV
+        self.min_lr = self.initial_lr / self.FINAL_DIV
+        self.peak, self.last = max(0.0, float(pct_start * total_steps) - 1), total_steps - 1
+        super().__init__(optimizer)
+
+    def get_lr(self) -> list[float]:
+        return [self.lr_at(self.last_epoch)] * len(self.optimizer.param_groups)
+
+    def lr_at(self, step: int) -> float:
+        if step <= self.peak:  # rising (a peak at step 0 has no rise)
+            return self.max_lr if not self.peak else _annealing_cos(self.initial_lr, self.max_lr,
+                                                                    step / self.peak)
+        # past the peak; last == peak == 0 only in a one-step run, after its step
+        span = self.last - self.peak
+        return _annealing_cos(self.max_lr, self.min_lr, min(1.0, (step - self.peak) / span) if span else 1.0)
+
+
+def _annealing_cos(start: float, end: float, pct: float) -> float:
+    """From ``start`` at pct 0 to ``end`` at 1 along half a cosine (OneCycleLR's, the same expression)."""
+    cos_out = math.cos(math.pi * pct) + 1
+    return end + (start - end) / 2.0 * cos_out
 
 
 def _lr_factor(config: TrainConfig, steps_per_epoch: int, total: int) -> Callable[[int], float]:
@@ -271,6 +334,9 @@ class Trainer:
         memory_format = torch.channels_last if config.channels_last else torch.preserve_format
         self.model = model.to(self.device, memory_format=memory_format)  # the plain model: saved, loaded
         self.optimizer = build_optimizer(self.model, config)
+        if len(train_loader) == 0:  # an epoch would train nothing and still report success
+            raise ConfigError("the training data yields no batch; the data set is empty or smaller than "
+                              "one batch: add images or lower --batch-size")
         self.steps_per_epoch = math.ceil(len(train_loader) / config.grad_accum_steps)
         self.schedule = Schedule(self.optimizer, config, self.steps_per_epoch)
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
@@ -286,9 +352,9 @@ class Trainer:
     def fit(self) -> list[dict[str, Any]]:
         """Train for the configured epochs (continuing a checkpoint with ``resume``); return the history."""
         self._prepare_run_dir()
-        self._wrap_model()
         stop_signals = contextlib.nullcontext(self.stop) if self.stop else StopSignals()
         try:
+            self._wrap_model()
             with torch_settings(self.config, self.device), stop_signals as stop:
                 if stop.signum is not None:  # stopped while setting up: nothing trained, nothing to save
                     raise TrainingInterrupted(stop.signum, None)
@@ -301,6 +367,8 @@ class Trainer:
             self.saver.wait()
         except BaseException:
             self.saver.wait(raise_error=False)  # the save in flight still lands; the first error is raised
+            if self.ctx.is_main:
+                settle_replaced_run(self.run_dir)  # no checkpoint landed: the overwritten run comes back
             raise
         barrier(self.ctx)
         return self.history
@@ -308,6 +376,9 @@ class Trainer:
     # ------------------------------------------------------------------------------ run directory
 
     def _prepare_run_dir(self) -> None:
+        if self.ctx.is_main:
+            settle_replaced_run(self.run_dir)  # an earlier --overwrite run was killed
+        barrier(self.ctx)
         last = self.run_dir / ckpt.LAST
         has_run = last.exists() or any(self.run_dir.glob(f".{ckpt.LAST}.old-*"))
         if self.config.resume and has_run:
@@ -319,9 +390,8 @@ class Trainer:
                               "replace it with --overwrite, or choose another --out")
         if self.ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            if self.config.overwrite and not self.config.resume:
-                for name in (ckpt.LAST, ckpt.BEST):
-                    shutil.rmtree(self.run_dir / name, ignore_errors=True)
+            if self.config.overwrite and not self.config.resume and has_run:
+                set_aside_run(self.run_dir)
             write_text_atomic(self.run_dir / CONFIG_JSON, json.dumps(self.config.to_dict(), indent=1) + "\n")
         barrier(self.ctx)
 
@@ -335,7 +405,7 @@ class Trainer:
                               source=source)
         self._check_config_matches(state["config"], source)
         ckpt.load_into_model(self.model, weights, source)
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
         self.schedule.load_state_dict(state["scheduler"])
         self.history = list(state["history"])
         self.best_acc, self.best_epoch = state["best_acc"], state["best_epoch"]
@@ -383,6 +453,9 @@ class Trainer:
         test = evaluate(self.eval_model, self.test_loader, device=self.device,
                         precision=self.config.precision, channels_last=self.config.channels_last,
                         tta=self.tta, ctx=self.ctx)
+        if not test["count"]:  # every test image failed to decode: an accuracy of 0 would mean nothing
+            raise DatasetError("no test image could be evaluated (each was skipped as unreadable); fix the "
+                               "test images, or check the warnings above for the files")
         record = {
             "epoch": epoch + 1, "train_loss": values["loss"], "train_acc": values["top1"],
             "test_loss": test["loss"], "test_acc": test["acc"], "test_top5": test["top5"],
@@ -417,6 +490,8 @@ class Trainer:
                     continue  # replaying the data order of an interrupted epoch
                 self._train_step(x, y, step, total, sums)
                 advance(step + 1, sums)
+                if self.saver.failed:  # the last checkpoint did not land: say so now, not an epoch later
+                    self.saver.wait()
                 if self._should_stop(stop, step, total):
                     return sums, step + 1
         all_reduce_(sums.sums, self.ctx)
@@ -553,9 +628,14 @@ class Trainer:
         }
         if partial is not None:
             state["partial"] = partial
+        def landed() -> None:
+            shutil.rmtree(self.run_dir / REPLACED_RUN, ignore_errors=True)  # an overwritten run: now replaced
+            if then is not None:
+                then()
+
         # written on a thread while the next epoch trains (fit waits for it before it returns or raises)
         self.saver.save(self.run_dir, model_state=self.model.state_dict(), metadata=self.metadata,
-                        trainer_state=state, is_best=is_best, then=then)
+                        trainer_state=state, is_best=is_best, then=landed)
 
     def _report(self, record: dict[str, Any]) -> None:
         """The epoch's line and logs (curves.png is drawn by :meth:`_curves_job` on the save thread)."""
@@ -569,6 +649,33 @@ class Trainer:
         history = list(self.history)
         title = f"{self.metadata.get('model', '')} on {self.metadata.get('dataset', '')}"
         return lambda: plot_curves(self.run_dir, history, title=title)
+
+
+def set_aside_run(run_dir: Path) -> None:
+    """Move a run's checkpoints and logs into ``run_dir/.replaced-run`` (renames: nothing is copied)."""
+    aside = run_dir / REPLACED_RUN
+    aside.mkdir(exist_ok=True)
+    moved_aside_saves = [p.name for p in run_dir.glob(".*.old-*")]  # a save killed between its renames
+    for name in (*RUN_FILES, *moved_aside_saves):
+        if (run_dir / name).exists():
+            os.replace(run_dir / name, aside / name)
+
+
+def settle_replaced_run(run_dir: Path) -> None:
+    """Finish what --overwrite left: once the new run has a checkpoint, the old run is deleted; while it
+    has none, the old run is moved back (so a new run failing before its first save loses nothing)."""
+    aside = run_dir / REPLACED_RUN
+    if not aside.is_dir():
+        return
+    if (run_dir / ckpt.LAST).exists():
+        shutil.rmtree(aside, ignore_errors=True)
+        return
+    for entry in aside.iterdir():
+        target = run_dir / entry.name
+        if target.is_dir():  # best/ without last/: cannot be the new run's, which saves last/ first
+            shutil.rmtree(target)
+        os.replace(entry, target)
+    aside.rmdir()
 
 
 def micro_batches_in_step(step: int, total: int, accum: int) -> int:

@@ -41,10 +41,10 @@ class RunningSums:
     def values(self) -> dict[str, float]:
         """Mean loss and top-k accuracies as floats (one device read)."""
         loss_sum, count, *hits = self.sums.tolist()
-        count = max(count, 1.0)
-        out = {"loss": loss_sum / count, "count": int(count)}
+        divisor = max(count, 1.0)
+        out = {"loss": loss_sum / divisor, "count": int(count)}  # the true count: 0 when nothing was added
         for k, h in zip(self.ks, hits, strict=True):
-            out[f"top{k}"] = h / count
+            out[f"top{k}"] = h / divisor
         return out
 
     def state(self) -> torch.Tensor:
