@@ -308,15 +308,11 @@ class Trainer:
     # ------------------------------------------------------------------------------ run directory
 
     def _prepare_run_dir(self) -> None:
-        last = self.run_dir / ckpt.LAST
-        has_run = last.exists() or any(self.run_dir.glob(f".{ckpt.LAST}.old-*"))
+        has_run = check_run_dir(self.config)
         if self.config.resume and has_run:
             self._resume()
         elif self.config.resume:
             self.print(f"no checkpoint in {self.run_dir}; starting a new run there")
-        elif has_run and not self.config.overwrite:
-            raise ConfigError(f"{self.run_dir} already holds a run; continue it with --resume, "
-                              "replace it with --overwrite, or choose another --out")
         if self.ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if self.config.overwrite and not self.config.resume:
@@ -569,6 +565,19 @@ class Trainer:
         history = list(self.history)
         title = f"{self.metadata.get('model', '')} on {self.metadata.get('dataset', '')}"
         return lambda: plot_curves(self.run_dir, history, title=title)
+
+
+def check_run_dir(config: TrainConfig) -> bool:
+    """Whether ``config.out`` holds a run; refuses one that would be replaced without ``overwrite``.
+
+    The CLI calls it before launching processes too, so a taken folder is one message, not one per rank.
+    """
+    run_dir = Path(config.out)
+    has_run = (run_dir / ckpt.LAST).exists() or any(run_dir.glob(f".{ckpt.LAST}.old-*"))
+    if has_run and not (config.resume or config.overwrite):
+        raise ConfigError(f"{run_dir} already holds a run; continue it with --resume, "
+                          "replace it with --overwrite, or choose another --out")
+    return has_run
 
 
 def micro_batches_in_step(step: int, total: int, accum: int) -> int:
