@@ -10,7 +10,6 @@ models side by side.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from functools import partial
 
@@ -74,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"classicnets summary: note: {name} cannot take {_fmt(input_size)} ({error}); "
                   f"counting it at its default input {_fmt(default)}", file=sys.stderr)
             summaries.append(count(input_size=default))
-    width = shutil.get_terminal_size((200, 24)).columns if sys.stdout.isatty() else None
+    width = None  # the terminal's width; 80 columns for pipes and files
     if len(summaries) == 1:
         text = summaries[0].render(args.format, width=width)
     else:

@@ -49,6 +49,11 @@ class LayerRow:
     flops_share: float  # of the model's forward FLOPs
     params_share: float  # of the model's parameters
     folded: bool = False  # True: the row holds its submodules too
+    # A module whose submodules have rows of their own (features, classifier): the whole part's totals, for
+    # reading off which part holds the parameters and which the compute. None for other rows.
+    part_params: int | None = None
+    part_flops: int | None = None
+    part_activation_bytes: int | None = None
     forward_ms: float | None = None
     backward_ms: float | None = None
 
@@ -308,10 +313,23 @@ def rows_at_depth(modules: list[ModuleStats], depth: int | None, totals: Totals)
         open_row = _row(module, folded=depth is not None and module.depth == depth and module.has_children)
         rows.append(open_row)
     for row in rows:
+        if not row.folded and _has_children(modules, row.name):
+            part = [m for m in modules if _within(m.name, row.name)]
+            row.part_params = sum(m.params_trainable + m.params_frozen for m in part)
+            row.part_flops = sum(m.flops for m in part)
+            row.part_activation_bytes = sum(m.activation_bytes for m in part)
         row.macs = row.flops // 2
         row.flops_share = row.flops / totals.flops if totals.flops else 0.0
         row.params_share = row.params / totals.params if totals.params else 0.0
     return rows
+
+
+def _within(name: str, part: str) -> bool:
+    return not part or name == part or name.startswith(part + ".")
+
+
+def _has_children(modules: list[ModuleStats], name: str) -> bool:
+    return any(m.name != name and _within(m.name, name) for m in modules)
 
 
 def _row(module: ModuleStats, folded: bool) -> LayerRow:
