@@ -22,3 +22,7 @@ class DatasetError(ClassicnetsError):
 
 class CheckpointError(ClassicnetsError):
     """A checkpoint that is missing, corrupt, unsafe or for another model."""
+
+
+class ClassicnetsWarning(UserWarning):
+    """Something that works but may not do what was meant; the CLI prints it as one line, no source line."""

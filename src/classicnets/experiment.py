@@ -61,7 +61,7 @@ def as_config(config: TrainConfig | Mapping[str, Any] | str | Path | None,
         return config_from_dict({**config.to_dict(), **overrides}, "settings")
     if isinstance(config, (str, Path)):
         return resolve_config(None, load_config_file(config), overrides)
-    return resolve_config(None, dict(config or {}), overrides)
+    return resolve_config(None, None, {**dict(config or {}), **overrides})
 
 
 def run(config: TrainConfig, ctx: DistContext, stop: StopSignals | None = None) -> list[dict]:

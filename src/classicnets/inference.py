@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .errors import CheckpointError, ClassicnetsError, ConfigError
+from .errors import CheckpointError, ClassicnetsError, ClassicnetsWarning, ConfigError
 from .training.checkpoint import FORMAT_VERSION, load_model_weights, parse_metadata
 from .training.host_memory import reused_host_memory
 from .training.metrics import topk_correct
@@ -249,6 +249,42 @@ def _check_tta(tta: str) -> None:
         raise ConfigError(f"unknown TTA mode {tta!r}; expected one of {', '.join(TTA_MODES)}")
 
 
+# The training augmentations whose images include each TTA's views: mirrors for flip, crops and mirrors for
+# ten-crop (data.augment's names).
+TTA_NEEDS = {"flip": ("flip", "crop-flip", "resized-crop-flip", "paper"),
+             "ten-crop": ("crop-flip", "resized-crop-flip", "paper")}
+
+
+def tta_mismatch(loaded: LoadedCheckpoint, tta: str) -> str | None:
+    """Why ``tta`` may make this checkpoint's results worse, or None: views the training never showed it.
+
+    The run's augmentation is read from the config.json of its run directory (absent for a bare file).
+    """
+    config = default_output_dir(loaded) / "config.json"
+    if tta not in TTA_NEEDS or not config.is_file():
+        return None
+    try:
+        augment = json.loads(config.read_text(encoding="utf-8")).get("augment", "none")
+    except (OSError, ValueError):
+        return None
+    if augment in TTA_NEEDS[tta]:
+        return None
+    views = "mirrored images" if tta == "flip" else "corner crops and mirrored images"
+    return (f"TTA {tta} averages over {views}, but {config.parent} was trained with augment={augment!r}, "
+            f"which never showed it such views: TTA may lower its accuracy. Compare with --tta none; TTA "
+            f"helps runs trained with augment {' or '.join(TTA_NEEDS[tta])}")
+
+
+def _warn_tta(loaded: LoadedCheckpoint, tta: str) -> None:
+    message = tta_mismatch(loaded, tta)
+    if message:
+        warnings.warn(message, TTAWarning, stacklevel=3)
+
+
+class TTAWarning(ClassicnetsWarning):
+    """A test-time augmentation that the checkpoint's training never showed it (results may get worse)."""
+
+
 def _scores(model: nn.Module, x: torch.Tensor, tta: str, size: int) -> torch.Tensor:
     """Logits without TTA; with TTA, the softmax averaged over the views (the paper averages softmax)."""
     if tta == "none":
@@ -296,8 +332,9 @@ def evaluate(
     bf16: bool = False,
     channels_last: bool = True,
     limit: int | None = None,
-    out_dir: str | Path | None = None,
+    out: str | Path | None = "auto",
     download: bool = True,
+    out_dir: str | Path | None = None,
 ) -> EvalResult:
     """Top-1, top-5, per-class accuracy and the confusion matrix of a checkpoint on a dataset split.
 
@@ -306,14 +343,19 @@ def evaluate(
     image folder is evaluated on its val/ (or test/) folder, decoded by DataLoader workers and
     centre-cropped as the trainer's test loader did. ``tta`` is ``none``,
     ``flip`` or ``ten-crop``; ``bf16`` runs under bfloat16 autocast (about 2-3x faster on CPUs with AMX).
-    ``limit`` evaluates the first N images only. With ``out_dir``, writes ``metrics.json`` and
-    ``confusion.png`` there.
+    ``limit`` evaluates the first N images only.
+
+    Like ``classicnets eval``, it writes ``metrics.json`` and ``confusion.png`` (paths in ``result.files``):
+    by default (``out="auto"``) into the run directory's ``eval-SPLIT[-TTA]/``, else into the folder
+    ``out``; ``out=None`` writes nothing. (``out_dir`` is the older name of ``out``.) A ``tta`` whose views
+    the run's training augmentation never showed warns with :class:`TTAWarning`.
     """
     _check_tta(tta)
     for name, value in (("batch_size", batch_size), ("limit", limit)):
         if value is not None and value < 1:
             raise ConfigError(f"{name} must be >= 1; got {value}")
     loaded = load_checkpoint(checkpoint)
+    _warn_tta(loaded, tta)
     dataset = dataset or loaded.metadata.get("dataset")
     if not dataset:
         raise ConfigError(f"{loaded.source} does not name its dataset; pass --dataset")
@@ -336,9 +378,16 @@ def evaluate(
                 "limit": limit, "batch_size": batch_size, "device": str(run_device), "bf16": bf16,
                 "channels_last": channels_last, "image_size": loaded.preprocessing.image_size}
     result = _result(confusion, top_k_hits, loaded.classes, settings, seconds)
-    if out_dir is not None:
-        result.files = write_eval_outputs(result, Path(out_dir))
+    out = out_dir if out_dir is not None else out
+    if out is not None:
+        folder = eval_output_dir(loaded, split, tta) if str(out) == "auto" else Path(out)
+        result.files = write_eval_outputs(result, folder)
     return result
+
+
+def eval_output_dir(loaded: LoadedCheckpoint, split: str, tta: str) -> Path:
+    """Where evaluation results go unless told: RUN_DIR/eval-SPLIT, with -TTA when TTA is on."""
+    return default_output_dir(loaded) / f"eval-{split}{'' if tta == 'none' else '-' + tta}"
 
 
 def _eval_batches(loaded: LoadedCheckpoint, dataset: str, split: str, data_dir, download: bool,
@@ -513,6 +562,7 @@ def predict(
     if not images:
         raise ConfigError("no images given; pass one or more image files")
     loaded = load_checkpoint(checkpoint)
+    _warn_tta(loaded, tta)
     prep = loaded.preprocessing
     run_device = _resolve_device(device)
     model = loaded.model.to(run_device)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from .arguments import add_checkpoint_argument
 
@@ -42,16 +41,12 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..inference import default_output_dir, evaluate, load_checkpoint
+    from ..inference import evaluate
 
-    out = args.out
-    if out is None:
-        suffix = "" if args.tta == "none" else f"-{args.tta}"
-        out = default_output_dir(load_checkpoint(args.checkpoint)) / f"eval-{args.split}{suffix}"
     result = evaluate(
         args.checkpoint, dataset=args.dataset, data_dir=args.data_dir, split=args.split, tta=args.tta,
         batch_size=args.batch_size, device=args.device, bf16=args.bf16, channels_last=args.channels_last,
-        limit=args.limit, out_dir=Path(out), download=args.download,
+        limit=args.limit, out=args.out or "auto", download=args.download,
     )
     if args.json:
         print(json.dumps(result.to_dict(), indent=1))

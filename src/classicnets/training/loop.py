@@ -47,6 +47,9 @@ RESUMABLE_CHANGES = {"epochs", "progress", "log_every", "num_workers", "out", "r
                      # with more or fewer accumulation steps per process
                      "grad_accum_steps", "sync_batchnorm"}
 
+# Without a terminal (logs, CI, nohup, notebooks) a progress line is printed at most this often.
+PROGRESS_LINE_SECONDS = 30.0
+
 # Test-time augmentation: a batch -> the views to average (each a batch the model accepts).
 TTA = Callable[[torch.Tensor], list[torch.Tensor]]
 
@@ -482,9 +485,21 @@ class Trainer:
         ``log_every`` steps (to show the loss and check it is finite)."""
         every = self.config.log_every
         if not (self.config.progress and self.ctx.is_main and _is_terminal()):
+            # Logs, nohup, CI, notebooks: no live bar, so a line every PROGRESS_LINE_SECONDS, read at the
+            # log_every cadence right after the finiteness check has synchronised anyway.
+            lines = self.config.progress and self.ctx.is_main
+            start = last_line = time.perf_counter()
+
             def check_only(done: int, sums: RunningSums) -> None:
-                if done % every == 0:
-                    self._check_finite_sums(sums, epoch, done)
+                nonlocal last_line
+                if done % every:
+                    return
+                self._check_finite_sums(sums, epoch, done)
+                now = time.perf_counter()
+                if lines and now - last_line >= PROGRESS_LINE_SECONDS and done < total:
+                    last_line = now
+                    self.print(progress_line(epoch, self.config.epochs, done, total, sums.values(),
+                                             now - start))
 
             yield check_only
             return
@@ -578,6 +593,14 @@ def check_run_dir(config: TrainConfig) -> bool:
         raise ConfigError(f"{run_dir} already holds a run; continue it with --resume, "
                           "replace it with --overwrite, or choose another --out")
     return has_run
+
+
+def progress_line(epoch: int, epochs: int, done: int, total: int, values: dict[str, float],
+                  elapsed: float) -> str:
+    """``epoch 1/2: step 100/234, loss 0.5123, train acc 0.812, 2m05s left in the epoch``."""
+    left = elapsed / max(done, 1) * (total - done)
+    return (f"epoch {epoch + 1}/{epochs}: step {done}/{total}, loss {values['loss']:.4f}, "
+            f"train acc {values['top1']:.3f}, {int(left // 60)}m{int(left % 60):02d}s left in the epoch")
 
 
 def micro_batches_in_step(step: int, total: int, accum: int) -> int:
