@@ -493,7 +493,8 @@ def test_a_run_goes_to_runs_recipe_and_resumes_from_its_saved_settings(tmp_path,
 def test_resume_refuses_another_recipe_and_a_taken_folder_is_refused_before_training(tmp_path):
     run = tmp_path / "run"
     (run / ckpt.LAST).mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps({**TrainConfig.from_recipe("quick").to_dict(), "out": str(run)}))
+    saved = {**TrainConfig.from_recipe("quick").to_dict(), "out": str(run)}
+    (run / "config.json").write_text(json.dumps(saved))
     with pytest.raises(ConfigError, match="trained with recipe 'quick', not 'd2l'"):
         resolve_config("d2l", overrides={"resume": True, "out": str(run)})
     with pytest.raises(ConfigError, match="already holds a run"):

@@ -1,5 +1,5 @@
-"""Terminal tables that fit the terminal: whole columns are left out, least useful first, rather than every
-cell cut to a few letters (rich's own answer to a narrow terminal). Light to import: the CLI's listings use it.
+"""Tables that fit the terminal: whole columns are left out, least useful first, rather than every cell
+cut to a few letters (rich's own answer to a narrow terminal). Light to import: the CLI's listings use it.
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ def _render(header, rows, keep, width, title, flexible, right) -> str:
 
     index = [header.index(name) for name in keep]
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    naturals = {name: max([len(name), *(len(str(row[i])) for row in rows)]) for name, i in zip(keep, index)}
+    naturals = {name: max([len(name), *(len(str(row[i])) for row in rows)])
+                for name, i in zip(keep, index, strict=True)}
     fixed_total = sum(n for name, n in naturals.items() if name not in flexible) + GAP * (len(keep) - 1)
     flex = [name for name in keep if name in flexible]
     room = max(FLEX_MIN, (width - fixed_total) // max(len(flex), 1))
@@ -68,8 +69,8 @@ def _render(header, rows, keep, width, title, flexible, right) -> str:
         # rich would squeeze every column a little; here a fixed column keeps its text and a flexible one
         # gets the room that is left
         size = naturals[name] if name not in flexible else min(naturals[name], room)
-        table.add_column(name, justify="right" if name in right else "left", no_wrap=flexible.get(name) != "wrap",
-                         overflow=flexible.get(name, "fold"), width=size)
+        table.add_column(name, justify="right" if name in right else "left", width=size,
+                         no_wrap=flexible.get(name) != "wrap", overflow=flexible.get(name, "fold"))
     for row in rows:
         table.add_row(*(str(row[i]) for i in index))
     console = Console(file=io.StringIO(), width=width, force_terminal=False, color_system=None)

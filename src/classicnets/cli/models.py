@@ -37,6 +37,7 @@ def _print_rich_table(rows) -> None:
               r.paper.split(": ", 1)[-1]] for r in rows]
     # the paper is cut to the room left (the whole title: --format markdown or json); narrow terminals lose
     # year, then classes, never the name
-    print(fitted_table(header, cells, title="the model zoo: parameters at each model's default input and classes "
-                       "(papers in full: --format markdown)", drop_order=["year", "classes", header[-1]], flexible={header[-1]: "ellipsis"},
-                       right=["parameters", "classes", "year"]), end="")
+    title = ("the model zoo: parameters at each model's default input and classes "
+             "(papers in full: --format markdown)")
+    print(fitted_table(header, cells, title=title, drop_order=["year", "classes", "paper"],
+                       flexible={"paper": "ellipsis"}, right=["parameters", "classes", "year"]), end="")

@@ -47,7 +47,8 @@ def _print_table() -> None:
     table = Table(title="training recipes (`classicnets recipes NAME` shows one's settings)",
                   title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for column in ("recipe", "model", "epochs", "batch", "lr"):
-        table.add_column(column, no_wrap=True, justify="right" if column in ("epochs", "batch", "lr") else "left")
+        justify = "right" if column in ("epochs", "batch", "lr") else "left"
+        table.add_column(column, no_wrap=True, justify=justify)
     table.add_column("what it is for", ratio=1)
     for name in RECIPES:
         c = resolve_config(name)

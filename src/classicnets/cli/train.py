@@ -36,7 +36,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     parser.add_argument("--config", metavar="FILE",
                         help="YAML, TOML or a run's config.json: settings that flags override")
     parser.add_argument("--show-settings", action="store_true",
-                        help="print every resolved setting and where it came from, then exit without training")
+                        help="print every resolved setting and where it came from, then exit "
+                             "without training")
     parser.add_argument("--nproc", type=int, metavar="N",
                         help="run as N data-parallel processes on this machine, through torchrun")
     add_config_arguments(parser)
@@ -47,9 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from ..experiment import train
     from ..launch import relaunch_with_torchrun, under_launcher
     from ..training.distributed import launcher_rank
-    from ..training.loop import TrainingInterrupted
-
-    from ..training.loop import check_run_dir
+    from ..training.loop import TrainingInterrupted, check_run_dir
 
     file_values = load_config_file(args.config) if args.config else {}
     config = resolve_config(None, file_values, overrides_from_args(args), override_source="flag",

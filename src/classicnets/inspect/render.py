@@ -130,8 +130,9 @@ def _part_cells(row: LayerRow, label: str, with_frozen: bool, measured: bool, to
     flops_share = row.part_flops / totals.flops if totals.flops else 0.0
     cells = [label, row.type, _shape_text(row.output_shape), f"[{row.part_params:,}]"]
     cells += [""] if with_frozen else []
-    cells += [f"[{params_share:.1%}]", f"[{count_text(row.part_flops // 2)}]", f"[{count_text(row.part_flops)}]",
-              f"[{flops_share:.1%}]", "", "", f"[{bytes_text(row.part_activation_bytes)}]"]
+    cells += [f"[{params_share:.1%}]", f"[{count_text(row.part_flops // 2)}]",
+              f"[{count_text(row.part_flops)}]", f"[{flops_share:.1%}]", "", "",
+              f"[{bytes_text(row.part_activation_bytes)}]"]
     return cells + (["", ""] if measured else [])
 
 
@@ -197,8 +198,8 @@ def _title(summary: Summary) -> str:
 
 # Left out first to last when the terminal is narrow; the layer, its parameters and FLOPs always stay.
 # Measured times (--measure) stay longest: they were asked for.
-_DROP_ORDER = ["type", "other ops", "MACs", "bwd FLOPs", "frozen", "saved act.", "output", "% FLOPs", "% params",
-               "bwd ms", "fwd ms"]
+_DROP_ORDER = ["type", "other ops", "MACs", "bwd FLOPs", "frozen", "saved act.", "output", "% FLOPs",
+               "% params", "bwd ms", "fwd ms"]
 
 
 def _footnotes(summary: Summary, rows: list[LayerRow], markdown: bool = False) -> str:

@@ -480,7 +480,8 @@ def format_config(config: TrainConfig, requested: TrainConfig | None = None, ful
         return "  (all defaults)"
     name_width = max(len(r[0]) for r in rows)
     value_width = min(max(len(r[1]) for r in rows), 24)
-    return "\n".join(f"  {name:<{name_width}}  {value:<{value_width}}  {source}" for name, value, source in rows)
+    return "\n".join(f"  {name:<{name_width}}  {value:<{value_width}}  {source}"
+                     for name, value, source in rows)
 
 
 def _same(value: Any, default: Any) -> bool:
