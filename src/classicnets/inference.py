@@ -502,18 +502,28 @@ def write_eval_outputs(result: EvalResult, out_dir: Path) -> dict[str, str]:
 
 
 def plot_confusion(confusion: np.ndarray, classes: Sequence[str], path: Path, title: str = "") -> None:
-    """A confusion-matrix heat map: rows are true classes, columns predictions, cells the share of the row."""
+    """A confusion-matrix heat map: rows are true classes, columns predictions, cells the share of the row.
+
+    The diagonal (right answers, often 90%) and the errors (often under 10%) get a colour scale each: on
+    one scale the errors would all look alike and faint, and telling them apart is the point of the plot.
+    """
     # A bare Figure renders with Agg and leaves pyplot's global state (and the user's backend) alone.
     from matplotlib.figure import Figure
 
     rows = confusion.sum(axis=1, keepdims=True)
     shares = confusion / np.maximum(rows, 1)
     n = len(classes)
-    side = max(5.0, 0.55 * n + 2.5)
-    fig = Figure(figsize=(side, side * 0.9), layout="constrained")
+    diagonal = np.eye(n, dtype=bool)
+    errors = np.ma.masked_where(diagonal, shares)
+    right = np.ma.masked_where(~diagonal, shares)
+    worst = max(float(errors.max()) if errors.count() else 0.0, 1e-3)
+    side = max(5.0, 0.55 * n + 3.0)
+    fig = Figure(figsize=(side + 1.2, side * 0.9), layout="constrained")
     ax = fig.add_subplot()
-    image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
-    fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")
+    error_image = ax.imshow(errors, cmap="Reds", vmin=0.0, vmax=worst)
+    right_image = ax.imshow(right, cmap="Greens", vmin=0.0, vmax=1.0)
+    fig.colorbar(error_image, ax=ax, fraction=0.046, label="errors: share of the true class")
+    fig.colorbar(right_image, ax=ax, fraction=0.046, label="right: share of the true class")
     ax.set_xticks(range(n), classes, rotation=45, ha="right", fontsize=8 if n > 10 else 9)
     ax.set_yticks(range(n), classes, fontsize=8 if n > 10 else 9)
     ax.set_xlabel("predicted class")
@@ -523,8 +533,9 @@ def plot_confusion(confusion: np.ndarray, classes: Sequence[str], path: Path, ti
     if n <= 20:  # counts stay legible up to about 20 classes
         for i in range(n):
             for j in range(n):
+                scale = 1.0 if i == j else worst
                 ax.text(j, i, str(int(confusion[i, j])), ha="center", va="center", fontsize=7,
-                        color="white" if shares[i, j] > 0.5 else "black")
+                        color="white" if shares[i, j] > 0.6 * scale else "black")
     fig.savefig(path, dpi=120, bbox_inches="tight")
 
 
@@ -537,10 +548,35 @@ class Prediction:
 
     source: str
     top: list[tuple[str, float]]
+    # entropy of the whole distribution over the classes, divided by its largest value, log(classes):
+    # 0 is one certain class, 1 a uniform guess
+    entropy: float = 0.0
+    note: str = ""  # why the label may not mean much (low confidence, an image unlike the training images)
 
     @property
     def label(self) -> str:
         return self.top[0][0]
+
+
+LOW_CONFIDENCE = 0.5  # a top class below this probability, or an entropy above it, is flagged
+BRIGHTNESS_GAP = 0.25  # a mean brightness this far from the training images' is flagged
+
+
+def _prediction_note(probability: float, entropy: float, brightness: float, prep: Preprocessing,
+                     invert: bool) -> str:
+    notes = []
+    if probability < LOW_CONFIDENCE or entropy > LOW_CONFIDENCE:
+        notes.append("low confidence: the model cannot tell these classes apart on this image")
+    if prep.mean is not None:
+        trained = sum(prep.mean) / len(prep.mean)
+        if abs(brightness - trained) > BRIGHTNESS_GAP:
+            hint = ""
+            if brightness > trained:
+                hint = "; try without --invert" if invert else "; dark things on light photos need --invert"
+            notes.append(f"the image is {'brighter' if brightness > trained else 'darker'} than the training "
+                         f"images (mean {brightness:.2f} vs {trained:.2f}), so it is unlike what the model "
+                         f"learnt from and its label may be wrong however confident{hint}")
+    return "; ".join(notes)
 
 
 def predict(
@@ -568,15 +604,20 @@ def predict(
     model = loaded.model.to(run_device)
     prepare = eval_transform(prep, uncropped=tta == "ten-crop")
     with torch.inference_mode():
-        x = torch.cat([prepare(_square_image(image, prep.in_channels, invert)[None].to(run_device))
-                       for image in images])
+        squares = [_square_image(image, prep.in_channels, invert) for image in images]
+        x = torch.cat([prepare(square[None].to(run_device)) for square in squares])
         probabilities = _scores(model, x, tta, prep.image_size)
         if tta == "none":
             probabilities = probabilities.softmax(dim=1)
         values, indices = probabilities.topk(min(top_k, len(loaded.classes)), dim=1)
+        entropy = -(probabilities * probabilities.clamp_min(1e-12).log()).sum(dim=1)
+        entropy = (entropy / math.log(max(len(loaded.classes), 2))).tolist()
     classes = loaded.classes
-    return [Prediction(_source_name(image), [(classes[i], p) for i, p in zip(row_i, row_p, strict=True)])
-            for image, row_i, row_p in zip(images, indices.tolist(), values.tolist(), strict=True)]
+    brightness = [float(square.float().mean()) / 255 for square in squares]
+    return [Prediction(_source_name(image), [(classes[i], p) for i, p in zip(row_i, row_p, strict=True)],
+                       entropy=h, note=_prediction_note(row_p[0], h, light, prep, invert))
+            for image, row_i, row_p, h, light in zip(images, indices.tolist(), values.tolist(), entropy,
+                                                       brightness, strict=True)]
 
 
 def _square_image(image: str | Path | Any, channels: int, invert: bool) -> torch.Tensor:

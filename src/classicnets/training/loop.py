@@ -278,6 +278,9 @@ class Trainer:
         self.schedule = Schedule(self.optimizer, config, self.steps_per_epoch)
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         self.history: list[dict[str, Any]] = []
+        # (epoch as a fraction, mean training loss since the previous point), one point per log_every steps
+        self.step_losses: list[tuple[float, float]] = []
+        self._last_sums: tuple[float, float] = (0.0, 0.0)
         self.best_acc, self.best_epoch = -1.0, 0
         self.start_epoch, self.start_step = 0, 0
         self.partial: dict[str, Any] | None = None
@@ -337,6 +340,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["scheduler"])
         self.history = list(state["history"])
+        self.step_losses = [tuple(point) for point in state.get("step_losses", [])]
         self.best_acc, self.best_epoch = state["best_acc"], state["best_epoch"]
         self.start_epoch, self.start_step = state["epoch"], state["step_in_epoch"]
         # The step counts micro-batches, and a stop comes only after a whole optimizer step. With other
@@ -495,6 +499,7 @@ class Trainer:
                 if done % every:
                     return
                 self._check_finite_sums(sums, epoch, done)
+                self._record_step_loss(sums, epoch, done, total)
                 now = time.perf_counter()
                 if lines and now - last_line >= PROGRESS_LINE_SECONDS and done < total:
                     last_line = now
@@ -514,6 +519,7 @@ class Trainer:
                 stats = None
                 if done % every == 0:
                     self._check_finite_sums(sums, epoch, done)
+                    self._record_step_loss(sums, epoch, done, total)
                     values = sums.values()
                     stats = f"loss {values['loss']:.4f}  acc {values['top1']:.3f}"
                 bar.update(task, completed=done, **({"stats": stats} if stats else {}))
@@ -521,6 +527,17 @@ class Trainer:
             yield advance
 
     # ------------------------------------------------------------------------------- safety, saving
+
+    def _record_step_loss(self, sums: RunningSums, epoch: int, done: int, total: int) -> None:
+        """A point of curves.png's per-step loss: the mean since the last point. Called right after the
+        finiteness check has waited for the device, so reading two numbers costs no further wait."""
+        if not self.ctx.is_main:
+            return
+        loss_sum, count = sums.sums[:2].tolist()
+        last_sum, last_count = self._last_sums if done > self.config.log_every else (0.0, 0.0)
+        if count > last_count:
+            self.step_losses.append((epoch + done / total, (loss_sum - last_sum) / (count - last_count)))
+        self._last_sums = (loss_sum, count)
 
     def _check_finite_sums(self, sums: RunningSums, epoch: int, step: int) -> None:
         # Each rank sums its own losses: the ranks agree, so that all of them stop here together instead
@@ -561,6 +578,7 @@ class Trainer:
             "epoch": epoch, "step_in_epoch": step_in_epoch, "config": self.config.to_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.schedule.state_dict(),
             "history": self.history, "best_acc": self.best_acc, "best_epoch": self.best_epoch,
+            "step_losses": self.step_losses,
         }
         if partial is not None:
             state["partial"] = partial
@@ -577,9 +595,12 @@ class Trainer:
 
     def _curves_job(self) -> Callable[[], Any]:
         # matplotlib takes ~0.2 s a plot, as long as a GPU epoch of the d2l recipe: drawn off the hot path
-        history = list(self.history)
-        title = f"{self.metadata.get('model', '')} on {self.metadata.get('dataset', '')}"
-        return lambda: plot_curves(self.run_dir, history, title=title)
+        history, steps = list(self.history), list(self.step_losses)
+        options = self.config.model_options
+        model = self.metadata.get("model", "") + (f" {json.dumps(options)}" if options else "")
+        recipe = f"recipe {self.config.recipe}: " if self.config.recipe else ""
+        title = f"{recipe}{model} on {self.metadata.get('dataset', '')}"
+        return lambda: plot_curves(self.run_dir, history, title=title, steps=steps)
 
 
 def check_run_dir(config: TrainConfig) -> bool:
