@@ -144,9 +144,9 @@ def _print_start(config: TrainConfig, requested: TrainConfig, model: nn.Module, 
     params = sum(p.numel() for p in model.parameters())
     options = json.dumps(config.model_options) if config.model_options else ""
     where = ctx.device if not ctx.distributed else f"{ctx.world_size} x {ctx.device.type} ({ctx.backend})"
-    recipe = f"recipe {config.recipe}; " if config.recipe else ""
-    print(f"settings ({recipe}those that differ from the defaults; all: {Path(config.out) / 'config.json'})"
-          f":\n{format_config(config, requested)}")
-    print(f"training {config.model}{options} ({params:,} parameters) on {config.dataset} "
-          f"({len(loaders.train)} batches/epoch, {image_size}x{image_size}, {len(loaders.classes)} classes) "
-          f"on {where}, torch {torch.__version__}")
+    recipe = f" (recipe {config.recipe})" if config.recipe else ""
+    print(f"settings{recipe} that differ from the defaults:\n{format_config(config, requested)}")
+    print(f"training {config.model}{' ' + options if options else ''}, {params:,} parameters, on {where} "
+          f"(torch {torch.__version__})\n"
+          f"  on {config.dataset}: {len(loaders.train)} batches/epoch, {image_size}x{image_size}, "
+          f"{len(loaders.classes)} classes")

@@ -68,6 +68,6 @@ def run(args: argparse.Namespace) -> int:
         best = max(history, key=lambda r: r["test_acc"])
         total = sum(r["time"] for r in history)
         epochs = f"{len(history)} epoch{'s' if len(history) != 1 else ''}"
-        print(f"best test acc {best['test_acc']:.3f} (epoch {best['epoch']}); {epochs} in "
-              f"{total:.1f} sec; checkpoints, logs and curves.png in {config.out}")
+        print(f"best test acc {best['test_acc']:.3f} (epoch {best['epoch']}); {epochs} in {total:.1f} sec\n"
+              f"settings, checkpoints, logs and curves.png in {config.out}")
     return 0

@@ -20,10 +20,12 @@ CONFIG_JSON = "config.json"
 
 
 def epoch_line(record: dict[str, Any]) -> str:
-    """The seeds' line (``epoch 1, loss 0.xxxx, train acc 0.xxx, test acc 0.xxx, time x.x sec``), extended."""
+    """The seeds' line (``epoch 1, loss 0.xxxx, train acc 0.xxx, test acc 0.xxx, time x.x sec``), and below it
+    what classicnets adds, indented: two lines that fit 80 columns."""
+    top5 = f"test top5 {record['test_top5']:.3f}, " if record.get("test_top5") is not None else ""
     return (f"epoch {record['epoch']}, loss {record['train_loss']:.4f}, train acc {record['train_acc']:.3f}, "
-            f"test acc {record['test_acc']:.3f}, test top5 {record['test_top5']:.3f}, "
-            f"lr {record['lr']:.3g}, {record['images_per_sec']:.0f} img/s, time {record['time']:.1f} sec")
+            f"test acc {record['test_acc']:.3f}, time {record['time']:.1f} sec\n"
+            f"  {top5}lr {record['lr']:.3g}, {record['images_per_sec']:.0f} img/s")
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -45,7 +47,7 @@ def write_logs(run_dir: Path, history: list[dict[str, Any]]) -> None:
 
 
 def plot_curves(run_dir: Path, history: list[dict[str, Any]], title: str = "",
-                steps: list[tuple[float, float]] | None = None) -> Path:
+                steps: list[tuple[float, ...]] | None = None) -> Path:
     """curves.png: losses (per epoch, and per log_every steps when ``steps`` are given) on the left, train
     and test accuracy on the right, and the learning rate below.
 
@@ -73,7 +75,10 @@ def plot_curves(run_dir: Path, history: list[dict[str, Any]], title: str = "",
     acc_ax.plot(epochs, [r["train_acc"] for r in history], "o-", color="tab:purple", label="train acc")
     acc_ax.plot(epochs, [r["test_acc"] for r in history], "s--", color="tab:green", label="test acc")
     acc_ax.set_ylabel("top-1 accuracy")
-    lr_ax.plot(epochs, [r["lr"] for r in history], "o-", color="tab:gray", label="lr at the epoch's end")
+    if steps and all(len(s) > 2 for s in steps):
+        lr_ax.plot([s[0] for s in steps], [s[2] for s in steps], "-", color="tab:gray", label="lr")
+    else:
+        lr_ax.plot(epochs, [r["lr"] for r in history], "o-", color="tab:gray", label="lr at the epoch's end")
     lr_ax.set_ylabel("learning rate")
     lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
     for ax in (loss_ax, acc_ax, lr_ax):

@@ -278,8 +278,8 @@ class Trainer:
         self.schedule = Schedule(self.optimizer, config, self.steps_per_epoch)
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         self.history: list[dict[str, Any]] = []
-        # (epoch as a fraction, mean training loss since the previous point), one point per log_every steps
-        self.step_losses: list[tuple[float, float]] = []
+        # (epoch as a fraction, mean training loss since the previous point, lr), every log_every steps
+        self.step_losses: list[tuple[float, float, float]] = []
         self._last_sums: tuple[float, float] = (0.0, 0.0)
         self.best_acc, self.best_epoch = -1.0, 0
         self.start_epoch, self.start_step = 0, 0
@@ -388,7 +388,9 @@ class Trainer:
                         tta=self.tta, ctx=self.ctx)
         record = {
             "epoch": epoch + 1, "train_loss": values["loss"], "train_acc": values["top1"],
-            "test_loss": test["loss"], "test_acc": test["acc"], "test_top5": test["top5"],
+            "test_loss": test["loss"], "test_acc": test["acc"],
+            # top-5 of five classes or fewer is always 1: no information, left out (None)
+            "test_top5": test["top5"] if self._num_classes() > 5 else None,
             "lr": self.optimizer.param_groups[0]["lr"],
             "images_per_sec": (values["count"] - self.images_before) / max(train_time, 1e-9),
             "train_time": train_time, "eval_time": time.perf_counter() - eval_start,
@@ -528,6 +530,9 @@ class Trainer:
 
     # ------------------------------------------------------------------------------- safety, saving
 
+    def _num_classes(self) -> int:
+        return int(ckpt.parse_metadata(self.metadata)["num_classes"])
+
     def _record_step_loss(self, sums: RunningSums, epoch: int, done: int, total: int) -> None:
         """A point of curves.png's per-step loss: the mean since the last point. Called right after the
         finiteness check has waited for the device, so reading two numbers costs no further wait."""
@@ -536,7 +541,8 @@ class Trainer:
         loss_sum, count = sums.sums[:2].tolist()
         last_sum, last_count = self._last_sums if done > self.config.log_every else (0.0, 0.0)
         if count > last_count:
-            self.step_losses.append((epoch + done / total, (loss_sum - last_sum) / (count - last_count)))
+            self.step_losses.append((epoch + done / total, (loss_sum - last_sum) / (count - last_count),
+                                     self.optimizer.param_groups[0]["lr"]))
         self._last_sums = (loss_sum, count)
 
     def _check_finite_sums(self, sums: RunningSums, epoch: int, step: int) -> None:
