@@ -63,9 +63,10 @@ def _print_tables(result) -> None:
     summary = Table(title=f"{s['model']} on {s['dataset']} ({s['split']}, TTA {s['tta']})")
     # top-k of k classes or fewer is always 100%: shown only when it says something
     with_top_k = result.top_k < len(result.classes)
-    for column in ("images", "top-1", *([f"top-{result.top_k}"] if with_top_k else []), "seconds", "images/s"):
+    top_k = [f"top-{result.top_k}"] if with_top_k else []
+    for column in ("images", "top-1", *top_k, "seconds", "images/s"):
         summary.add_column(column, justify="right")
-    summary.add_row(f"{result.count:,}", f"{result.top1:.2%}", *([f"{result.top5:.2%}"] if with_top_k else []),
+    summary.add_row(f"{result.count:,}", f"{result.top1:.2%}", *([f"{result.top5:.2%}"] if top_k else []),
                     f"{result.seconds:.1f}", f"{result.images_per_second:,.0f}")
     per_class = Table(title="per class (rows of the confusion matrix)")
     per_class.add_column("class")

@@ -27,10 +27,9 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..inference import export
-
     import textwrap
 
+    from ..inference import export
     from ..text_tables import terminal_width
 
     result = export(args.checkpoint, args.format, args.out, tolerance=args.tolerance)
