@@ -541,3 +541,14 @@ def test_cli_errors(capsys):
     assert "did you mean" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["summary", "alexnet", "--input", "3,224"])
+
+
+def test_a_batch_of_one_through_batch_norm_advises_the_batch_not_another_size():
+    from classicnets import create_model, summarize
+    from classicnets.errors import InputShapeError
+
+    with torch.device("meta"):
+        model = create_model("resnet18")
+    with pytest.raises(InputShapeError, match=r"batch of 2 or more \(--batch-size 2.*--eval"):
+        summarize(model, input_size=(3, 28, 28))
+    assert summarize(model, input_size=(3, 28, 28), batch_size=2).totals.params == 11_689_512

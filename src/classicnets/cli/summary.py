@@ -31,7 +31,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
                         help="fold modules deeper than D into their parent's row; 'all' for every module "
                              "(default: 3)")
     parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
-    parser.add_argument("--num-classes", type=int, metavar="N", help="number of classes (default: 1000)")
+    parser.add_argument("--num-classes", type=int, metavar="N",
+                        help="number of classes (default: the model's own, see `classicnets models`)")
     parser.add_argument("--in-channels", type=int, metavar="C",
                         help="input channels (default: C of --input, else the model's default)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", type=_option,

@@ -221,6 +221,12 @@ def _failure_message(model: nn.Module, label: str, example: torch.Tensor, failur
     head = f"{label} failed in {where} on input of shape {tuple(example.shape)} (batch first)"
     if isinstance(failure.error, ClassicnetsError):  # the model checked its input and said what it wants
         return f"{head}: {failure.error}"
+    if "Expected more than 1 value per channel when training" in str(failure.error):
+        # batch norm in training mode averages over the batch and the map: one value per channel has no
+        # variance. Any input size hits it once the maps shrink to 1x1; the batch or eval mode fixes it.
+        return (f"{head}: batch norm in training mode needs more than one value per channel, and a batch "
+                f"of {example.shape[0]} reaches it as {_shape_text(failure.input_shape)}; count a batch of 2 "
+                "or more (--batch-size 2, batch_size=2) or in eval mode (--eval, train=False)")
     info = getattr(model, "info", None)
     hint = (f"; {label} takes input like {','.join(map(str, info.default_input))} "
             f"(smallest {','.join(map(str, info.min_input))})" if info is not None else "")
