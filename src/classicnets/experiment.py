@@ -146,7 +146,6 @@ def _print_start(config: TrainConfig, requested: TrainConfig, model: nn.Module, 
     where = ctx.device if not ctx.distributed else f"{ctx.world_size} x {ctx.device.type} ({ctx.backend})"
     recipe = f" (recipe {config.recipe})" if config.recipe else ""
     print(f"settings{recipe} that differ from the defaults:\n{format_config(config, requested)}")
-    print(f"training {config.model}{' ' + options if options else ''}, {params:,} parameters, on {where} "
-          f"(torch {torch.__version__})\n"
-          f"  on {config.dataset}: {len(loaders.train)} batches/epoch, {image_size}x{image_size}, "
-          f"{len(loaders.classes)} classes")
+    print(f"training {config.model}{' ' + options if options else ''}: {params:,} parameters on {where}\n"
+          f"  data {config.dataset}: {len(loaders.train)} batches/epoch, {image_size}x{image_size}, "
+          f"{len(loaders.classes)} classes; torch {torch.__version__}")

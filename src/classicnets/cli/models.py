@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..zoo_table import zoo_rows, zoo_table_markdown
-
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     parser = sub.add_parser(name, help="list the models: parameters, default input, year, paper")
@@ -18,6 +16,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..zoo_table import zoo_rows, zoo_table_markdown  # imports torch: only when the command runs
+
     rows = zoo_rows(args.pattern)
     if args.format == "markdown":
         print(zoo_table_markdown(rows))
