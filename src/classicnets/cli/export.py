@@ -38,5 +38,6 @@ def run(args: argparse.Namespace) -> int:
                  f"{'x'.join(str(d) for d in result.input_shape[1:])} with a dynamic batch size)",
                  f"max abs difference of the logits vs PyTorch: {result.max_abs_diff:.3g} with logits up to "
                  f"{result.logit_scale:.3g} (tolerance {allowed}): ok"):
-        print(textwrap.fill(line, width=terminal_width(), subsequent_indent="  "))
+        print(textwrap.fill(line, width=terminal_width(), subsequent_indent="  ", break_long_words=False,
+                            break_on_hyphens=False))
     return 0

@@ -52,5 +52,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"  entropy {prediction.entropy:.2f} (0: one certain class, 1: a uniform guess)")
         if prediction.note:
             print(textwrap.fill(f"note: {prediction.note}", width=width, initial_indent="  ",
-                                subsequent_indent="    "))
+                                subsequent_indent="    ", break_on_hyphens=False))
     return 0
