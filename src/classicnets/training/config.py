@@ -438,7 +438,11 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = TrainConfig()
     for f in fields(TrainConfig):
         kind, optional = _field_type(f.name)
-        help_text = f"{f.metadata.get('help', '')} (default: {getattr(defaults, f.name)!r})"
+        default = "runs/RECIPE" if f.name == "out" else repr(getattr(defaults, f.name))
+        by_recipe = ", ".join(f"{name} {values[f.name]!r}" for name, values in RECIPES.items()
+                              if f.name in values and values[f.name] != getattr(defaults, f.name))
+        by_recipe = f"; recipes: {by_recipe}" if by_recipe else ""
+        help_text = f"{f.metadata.get('help', '')} (default: {default}{by_recipe})"
         help_text = help_text.replace("%", "%%")
         common = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text)
         if kind is bool:
