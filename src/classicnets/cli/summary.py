@@ -71,8 +71,14 @@ def run(args: argparse.Namespace) -> int:
             default = (input_size[0], *model_info(name).default_input[1:])
             if len(args.models) == 1 or default == tuple(input_size):
                 raise
-            print(f"classicnets summary: note: {name} cannot take {_fmt(input_size)} ({error}); "
-                  f"counting it at its default input {_fmt(default)}", file=sys.stderr)
+            import textwrap
+
+            from ..text_tables import terminal_width
+
+            note = (f"classicnets summary: note: {name} cannot take {_fmt(input_size)}; counting it at its "
+                    f"default input {_fmt(default)} ({error})")
+            print(textwrap.fill(note, width=terminal_width(), break_long_words=False, break_on_hyphens=False),
+                  file=sys.stderr)
             summaries.append(count(input_size=default))
     width = None  # the terminal's width; 80 columns for pipes and files
     if len(summaries) == 1:
