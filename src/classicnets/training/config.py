@@ -476,8 +476,12 @@ def format_config(config: TrainConfig, requested: TrainConfig | None = None, ful
             source = sources[name]
         elif name == "out" and value == default_out(config.recipe, config.model):
             source = "runs/RECIPE" if config.recipe else "runs/MODEL"
+        elif _same(value, _default(name)):
+            source = "default"
+        elif config.recipe in RECIPES and _same(value, RECIPES[config.recipe].get(name, dataclasses.MISSING)):
+            source = f"recipe {config.recipe}"
         else:
-            source = "default" if _same(value, _default(name)) else "set"
+            source = "set"
         if full or not (_same(value, _default(name)) or name == "recipe"):
             rows.append((name, json.dumps(value), source))
     if not rows:
