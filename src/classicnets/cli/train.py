@@ -62,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         history = train(config)
     except TrainingInterrupted as stop:
-        print(f"classicnets train: {stop}", file=sys.stderr)
+        if launcher_rank() == 0:  # every process stopped and saved its share; one says so
+            print(f"classicnets train: {stop}", file=sys.stderr)
         return stop.exit_code
     if history and launcher_rank() == 0:  # every process returns the history; one prints it
         best = max(history, key=lambda r: r["test_acc"])
