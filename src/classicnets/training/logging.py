@@ -77,7 +77,7 @@ def plot_curves(run_dir: Path, history: list[dict[str, Any]], title: str = "",
     acc_ax.set_ylabel("top-1 accuracy")
     if steps and all(len(s) > 2 for s in steps):
         lr_ax.plot([s[0] for s in steps], [s[2] for s in steps], "-", color="tab:gray", label="lr")
-    else:
+    elif all("lr" in r for r in history):
         lr_ax.plot(epochs, [r["lr"] for r in history], "o-", color="tab:gray", label="lr at the epoch's end")
     lr_ax.set_ylabel("learning rate")
     lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
@@ -86,7 +86,8 @@ def plot_curves(run_dir: Path, history: list[dict[str, Any]], title: str = "",
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.grid(True, alpha=0.3)
-        ax.legend(loc="best", fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="best", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
