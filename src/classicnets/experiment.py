@@ -68,7 +68,7 @@ def as_config(config: TrainConfig | Mapping[str, Any] | str | Path | None,
         return config_from_dict({**config.to_dict(), **overrides}, "settings")
     if isinstance(config, (str, Path)):
         return resolve_config(None, load_config_file(config), overrides)
-    return resolve_config(None, dict(config or {}), overrides)
+    return resolve_config(None, None, {**dict(config or {}), **overrides})
 
 
 def run(config: TrainConfig, ctx: DistContext, stop: StopSignals | None = None) -> list[dict]:
@@ -76,7 +76,7 @@ def run(config: TrainConfig, ctx: DistContext, stop: StopSignals | None = None) 
     from . import registry
     from .data import build_loaders
 
-    config = resolve_speed(config, ctx.device)
+    requested, config = config, resolve_speed(config, ctx.device)
     info = registry.model_info(config.model)
     image_size = config.image_size or info.default_input[-1]
     _check_image_size(config, image_size)  # before any data is read, and before a run is replaced
@@ -100,7 +100,7 @@ def run(config: TrainConfig, ctx: DistContext, stop: StopSignals | None = None) 
         dataset=loaders.dataset,
     )
     if ctx.is_main:
-        _print_start(config, model, ctx, image_size, loaders)
+        _print_start(config, requested, model, ctx, image_size, loaders)
     # the paper's 10-crop test cuts its crops out of larger views (256 for 224 crops)
     test_loader = loaders.test_uncropped if config.tta == "ten-crop" else loaders.test
     trainer = Trainer(model, loaders.train, test_loader, config, ctx=ctx, metadata=metadata,
@@ -158,15 +158,17 @@ def _tta(config: TrainConfig, image_size: int) -> TTA | None:
     return None
 
 
-def _print_start(config: TrainConfig, model: nn.Module, ctx: DistContext, image_size: int, loaders) -> None:
+def _print_start(config: TrainConfig, requested: TrainConfig, model: nn.Module, ctx: DistContext,
+                 image_size: int, loaders) -> None:
     params = sum(p.numel() for p in model.parameters())
     options = json.dumps(config.model_options) if config.model_options else ""
     where = ctx.device if not ctx.distributed else f"{ctx.world_size} x {ctx.device.type} ({ctx.backend})"
-    print(f"settings{f' (recipe {config.recipe})' if config.recipe else ''}:\n{format_config(config)}")
+    recipe = f" (recipe {config.recipe})" if config.recipe else ""
+    print(f"settings{recipe} that differ from the defaults:\n{format_config(config, requested)}")
     if config.recipe == DEFAULT_RECIPE:
         print("recipe default (no --recipe named): SGD with momentum 0.9 on normalised inputs, which "
               "learns on new data; --recipe d2l for the book's exact settings, --recipe quick for a "
               "2-minute CPU run")
-    print(f"training {config.model}{options} ({params:,} parameters) on {config.dataset} "
-          f"({len(loaders.train)} batches/epoch, {image_size}x{image_size}, {len(loaders.classes)} classes) "
-          f"on {where}, torch {torch.__version__}")
+    print(f"training {config.model}{' ' + options if options else ''}: {params:,} parameters on {where}\n"
+          f"  data {config.dataset}: {len(loaders.train)} batches/epoch, {image_size}x{image_size}, "
+          f"{len(loaders.classes)} classes; torch {torch.__version__}")

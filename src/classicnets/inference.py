@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .errors import CheckpointError, ClassicnetsError, ConfigError
+from .errors import CheckpointError, ClassicnetsError, ClassicnetsWarning, ConfigError
 from .training.checkpoint import load_model_weights, validate_metadata
 from .training.host_memory import reused_host_memory
 from .training.metrics import topk_correct
@@ -268,6 +268,42 @@ def _check_tta(tta: str) -> None:
         raise ConfigError(f"unknown TTA mode {tta!r}; expected one of {', '.join(TTA_MODES)}")
 
 
+# The training augmentations whose images include each TTA's views: mirrors for flip, crops and mirrors for
+# ten-crop (data.augment's names).
+TTA_NEEDS = {"flip": ("flip", "crop-flip", "resized-crop-flip", "paper"),
+             "ten-crop": ("crop-flip", "resized-crop-flip", "paper")}
+
+
+def tta_mismatch(loaded: LoadedCheckpoint, tta: str) -> str | None:
+    """Why ``tta`` may make this checkpoint's results worse, or None: views the training never showed it.
+
+    The run's augmentation is read from the config.json of its run directory (absent for a bare file).
+    """
+    config = default_output_dir(loaded) / "config.json"
+    if tta not in TTA_NEEDS or not config.is_file():
+        return None
+    try:
+        augment = json.loads(config.read_text(encoding="utf-8")).get("augment", "none")
+    except (OSError, ValueError):
+        return None
+    if augment in TTA_NEEDS[tta]:
+        return None
+    views = "mirrored images" if tta == "flip" else "corner crops and mirrored images"
+    return (f"TTA {tta} averages over {views}, but {config.parent} was trained with augment={augment!r}, "
+            f"which never showed it such views: TTA may lower its accuracy. Compare with --tta none; TTA "
+            f"helps runs trained with augment {' or '.join(TTA_NEEDS[tta])}")
+
+
+def _warn_tta(loaded: LoadedCheckpoint, tta: str) -> None:
+    message = tta_mismatch(loaded, tta)
+    if message:
+        warnings.warn(message, TTAWarning, stacklevel=3)
+
+
+class TTAWarning(ClassicnetsWarning):
+    """A test-time augmentation that the checkpoint's training never showed it (results may get worse)."""
+
+
 def _scores(model: nn.Module, x: torch.Tensor, tta: str, size: int) -> torch.Tensor:
     """Logits without TTA; with TTA, the softmax averaged over the views (the paper averages softmax)."""
     if tta == "none":
@@ -315,8 +351,9 @@ def evaluate(
     bf16: bool = False,
     channels_last: bool = True,
     limit: int | None = None,
-    out_dir: str | Path | None = None,
+    out: str | Path | None = "auto",
     download: bool = True,
+    out_dir: str | Path | None = None,
 ) -> EvalResult:
     """Top-1, top-5, per-class accuracy and the confusion matrix of a checkpoint on a dataset split.
 
@@ -325,16 +362,23 @@ def evaluate(
     image folder is evaluated on its val/ (or test/) folder, decoded by DataLoader workers and
     centre-cropped as the trainer's test loader did. ``tta`` is ``none``,
     ``flip`` or ``ten-crop``; ``bf16`` runs under bfloat16 autocast (about 2-3x faster on CPUs with AMX).
-    ``limit`` evaluates the first N images only. With ``out_dir``, writes ``metrics.json`` and
-    ``confusion.png`` there.
+    ``limit`` evaluates the first N images only.
+
+    Like ``classicnets eval``, it writes ``metrics.json`` and ``confusion.png`` (paths in ``result.files``):
+    by default (``out="auto"``) into the run directory's ``eval-SPLIT[-TTA]/``, else into the folder
+    ``out``; ``out=None`` writes nothing. (``out_dir`` is the older name of ``out``.) A ``tta`` whose views
+    the run's training augmentation never showed warns with :class:`TTAWarning`.
     """
     _check_tta(tta)
     for name, value in (("batch_size", batch_size), ("limit", limit)):
         if value is not None and value < 1:
             raise ConfigError(f"{name} must be >= 1; got {value}")
     loaded = load_checkpoint(checkpoint)
-    if out_dir is not None:
-        check_output_path(Path(out_dir) / "metrics.json", loaded.source, "evaluation results")
+    _warn_tta(loaded, tta)
+    out = out_dir if out_dir is not None else out
+    folder = None if out is None else eval_output_dir(loaded, split, tta) if str(out) == "auto" else Path(out)
+    if folder is not None:
+        check_output_path(folder / "metrics.json", loaded.source, "evaluation results")
     dataset = dataset or loaded.metadata.get("dataset")
     if not dataset:
         raise ConfigError(f"{loaded.source} does not name its dataset; pass --dataset")
@@ -357,9 +401,14 @@ def evaluate(
                 "limit": limit, "batch_size": batch_size, "device": str(run_device), "bf16": bf16,
                 "channels_last": channels_last, "image_size": loaded.preprocessing.image_size}
     result = _result(confusion, top_k_hits, loaded.classes, settings, seconds)
-    if out_dir is not None:
-        result.files = write_eval_outputs(result, Path(out_dir))
+    if folder is not None:
+        result.files = write_eval_outputs(result, folder)
     return result
+
+
+def eval_output_dir(loaded: LoadedCheckpoint, split: str, tta: str) -> Path:
+    """Where evaluation results go unless told: RUN_DIR/eval-SPLIT, with -TTA when TTA is on."""
+    return default_output_dir(loaded) / f"eval-{split}{'' if tta == 'none' else '-' + tta}"
 
 
 def _eval_batches(loaded: LoadedCheckpoint, dataset: str, split: str, data_dir, download: bool,
@@ -479,18 +528,28 @@ def write_eval_outputs(result: EvalResult, out_dir: Path) -> dict[str, str]:
 
 
 def plot_confusion(confusion: np.ndarray, classes: Sequence[str], path: Path, title: str = "") -> None:
-    """A confusion-matrix heat map: rows are true classes, columns predictions, cells the share of the row."""
+    """A confusion-matrix heat map: rows are true classes, columns predictions, cells the share of the row.
+
+    The diagonal (right answers, often 90%) and the errors (often under 10%) get a colour scale each: on
+    one scale the errors would all look alike and faint, and telling them apart is the point of the plot.
+    """
     # A bare Figure renders with Agg and leaves pyplot's global state (and the user's backend) alone.
     from matplotlib.figure import Figure
 
     rows = confusion.sum(axis=1, keepdims=True)
     shares = confusion / np.maximum(rows, 1)
     n = len(classes)
-    side = max(5.0, 0.55 * n + 2.5)
-    fig = Figure(figsize=(side, side * 0.9), layout="constrained")
+    diagonal = np.eye(n, dtype=bool)
+    errors = np.ma.masked_where(diagonal, shares)
+    right = np.ma.masked_where(~diagonal, shares)
+    worst = max(float(errors.max()) if errors.count() else 0.0, 1e-3)
+    side = max(5.0, 0.55 * n + 3.0)
+    fig = Figure(figsize=(side + 1.2, side * 0.9), layout="constrained")
     ax = fig.add_subplot()
-    image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
-    fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")
+    error_image = ax.imshow(errors, cmap="Reds", vmin=0.0, vmax=worst)
+    right_image = ax.imshow(right, cmap="Greens", vmin=0.0, vmax=1.0)
+    fig.colorbar(error_image, ax=ax, fraction=0.046, label="errors: share of the true class")
+    fig.colorbar(right_image, ax=ax, fraction=0.046, label="right: share of the true class")
     ax.set_xticks(range(n), classes, rotation=45, ha="right", fontsize=8 if n > 10 else 9)
     ax.set_yticks(range(n), classes, fontsize=8 if n > 10 else 9)
     ax.set_xlabel("predicted class")
@@ -500,8 +559,9 @@ def plot_confusion(confusion: np.ndarray, classes: Sequence[str], path: Path, ti
     if n <= 20:  # counts stay legible up to about 20 classes
         for i in range(n):
             for j in range(n):
+                scale = 1.0 if i == j else worst
                 ax.text(j, i, str(int(confusion[i, j])), ha="center", va="center", fontsize=7,
-                        color="white" if shares[i, j] > 0.5 else "black")
+                        color="white" if shares[i, j] > 0.6 * scale else "black")
     fig.savefig(path, dpi=120, bbox_inches="tight")
 
 
@@ -514,10 +574,35 @@ class Prediction:
 
     source: str
     top: list[tuple[str, float]]
+    # entropy of the whole distribution over the classes, divided by its largest value, log(classes):
+    # 0 is one certain class, 1 a uniform guess
+    entropy: float = 0.0
+    note: str = ""  # why the label may not mean much (low confidence, an image unlike the training images)
 
     @property
     def label(self) -> str:
         return self.top[0][0]
+
+
+LOW_CONFIDENCE = 0.5  # a top class below this probability, or an entropy above it, is flagged
+BRIGHTNESS_GAP = 0.25  # a mean brightness this far from the training images' is flagged
+
+
+def _prediction_note(probability: float, entropy: float, brightness: float, prep: Preprocessing,
+                     invert: bool) -> str:
+    notes = []
+    if probability < LOW_CONFIDENCE or entropy > LOW_CONFIDENCE:
+        notes.append("low confidence: the model cannot tell these classes apart on this image")
+    if prep.mean is not None:
+        trained = sum(prep.mean) / len(prep.mean)
+        if abs(brightness - trained) > BRIGHTNESS_GAP:
+            hint = ""
+            if brightness > trained:
+                hint = "; try without --invert" if invert else "; dark things on light photos need --invert"
+            notes.append(f"the image is {'brighter' if brightness > trained else 'darker'} than the training "
+                         f"images (mean {brightness:.2f} vs {trained:.2f}), so it is unlike what the model "
+                         f"learnt from and its label may be wrong however confident{hint}")
+    return "; ".join(notes)
 
 
 def predict(
@@ -539,27 +624,33 @@ def predict(
     if not images:
         raise ConfigError("no images given; pass one or more image files")
     loaded = load_checkpoint(checkpoint)
+    _warn_tta(loaded, tta)
     prep = loaded.preprocessing
     run_device = _resolve_device(device)
     model = loaded.model.to(run_device)
     prepare = eval_transform(prep, uncropped=tta == "ten-crop")
     with torch.inference_mode():
-        x = torch.cat([prepare(_square_image(image, prep.in_channels, invert)[None].to(run_device))
-                       for image in images])
+        squares = [_square_image(image, prep.in_channels, invert) for image in images]
+        x = torch.cat([prepare(square[None].to(run_device)) for square in squares])
         probabilities = _scores(model, x, tta, prep.image_size)
         if tta == "none":
             probabilities = probabilities.softmax(dim=1)
         values, indices = probabilities.topk(min(top_k, len(loaded.classes)), dim=1)
+        entropy = -(probabilities * probabilities.clamp_min(1e-12).log()).sum(dim=1)
+        entropy = (entropy / math.log(max(len(loaded.classes), 2))).tolist()
     classes = loaded.classes
-    return [Prediction(_source_name(image), [(classes[i], p) for i, p in zip(row_i, row_p, strict=True)])
-            for image, row_i, row_p in zip(images, indices.tolist(), values.tolist(), strict=True)]
+    brightness = [float(square.float().mean()) / 255 for square in squares]
+    return [Prediction(_source_name(image), [(classes[i], p) for i, p in zip(row_i, row_p, strict=True)],
+                       entropy=h, note=_prediction_note(row_p[0], h, light, prep, invert))
+            for image, row_i, row_p, h, light in zip(images, indices.tolist(), values.tolist(), entropy,
+                                                       brightness, strict=True)]
 
 
 def _square_image(image: str | Path | Any, channels: int, invert: bool) -> torch.Tensor:
     """An image file or PIL image as uint8 (channels, S, S): its centred square, before any resizing.
 
     Files are decoded as the training folders are (data.formats.decode_image: EXIF orientation, 16-bit
-    grey scaled to 8 bits, decompression bombs refused), so a picture is the same input here as in training."""
+    grey scaled to 8 bits, decompression bombs refused), so a picture is the same input as in training."""
     from PIL import ImageOps
 
     from .data.formats import as_8bit

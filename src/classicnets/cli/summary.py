@@ -10,7 +10,6 @@ models side by side.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from functools import partial
 
@@ -32,7 +31,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
                         help="fold modules deeper than D into their parent's row; 'all' for every module "
                              "(default: 3)")
     parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
-    parser.add_argument("--num-classes", type=int, metavar="N", help="number of classes (default: 1000)")
+    parser.add_argument("--num-classes", type=int, metavar="N",
+                        help="number of classes (default: the model's own, see `classicnets models`)")
     parser.add_argument("--in-channels", type=int, metavar="C",
                         help="input channels (default: C of --input, else the model's default)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", type=_option,
@@ -71,10 +71,16 @@ def run(args: argparse.Namespace) -> int:
             default = (input_size[0], *model_info(name).default_input[1:])
             if len(args.models) == 1 or default == tuple(input_size):
                 raise
-            print(f"classicnets summary: note: {name} cannot take {_fmt(input_size)} ({error}); "
-                  f"counting it at its default input {_fmt(default)}", file=sys.stderr)
+            import textwrap
+
+            from ..text_tables import terminal_width
+
+            note = (f"classicnets summary: note: {name} cannot take {_fmt(input_size)}; counting it at its "
+                    f"default input {_fmt(default)} ({error})")
+            print(textwrap.fill(note, width=terminal_width(), break_long_words=False, break_on_hyphens=False),
+                  file=sys.stderr)
             summaries.append(count(input_size=default))
-    width = shutil.get_terminal_size((200, 24)).columns if sys.stdout.isatty() else None
+    width = None  # the terminal's width; 80 columns for pipes and files
     if len(summaries) == 1:
         text = summaries[0].render(args.format, width=width)
     else:

@@ -534,6 +534,10 @@ def _split_dir(root: Path, names: tuple[str, ...]) -> Path:
     for name in names:
         if (root / name).is_dir():
             return root / name
+    if not root.exists():
+        raise DatasetError(f"image folder {root} does not exist; pass --dataset with a folder that holds "
+                           f"train/<class>/<images> and val/<class>/<images>, or a named dataset "
+                           f"(fashion-mnist, mnist, cifar10, ...)")
     raise DatasetError(
         f"image folder {root} has no {' or '.join(f'{n}/' for n in names)} sub-folder; expected "
         f"{root}/train/<class>/<images> and {root}/val/<class>/<images> (or test/)."

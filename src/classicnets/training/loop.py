@@ -61,6 +61,9 @@ RESUMABLE_CHANGES = {"epochs", "progress", "log_every", "num_workers", "out", "r
 REPLACED_RUN = ".replaced-run"
 RUN_FILES = (ckpt.LAST, ckpt.BEST, CONFIG_JSON, METRICS_JSONL, METRICS_CSV, CURVES_PNG)
 
+# Without a terminal (logs, CI, nohup, notebooks) a progress line is printed at most this often.
+PROGRESS_LINE_SECONDS = 30.0
+
 # Test-time augmentation: a batch -> the views to average (each a batch the model accepts).
 TTA = Callable[[torch.Tensor], list[torch.Tensor]]
 
@@ -341,6 +344,9 @@ class Trainer:
         self.schedule = Schedule(self.optimizer, config, self.steps_per_epoch)
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         self.history: list[dict[str, Any]] = []
+        # (epoch as a fraction, mean training loss since the previous point, lr), every log_every steps
+        self.step_losses: list[tuple[float, float, float]] = []
+        self._last_sums: tuple[float, float] = (0.0, 0.0)
         self.best_acc, self.best_epoch = -1.0, 0
         self.start_epoch, self.start_step = 0, 0
         self.partial: dict[str, Any] | None = None
@@ -379,15 +385,11 @@ class Trainer:
         if self.ctx.is_main:
             settle_replaced_run(self.run_dir)  # an earlier --overwrite run was killed
         barrier(self.ctx)
-        last = self.run_dir / ckpt.LAST
-        has_run = last.exists() or any(self.run_dir.glob(f".{ckpt.LAST}.old-*"))
+        has_run = check_run_dir(self.config)
         if self.config.resume and has_run:
             self._resume()
         elif self.config.resume:
             self.print(f"no checkpoint in {self.run_dir}; starting a new run there")
-        elif has_run and not self.config.overwrite:
-            raise ConfigError(f"{self.run_dir} already holds a run; continue it with --resume, "
-                              "replace it with --overwrite, or choose another --out")
         if self.ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if self.config.overwrite and not self.config.resume and has_run:
@@ -408,6 +410,7 @@ class Trainer:
         load_optimizer_state(self.optimizer, state["optimizer"])
         self.schedule.load_state_dict(state["scheduler"])
         self.history = list(state["history"])
+        self.step_losses = [tuple(point) for point in state.get("step_losses", [])]
         self.best_acc, self.best_epoch = state["best_acc"], state["best_epoch"]
         self.start_epoch, self.start_step = state["epoch"], state["step_in_epoch"]
         # The step counts micro-batches, and a stop comes only after a whole optimizer step. With other
@@ -458,7 +461,9 @@ class Trainer:
                                "test images, or check the warnings above for the files")
         record = {
             "epoch": epoch + 1, "train_loss": values["loss"], "train_acc": values["top1"],
-            "test_loss": test["loss"], "test_acc": test["acc"], "test_top5": test["top5"],
+            "test_loss": test["loss"], "test_acc": test["acc"],
+            # top-5 of five classes or fewer is always 1: no information, left out (None)
+            "test_top5": test["top5"] if self._num_classes() > 5 else None,
             "lr": self.optimizer.param_groups[0]["lr"],
             "images_per_sec": (values["count"] - self.images_before) / max(train_time, 1e-9),
             "train_time": train_time, "eval_time": time.perf_counter() - eval_start,
@@ -561,9 +566,22 @@ class Trainer:
         ``log_every`` steps (to show the loss and check it is finite)."""
         every = self.config.log_every
         if not (self.config.progress and self.ctx.is_main and _is_terminal()):
+            # Logs, nohup, CI, notebooks: no live bar, so a line every PROGRESS_LINE_SECONDS, read at the
+            # log_every cadence right after the finiteness check has synchronised anyway.
+            lines = self.config.progress and self.ctx.is_main
+            start = last_line = time.perf_counter()
+
             def check_only(done: int, sums: RunningSums) -> None:
-                if done % every == 0:
-                    self._check_finite_sums(sums, epoch, done)
+                nonlocal last_line
+                if done % every:
+                    return
+                self._check_finite_sums(sums, epoch, done)
+                self._record_step_loss(sums, epoch, done, total)
+                now = time.perf_counter()
+                if lines and now - last_line >= PROGRESS_LINE_SECONDS and done < total:
+                    last_line = now
+                    self.print(progress_line(epoch, self.config.epochs, done, total, sums.values(),
+                                             now - start))
 
             yield check_only
             return
@@ -578,6 +596,7 @@ class Trainer:
                 stats = None
                 if done % every == 0:
                     self._check_finite_sums(sums, epoch, done)
+                    self._record_step_loss(sums, epoch, done, total)
                     values = sums.values()
                     stats = f"loss {values['loss']:.4f}  acc {values['top1']:.3f}"
                 bar.update(task, completed=done, **({"stats": stats} if stats else {}))
@@ -585,6 +604,21 @@ class Trainer:
             yield advance
 
     # ------------------------------------------------------------------------------- safety, saving
+
+    def _num_classes(self) -> int:
+        return int(ckpt.parse_metadata(self.metadata)["num_classes"])
+
+    def _record_step_loss(self, sums: RunningSums, epoch: int, done: int, total: int) -> None:
+        """A point of curves.png's per-step loss: the mean since the last point. Called right after the
+        finiteness check has waited for the device, so reading two numbers costs no further wait."""
+        if not self.ctx.is_main:
+            return
+        loss_sum, count = sums.sums[:2].tolist()
+        last_sum, last_count = self._last_sums if done > self.config.log_every else (0.0, 0.0)
+        if count > last_count:
+            self.step_losses.append((epoch + done / total, (loss_sum - last_sum) / (count - last_count),
+                                     self.optimizer.param_groups[0]["lr"]))
+        self._last_sums = (loss_sum, count)
 
     def _check_finite_sums(self, sums: RunningSums, epoch: int, step: int) -> None:
         # Each rank sums its own losses: the ranks agree, so that all of them stop here together instead
@@ -625,6 +659,7 @@ class Trainer:
             "epoch": epoch, "step_in_epoch": step_in_epoch, "config": self.config.to_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.schedule.state_dict(),
             "history": self.history, "best_acc": self.best_acc, "best_epoch": self.best_epoch,
+            "step_losses": self.step_losses,
         }
         if partial is not None:
             state["partial"] = partial
@@ -646,9 +681,33 @@ class Trainer:
 
     def _curves_job(self) -> Callable[[], Any]:
         # matplotlib takes ~0.2 s a plot, as long as a GPU epoch of the d2l recipe: drawn off the hot path
-        history = list(self.history)
-        title = f"{self.metadata.get('model', '')} on {self.metadata.get('dataset', '')}"
-        return lambda: plot_curves(self.run_dir, history, title=title)
+        history, steps = list(self.history), list(self.step_losses)
+        options = self.config.model_options
+        model = self.metadata.get("model", "") + (f" {json.dumps(options)}" if options else "")
+        recipe = f"recipe {self.config.recipe}: " if self.config.recipe else ""
+        title = f"{recipe}{model} on {self.metadata.get('dataset', '')}"
+        return lambda: plot_curves(self.run_dir, history, title=title, steps=steps)
+
+
+def check_run_dir(config: TrainConfig) -> bool:
+    """Whether ``config.out`` holds a run; refuses one that would be replaced without ``overwrite``.
+
+    The CLI calls it before launching processes too, so a taken folder is one message, not one per rank.
+    """
+    run_dir = Path(config.out)
+    has_run = (run_dir / ckpt.LAST).exists() or any(run_dir.glob(f".{ckpt.LAST}.old-*"))
+    if has_run and not (config.resume or config.overwrite):
+        raise ConfigError(f"{run_dir} already holds a run; continue it with --resume, "
+                          "replace it with --overwrite, or choose another --out")
+    return has_run
+
+
+def progress_line(epoch: int, epochs: int, done: int, total: int, values: dict[str, float],
+                  elapsed: float) -> str:
+    """``epoch 1/2: step 100/234, loss 0.5123, train acc 0.812, 2m05s left in the epoch``."""
+    left = elapsed / max(done, 1) * (total - done)
+    return (f"epoch {epoch + 1}/{epochs}: step {done}/{total}, loss {values['loss']:.4f}, "
+            f"train acc {values['top1']:.3f}, {int(left // 60)}m{int(left % 60):02d}s left in the epoch")
 
 
 def set_aside_run(run_dir: Path) -> None:
