@@ -22,3 +22,7 @@ class DatasetError(ClassicnetsError):
 
 class CheckpointError(ClassicnetsError):
     """A checkpoint that is missing, corrupt, unsafe or for another model."""
+
+
+class MissingDependencyError(ClassicnetsError, ImportError):
+    """An optional package (onnx, onnxruntime, tensorboard...) that a command needs is not installed."""

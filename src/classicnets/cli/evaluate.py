@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .arguments import add_checkpoint_argument
+from .arguments import add_checkpoint_argument, load_for_command
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -42,14 +42,15 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..inference import default_output_dir, evaluate, load_checkpoint
+    from ..inference import default_output_dir, evaluate
 
+    loaded = load_for_command(args, quiet=args.json)
     out = args.out
     if out is None:
         suffix = "" if args.tta == "none" else f"-{args.tta}"
-        out = default_output_dir(load_checkpoint(args.checkpoint)) / f"eval-{args.split}{suffix}"
+        out = default_output_dir(loaded) / f"eval-{args.split}{suffix}"
     result = evaluate(
-        args.checkpoint, dataset=args.dataset, data_dir=args.data_dir, split=args.split, tta=args.tta,
+        loaded, dataset=args.dataset, data_dir=args.data_dir, split=args.split, tta=args.tta,
         batch_size=args.batch_size, device=args.device, bf16=args.bf16, channels_last=args.channels_last,
         limit=args.limit, out_dir=Path(out), download=args.download,
     )

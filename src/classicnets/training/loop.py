@@ -22,7 +22,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,15 @@ from . import checkpoint as ckpt
 from .config import TrainConfig, config_from_dict
 from .distributed import DistContext, all_gather_objects, all_reduce_, barrier, wrap_model
 from .host_memory import reused_host_memory
-from .logging import CONFIG_JSON, epoch_line, plot_curves, write_logs, write_text_atomic
+from .logging import (
+    CONFIG_JSON,
+    TENSORBOARD_DIR,
+    TensorBoardLog,
+    epoch_line,
+    plot_curves,
+    write_logs,
+    write_text_atomic,
+)
 from .metrics import RunningSums
 from .speed import resolve_speed
 
@@ -45,7 +53,9 @@ RESUMABLE_CHANGES = {"epochs", "progress", "log_every", "num_workers", "out", "r
                      "device", "data_dir", "eval_batch_size", "compile", "cpu_threads",
                      # the global batch stays batch_size when a run resumes on another number of processes
                      # with more or fewer accumulation steps per process
-                     "grad_accum_steps", "sync_batchnorm"}
+                     "grad_accum_steps", "sync_batchnorm",
+                     # a resumed run takes its weights from its checkpoint, not from --weights again
+                     "weights", "log_to"}
 
 # Test-time augmentation: a batch -> the views to average (each a batch the model accepts).
 TTA = Callable[[torch.Tensor], list[torch.Tensor]]
@@ -123,8 +133,15 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+def build_optimizer(model: nn.Module, config: TrainConfig,
+                    head: Collection[str] | None = None) -> torch.optim.Optimizer:
+    """The optimizer; with ``backbone_lr_mult`` != 1, two parameter groups: the head's at ``lr`` (first, so
+    ``param_groups[0]`` keeps meaning the configured lr) and the backbone's at ``lr * backbone_lr_mult``."""
+    params: list[Any] = [p for p in model.parameters() if p.requires_grad]
+    if config.backbone_lr_mult != 1:
+        head_params, backbone = split_head(model, _require_head(head, "backbone_lr_mult"))
+        params = [{"params": head_params, "lr": config.lr},
+                  {"params": backbone, "lr": config.lr * config.backbone_lr_mult}]
     # foreach kernels update all parameters in a few launches instead of one per tensor
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
@@ -135,6 +152,22 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
                fused=True)
 
 
+def split_head(model: nn.Module, head: Collection[str]) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(head parameters, backbone parameters) of ``model``, ``head`` naming the head's parameters."""
+    named = dict(model.named_parameters())
+    unknown = sorted(set(head) - named.keys())
+    if unknown:
+        raise ConfigError(f"the head names parameters the model does not have: {unknown[:5]}")
+    return ([p for n, p in named.items() if n in head], [p for n, p in named.items() if n not in head])
+
+
+def _require_head(head: Collection[str] | None, setting: str) -> Collection[str]:
+    if not head:
+        raise ConfigError(f"{setting} needs to know which parameters are the model's head; train a zoo "
+                          "model (classicnets.train does it) or pass head=[parameter names] to the Trainer")
+    return head
+
+
 class Schedule:
     """The learning-rate schedule: per-step schedulers step after each optimizer step, plateau per epoch."""
 
@@ -142,15 +175,16 @@ class Schedule:
         self.per_epoch = config.schedule == "plateau"
         total = max(1, steps_per_epoch * config.epochs)
         sched = torch.optim.lr_scheduler
+        peaks = [group["lr"] for group in optimizer.param_groups]  # the head's and the backbone's
         if config.schedule == "onecycle":
             # momentum stays as configured (cycle_momentum off) so the recipe's momentum means what it says
-            self.scheduler = sched.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total,
+            self.scheduler = sched.OneCycleLR(optimizer, max_lr=peaks, total_steps=total,
                                               pct_start=config.onecycle_pct, cycle_momentum=False)
         elif config.schedule == "plateau":
             # "divided by 10 at most three times": the floor is the lr after the last allowed drop
-            floor = config.lr * config.gamma ** config.plateau_max_drops * (1 - 1e-6)
+            floors = [peak * config.gamma ** config.plateau_max_drops * (1 - 1e-6) for peak in peaks]
             self.scheduler = sched.ReduceLROnPlateau(optimizer, mode="max", factor=config.gamma,
-                                                     patience=config.plateau_patience, min_lr=floor)
+                                                     patience=config.plateau_patience, min_lr=floors)
         else:
             self.scheduler = sched.LambdaLR(optimizer, _lr_factor(config, steps_per_epoch, total))
 
@@ -255,12 +289,15 @@ class Trainer:
     """Trains ``model`` on ``train_loader`` and evaluates on ``test_loader`` after every epoch.
 
     ``metadata`` is the header for ``model.safetensors`` (checkpoint.model_metadata); ``tta`` maps a test
-    batch to the views whose softmax is averaged. Only rank 0 prints, plots and writes files.
+    batch to the views whose softmax is averaged. ``head`` names the head's parameters, which fine-tuning
+    (``freeze_epochs``, ``backbone_lr_mult``) treats apart from the backbone. Only rank 0 prints, plots and
+    writes files.
     """
 
     def __init__(self, model: nn.Module, train_loader, test_loader, config: TrainConfig, *,
                  ctx: DistContext, metadata: dict[str, str], tta: TTA | None = None,
-                 print_fn: Callable[[str], None] = print, stop: StopSignals | None = None) -> None:
+                 print_fn: Callable[[str], None] = print, stop: StopSignals | None = None,
+                 head: Collection[str] | None = None) -> None:
         config = resolve_speed(config, ctx.device)  # auto precision, channels_last, compile
         self.config, self.ctx, self.metadata, self.tta = config, ctx, metadata, tta
         self.stop = stop  # installed by the caller to cover its setup too; else fit installs its own
@@ -270,7 +307,11 @@ class Trainer:
         self.print = print_fn if ctx.is_main else (lambda *_: None)
         memory_format = torch.channels_last if config.channels_last else torch.preserve_format
         self.model = model.to(self.device, memory_format=memory_format)  # the plain model: saved, loaded
-        self.optimizer = build_optimizer(self.model, config)
+        self.head = frozenset(head or ())
+        if config.freeze_epochs:
+            _require_head(self.head, "freeze_epochs")
+        self.frozen = False  # the backbone, while freeze_epochs lasts
+        self.optimizer = build_optimizer(self.model, config, self.head)
         self.steps_per_epoch = math.ceil(len(train_loader) / config.grad_accum_steps)
         self.schedule = Schedule(self.optimizer, config, self.steps_per_epoch)
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
@@ -280,13 +321,18 @@ class Trainer:
         self.partial: dict[str, Any] | None = None
         self.train_model = self.eval_model = self.model
         self.saver = ckpt.BackgroundSaver()
+        self.board: TensorBoardLog | None = None  # opened by fit with log_to="tensorboard"
 
     # ----------------------------------------------------------------------------------- public
 
     def fit(self) -> list[dict[str, Any]]:
         """Train for the configured epochs (continuing a checkpoint with ``resume``); return the history."""
         self._prepare_run_dir()
+        self._freeze_backbone(self._frozen_in(self.start_epoch))  # before DDP, which keeps trainable ones
         self._wrap_model()
+        if self.config.log_to == "tensorboard" and self.ctx.is_main:
+            resumed_at = self.start_epoch * len(self.train_loader) + self.start_step
+            self.board = TensorBoardLog.open(self.run_dir, resumed_at)
         stop_signals = contextlib.nullcontext(self.stop) if self.stop else StopSignals()
         try:
             with torch_settings(self.config, self.device), stop_signals as stop:
@@ -302,8 +348,38 @@ class Trainer:
         except BaseException:
             self.saver.wait(raise_error=False)  # the save in flight still lands; the first error is raised
             raise
+        finally:
+            if self.board is not None:
+                self.board.close()
         barrier(self.ctx)
         return self.history
+
+    # ------------------------------------------------------------------------------------ fine-tuning
+
+    def _frozen_in(self, epoch: int) -> bool:
+        return self.config.freeze_epochs == -1 or epoch < self.config.freeze_epochs
+
+    def _freeze_backbone(self, frozen: bool) -> None:
+        """Stop (or restart) the backbone's training: no gradients (backward stops at the head), so the
+        optimizer skips it; its BatchNorm layers are put in eval mode each epoch (:meth:`_freeze_bn`)."""
+        if frozen == self.frozen:
+            return
+        for name, p in self.model.named_parameters():
+            if name not in self.head:
+                p.requires_grad_(not frozen)
+        self.frozen = frozen
+        if frozen and self.ctx.is_main:
+            until = "for the whole run" if self.config.freeze_epochs == -1 else (
+                f"for epochs 1-{self.config.freeze_epochs}")
+            trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+            self.print(f"backbone frozen {until}: training the head's {trainable:,} parameters")
+
+    def _freeze_bn(self) -> None:
+        # a frozen backbone keeps its pretrained BatchNorm statistics: no running-average updates
+        for name, module in self.model.named_modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
+                    f"{name}.{p}" in self.head for p, _ in module.named_parameters()):
+                module.eval()
 
     # ------------------------------------------------------------------------------ run directory
 
@@ -320,7 +396,7 @@ class Trainer:
         if self.ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if self.config.overwrite and not self.config.resume:
-                for name in (ckpt.LAST, ckpt.BEST):
+                for name in (ckpt.LAST, ckpt.BEST, TENSORBOARD_DIR):
                     shutil.rmtree(self.run_dir / name, ignore_errors=True)
             write_text_atomic(self.run_dir / CONFIG_JSON, json.dumps(self.config.to_dict(), indent=1) + "\n")
         barrier(self.ctx)
@@ -387,6 +463,8 @@ class Trainer:
             "epoch": epoch + 1, "train_loss": values["loss"], "train_acc": values["top1"],
             "test_loss": test["loss"], "test_acc": test["acc"], "test_top5": test["top5"],
             "lr": self.optimizer.param_groups[0]["lr"],
+            **({"lr_backbone": self.optimizer.param_groups[1]["lr"]} if len(self.optimizer.param_groups) > 1
+               else {}),
             "images_per_sec": (values["count"] - self.images_before) / max(train_time, 1e-9),
             "train_time": train_time, "eval_time": time.perf_counter() - eval_start,
             "time": time.perf_counter() - start,
@@ -397,13 +475,21 @@ class Trainer:
         if is_best:
             self.best_acc, self.best_epoch = test["acc"], epoch + 1
         self._report(record)
+        if self.board is not None:
+            self.board.epoch(record, self.model)
         self._save(epoch + 1, 0, None, is_best=is_best, then=self._curves_job())
         return record
 
     def _train_epoch(self, epoch: int, stop: StopSignals) -> tuple[RunningSums, int | None]:
         """One pass; returns the sums and, if a signal stopped it, the step it stopped after."""
         config, loader = self.config, self.train_loader
+        if self._frozen_in(epoch) != self.frozen:
+            self._freeze_backbone(self._frozen_in(epoch))
+            if self.ctx.distributed:
+                self._wrap_model()  # DDP reduces the gradients of the parameters trainable when it was built
         self.train_model.train()
+        if self.frozen:
+            self._freeze_bn()
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch)
         seed_everything(config.seed, epoch, self.ctx.rank)
@@ -485,10 +571,12 @@ class Trainer:
         """A rich progress bar; ``advance(done, sums)`` moves it every step and reads the device every
         ``log_every`` steps (to show the loss and check it is finite)."""
         every = self.config.log_every
+        if self.board is not None:
+            self.board.start_epoch(time.perf_counter())
         if not (self.config.progress and self.ctx.is_main and _is_terminal()):
             def check_only(done: int, sums: RunningSums) -> None:
                 if done % every == 0:
-                    self._check_finite_sums(sums, epoch, done)
+                    self._log_step(sums, epoch, done, total, want_values=False)
 
             yield check_only
             return
@@ -502,14 +590,29 @@ class Trainer:
             def advance(done: int, sums: RunningSums) -> None:
                 stats = None
                 if done % every == 0:
-                    self._check_finite_sums(sums, epoch, done)
-                    values = sums.values()
+                    values = self._log_step(sums, epoch, done, total, want_values=True)
                     stats = f"loss {values['loss']:.4f}  acc {values['top1']:.3f}"
                 bar.update(task, completed=done, **({"stats": stats} if stats else {}))
 
             yield advance
 
     # ------------------------------------------------------------------------------- safety, saving
+
+    def _log_step(self, sums: RunningSums, epoch: int, done: int, total: int,
+                  want_values: bool) -> dict[str, float] | None:
+        """Every ``log_every`` steps: check the loss is finite and, for the progress bar or TensorBoard, read
+        the epoch's running values; one device read in a single process (the values show the loss)."""
+        want_values = want_values or self.board is not None
+        if self.ctx.distributed or not want_values:
+            self._check_finite_sums(sums, epoch, done)  # the ranks agree first
+            values = sums.values() if want_values else None  # nothing is queued after that read
+        else:
+            values = sums.values()
+            self._check_finite(values["loss"], epoch, done)
+        if self.board is not None:
+            lrs = [group["lr"] for group in self.optimizer.param_groups]
+            self.board.step(epoch * total + done, values, lrs, time.perf_counter())
+        return values
 
     def _check_finite_sums(self, sums: RunningSums, epoch: int, step: int) -> None:
         # Each rank sums its own losses: the ranks agree, so that all of them stop here together instead
