@@ -22,6 +22,7 @@ The train, eval, predict, summary and export commands all load ``--weights`` thr
 from __future__ import annotations
 
 import pickle
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -107,14 +108,20 @@ def read_weights(path: str | Path) -> WeightsFile:
 
 
 def _read_pickled_state_dict(path: Path) -> WeightsFile:
+    with open(path, "rb") as f:
+        head = f.read(2)
+    # torch.save writes a zip archive ("PK"); files from before torch 1.6 are a bare pickle (the PROTO opcode)
+    if head != b"PK" and head[:1] != b"\x80":
+        raise CheckpointError(f"{path} is not a torch.save file (nor .safetensors, nor a run directory); "
+                              "pass the .pth/.pt state_dict itself")
     try:
         # weights_only: the unpickler accepts tensors, numbers, strings and plain containers only, so a
         # file crafted to run code on load (a __reduce__ that calls os.system) is refused, not executed.
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(
-            f"refused {path}: it holds Python objects other than tensors ({first}). Loading such a file "
+            f"refused {path}: it holds Python objects other than tensors ({_refused_object(error)}). "
+            "Loading such a file "
             "could run arbitrary code, so classicnets reads only plain state_dicts. If you trust its source, "
             "re-save just the weights: torch.save(model.state_dict(), 'weights.pth')") from None
     except (RuntimeError, EOFError, OSError, ValueError) as error:
@@ -122,6 +129,12 @@ def _read_pickled_state_dict(path: Path) -> WeightsFile:
                               "it may be truncated, or not a weights file") from None
     state, notes = _unwrap(loaded, path)
     return WeightsFile(path, state, None, notes)
+
+
+def _refused_object(error: Exception) -> str:
+    """The part of torch's long weights_only message that names the refused object."""
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+    return f"it would call {found.group(1)}" if found else str(error).strip().splitlines()[0][:200]
 
 
 def _unwrap(loaded: Any, path: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -292,23 +305,25 @@ def _input_channels_change(state, expected, reshaped) -> tuple[int, int] | None:
 
 
 def guess_architecture(state: Mapping[str, torch.Tensor], *, exclude: str = "") -> list[str]:
-    """Zoo models (at their default options) that ``state`` fits, classifier shapes aside."""
+    """Zoo models whose tensor names ``state`` has, exactly; those whose shapes (at default options,
+    classifier aside) fit too when there are any, else all with those names (another width_mult)."""
     from .registry import list_models
 
     first_conv = next((t for t in state.values() if t.dim() == 4), None)
     in_channels = int(first_conv.shape[1]) if first_conv is not None else 3
     keys = {k for k in state if not k.endswith(BN_COUNTER)}
-    fits = []
+    named, fits = [], []
     for candidate in list_models():
         if candidate == exclude:
             continue
         shapes = _meta_shapes(candidate, (), 2, in_channels)
         if {k for k in shapes if not k.endswith(BN_COUNTER)} != keys:
             continue
+        named.append(candidate)
         classifier = classifier_keys(candidate, None, in_channels)
         if all(tuple(state[k].shape) == shapes[k] for k in keys if k not in classifier):
             fits.append(candidate)
-    return fits
+    return fits or named
 
 
 # ------------------------------------------------------------------------------- inference from a file
