@@ -289,6 +289,17 @@ def test_the_cli_commands_take_weights(tmp_path, capsys):
     assert json.loads(captured.out)["totals"]["params"] == sum(v.numel() for v in state.values())
 
 
+def test_summarize_and_the_public_api_take_weights(tmp_path):
+    file = save_state_dict(tmp_path / "r18.pth", "resnet18", **SMALL)
+    model = classicnets.create_model("resnet18", **SMALL)
+    summary = classicnets.summarize(model, input_size=(3, 64, 64), weights=tmp_path / "r18.pth")
+    assert summary.totals.params == sum(p.numel() for p in model.parameters())
+    assert torch.equal(model.conv1.weight, file["conv1.weight"])
+    with pytest.raises(CheckpointError, match="do not fit resnet34"):
+        classicnets.summarize(classicnets.create_model("resnet34", **SMALL), weights=tmp_path / "r18.pth")
+    assert classicnets.load_weights is load_weights
+
+
 # ---------------------------------------------------------------------------------------- torch.hub
 
 

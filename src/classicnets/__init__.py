@@ -28,6 +28,7 @@ _EXPORTS = {
     "export": "inference",
     "load_dataset": "data",
     "build_loaders": "data",
+    "load_weights": "weights",
 }
 
 __all__ = sorted(_EXPORTS)
