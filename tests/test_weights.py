@@ -197,6 +197,49 @@ def test_backbone_lr_and_a_freeze_that_ends(tmp_path):
     assert not torch.equal(trained["bn1.running_mean"], file["bn1.running_mean"])
 
 
+SAVE_EACH_RANK = """
+import sys, torch
+from classicnets.training import loop
+
+fit = loop.Trainer.fit
+
+def fit_then_save_this_ranks_parameters(self):
+    history = fit(self)
+    torch.save(dict(self.model.named_parameters()), f"{self.config.out}/rank{self.ctx.rank}.pt")
+    return history
+
+loop.Trainer.fit = fit_then_save_this_ranks_parameters
+from classicnets.cli import main
+sys.exit(main())
+"""
+
+
+@pytest.mark.slow
+def test_two_ranks_train_the_thawed_backbone_together(tmp_path):
+    """DDP reduces the gradients of the parameters trainable when it was built: the trainer rebuilds it when
+    the backbone thaws, so both ranks' backbones stay equal."""
+    import os
+    import subprocess
+    import sys
+
+    file = save_state_dict(tmp_path / "r18.pth", "resnet18", in_channels=1, **SMALL)
+    (tmp_path / "run.py").write_text(SAVE_EACH_RANK)
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", str(tmp_path / "run.py"),
+         "train", "--recipe", "finetune", "--weights", str(tmp_path / "r18.pth"), "--model-options",
+         "width_mult=0.25", "--dataset", "synthetic", "--image-size", "16", "--subset", "32", "--batch-size",
+         "16", "--eval-batch-size", "512", "--epochs", "2", "--precision", "fp32", "--device", "cpu",
+         "--num-workers", "0", "--no-progress", "--out", str(out)],
+        capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    for name, value in ranks[0].items():
+        torch.testing.assert_close(ranks[1][name], value, rtol=0, atol=1e-6, msg=name)
+    assert not torch.equal(ranks[0]["layer1.0.conv1.weight"], file["layer1.0.conv1.weight"])  # it trained
+
+
 def test_finetune_settings_are_checked():
     with pytest.raises(ConfigError, match="freeze_epochs=-2"):
         classicnets.TrainConfig(freeze_epochs=-2)
