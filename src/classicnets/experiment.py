@@ -77,7 +77,7 @@ def run(config: TrainConfig, ctx: DistContext, stop: StopSignals | None = None) 
     info = registry.model_info(config.model)
     image_size = config.image_size or info.default_input[-1]
     _check_image_size(config.model, image_size, info.min_input[-1])
-    start = _starting_weights(config)
+    start = _starting_weights(config, ctx)
     loaders = build_loaders(
         config.dataset, data_dir=config.data_dir, image_size=image_size,
         batch_size=_per_process_batch(config, ctx), eval_batch_size=_eval_batch(config, ctx),
@@ -114,13 +114,13 @@ def run(config: TrainConfig, ctx: DistContext, stop: StopSignals | None = None) 
     return trainer.fit()
 
 
-def _starting_weights(config: TrainConfig) -> WeightsFile | None:
+def _starting_weights(config: TrainConfig, ctx: DistContext) -> WeightsFile | None:
     """The --weights file, read (so that a bad one fails before the data loads); None without one, and when
     resuming a run, which continues from its own checkpoint."""
     from .training.checkpoint import LAST
 
     if config.weights is None:
-        if config.recipe == "finetune":
+        if config.recipe == "finetune" and ctx.is_main:
             print("note: the finetune recipe without --weights trains from random weights; pass --weights "
                   "with a pretrained file (e.g. torchvision's resnet18 state_dict)")
         return None

@@ -99,7 +99,8 @@ class TensorBoardLog:
     ``OUT/tensorboard`` (``tensorboard --logdir runs`` shows every run). Rank 0 only.
 
     The step scalars are the values the trainer reads anyway at its ``log_every`` cadence: logging adds no
-    device read. A resumed run drops the events logged after its checkpoint (``purge_step``), so a killed
+    device read (in a distributed run they are rank 0's share of the epoch so far; the epoch scalars are
+    every rank's). A resumed run drops the events logged after its checkpoint (``purge_step``), so a killed
     attempt's steps are not drawn twice.
     """
 
