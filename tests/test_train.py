@@ -123,7 +123,7 @@ def test_every_field_is_a_flag_with_help():
                               "--grad-clip", "none", "--recipe", "quick"])
     assert overrides_from_args(args) == {"lr": 0.1, "normalize": False, "grad_clip": None, "recipe": "quick",
                                          "model_options": {"width_mult": 0.25, "dropout": 0}}
-    assert set(RECIPES) == {"default", "d2l", "paper", "fast", "quick"}
+    assert set(RECIPES) == {"default", "d2l", "paper", "fast", "quick", "finetune"}
 
 
 # ------------------------------------------------------------------------------------------ schedules

@@ -29,6 +29,7 @@ _EXPORTS = {
     "reproduce": "experiments",
     "load_dataset": "data",
     "build_loaders": "data",
+    "load_weights": "weights",
 }
 
 _SUBPACKAGES = ("experiments",)

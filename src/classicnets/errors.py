@@ -35,3 +35,7 @@ def refuse_url(path: object, what: str, error: type[ClassicnetsError] = Classicn
 
 class ClassicnetsWarning(UserWarning):
     """Something that works but may not do what was meant; the CLI prints it as one line, no source line."""
+
+
+class MissingDependencyError(ClassicnetsError, ImportError):
+    """An optional package (onnx, onnxruntime, tensorboard...) that a command needs is not installed."""

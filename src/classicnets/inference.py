@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .errors import CheckpointError, ClassicnetsError, ClassicnetsWarning, ConfigError
+from .errors import CheckpointError, ClassicnetsError, ClassicnetsWarning, ConfigError, MissingDependencyError
 from .training.checkpoint import load_model_weights, validate_metadata
 from .training.host_memory import reused_host_memory
 from .training.metrics import topk_correct
@@ -42,10 +42,6 @@ TTA_MODES = ("none", "flip", "ten-crop")
 EXPORT_FORMATS = ("onnx", "torchscript")
 # ITU-R 601 luma, the weights PIL's convert("L") uses, to feed colour images to a grey model.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
-
-
-class MissingDependencyError(ClassicnetsError, ImportError):
-    """An optional package (onnx, onnxruntime, onnxscript) that a command needs is not installed."""
 
 
 class ExportVerificationError(ClassicnetsError):
@@ -75,7 +71,9 @@ class LoadedCheckpoint:
 
     model: nn.Module
     metadata: dict[str, Any]
-    source: Path  # the model.safetensors file
+    source: Path  # the model.safetensors file (or the --weights file)
+    report: Any = None  # with --weights: the weights.LoadReport (what was loaded)
+    classes_assumed: bool = False  # a bare state_dict names no classes: ImageNet's or indices stand in
 
     @property
     def classes(self) -> list[str]:
@@ -89,7 +87,8 @@ class LoadedCheckpoint:
                              None if mean is None else tuple(mean), None if std is None else tuple(std))
 
 
-def load_checkpoint(checkpoint: str | Path) -> LoadedCheckpoint:
+def load_checkpoint(checkpoint: str | Path | LoadedCheckpoint, *,
+                    weights: str | Path | None = None) -> LoadedCheckpoint:
     """Rebuild the model a checkpoint was saved from and load its weights (``strict``: every key and shape).
 
     ``checkpoint`` is a run directory (best/ then last/), a checkpoint directory or a ``model.safetensors``.
@@ -97,9 +96,17 @@ def load_checkpoint(checkpoint: str | Path) -> LoadedCheckpoint:
     is validated field by field, and the model it names is first built on the meta device (shapes only,
     nothing allocated) and compared with the file's tensors: a header edited to ask for a huge model is
     refused before it can take the machine's memory.
+    With ``weights``, ``checkpoint`` is a model name and ``weights`` a torchvision/timm-style state_dict
+    (``.pth``, read with ``weights_only``), a ``.safetensors`` file or a run directory
+    (:mod:`classicnets.weights`); the model gets the file's classes and input channels, ImageNet's class
+    names for 1000 classes, and the model's default input size and mean/std.
     """
     from .registry import create_model
 
+    if isinstance(checkpoint, LoadedCheckpoint):
+        return checkpoint
+    if weights is not None:
+        return _load_with_weights(str(checkpoint), weights)
     state, raw_metadata = load_model_weights(checkpoint)
     source = _model_file_of(Path(checkpoint))
     metadata = validate_metadata(raw_metadata, source)
@@ -120,6 +127,30 @@ def load_checkpoint(checkpoint: str | Path) -> LoadedCheckpoint:
     model = build()
     model.load_state_dict(state, strict=True)
     return LoadedCheckpoint(model.eval(), metadata, source)
+
+
+def _load_with_weights(name: str, weights: str | Path) -> LoadedCheckpoint:
+    from . import weights as w
+    from .registry import create_model, model_info
+
+    file = w.read_weights(weights)
+    if file.metadata:  # a classicnets run: its header says how to build and feed the model
+        options = file.metadata.get("model_options") or {}
+    else:
+        options = {}
+    num_classes, in_channels = w.infer_size(file, name, options)
+    model = create_model(name, num_classes=num_classes, in_channels=in_channels, **options)
+    report = w.load_weights(model, file, name=name, options=options, new_head=False)
+    if file.metadata:
+        metadata = validate_metadata(file.header, file.path)
+    else:
+        info = model_info(name).for_channels(in_channels)
+        metadata = {"model": name, "model_options": options, "num_classes": num_classes,
+                    "in_channels": in_channels, "classes": w.class_names(file, num_classes),
+                    "image_size": info.default_input[-1], "mean": list(info.mean), "std": list(info.std),
+                    "dataset": ""}
+    source = _model_file_of(file.path) if file.path.is_dir() else file.path
+    return LoadedCheckpoint(model.eval(), metadata, source, report, classes_assumed=not file.metadata)
 
 
 def _model_file_of(path: Path) -> Path:
@@ -161,6 +192,8 @@ def _check_weights_fit(model: nn.Module, state: dict[str, torch.Tensor], name: s
 
 def default_output_dir(loaded: LoadedCheckpoint) -> Path:
     """Where results go unless told: the run directory (not best/ or last/, which each save replaces)."""
+    if loaded.classes_assumed:  # a bare weights file, maybe in a download cache: not next to it
+        return Path("runs") / f"{loaded.metadata['model']}-{loaded.source.stem.split('.')[0]}"
     return default_output_dir_of(loaded.source)
 
 
@@ -340,7 +373,7 @@ class EvalResult:
 
 
 def evaluate(
-    checkpoint: str | Path,
+    checkpoint: str | Path | LoadedCheckpoint,
     *,
     dataset: str | None = None,
     data_dir: str | Path | None = None,
@@ -354,6 +387,7 @@ def evaluate(
     out: str | Path | None = "auto",
     download: bool = True,
     out_dir: str | Path | None = None,
+    weights: str | Path | None = None,
 ) -> EvalResult:
     """Top-1, top-5, per-class accuracy and the confusion matrix of a checkpoint on a dataset split.
 
@@ -368,12 +402,14 @@ def evaluate(
     by default (``out="auto"``) into the run directory's ``eval-SPLIT[-TTA]/``, else into the folder
     ``out``; ``out=None`` writes nothing. (``out_dir`` is the older name of ``out``.) A ``tta`` whose views
     the run's training augmentation never showed warns with :class:`TTAWarning`.
+    With ``weights``, ``checkpoint`` is a model name (see :func:`load_checkpoint`); a bare state_dict names
+    no classes, so the dataset's are used when their number matches.
     """
     _check_tta(tta)
     for name, value in (("batch_size", batch_size), ("limit", limit)):
         if value is not None and value < 1:
             raise ConfigError(f"{name} must be >= 1; got {value}")
-    loaded = load_checkpoint(checkpoint)
+    loaded = load_checkpoint(checkpoint, weights=weights)
     _warn_tta(loaded, tta)
     out = out_dir if out_dir is not None else out
     folder = None if out is None else eval_output_dir(loaded, split, tta) if str(out) == "auto" else Path(out)
@@ -382,6 +418,8 @@ def evaluate(
     dataset = dataset or loaded.metadata.get("dataset")
     if not dataset:
         raise ConfigError(f"{loaded.source} does not name its dataset; pass --dataset")
+    if loaded.classes_assumed:
+        loaded.metadata["classes"] = _dataset_classes(loaded, dataset, split, data_dir, download)
     run_device = _resolve_device(device)
     model = _inference_model(loaded.model, run_device, channels_last)
     batches = _eval_batches(loaded, dataset, split, data_dir, download, limit, tta=tta,
@@ -409,6 +447,26 @@ def evaluate(
 def eval_output_dir(loaded: LoadedCheckpoint, split: str, tta: str) -> Path:
     """Where evaluation results go unless told: RUN_DIR/eval-SPLIT, with -TTA when TTA is on."""
     return default_output_dir(loaded) / f"eval-{split}{'' if tta == 'none' else '-' + tta}"
+
+
+def _dataset_classes(loaded: LoadedCheckpoint, dataset: str, split: str, data_dir,
+                     download: bool) -> list[str]:
+    """The class names of the dataset, for weights that carry none; their number must be the model's."""
+    from .data import formats, image_folder_root, load_dataset
+    from .errors import DatasetError
+
+    folder = image_folder_root(dataset, data_dir)
+    if folder is not None:
+        names = ("train",) if split == "train" else ("val", "test")
+        split_dir = next((folder / n for n in names if (folder / n).is_dir()), folder / names[0])
+        classes = formats.scan_image_folder(split_dir, on_bad="skip").classes
+    else:
+        classes = list(load_dataset(dataset, split, data_dir=data_dir, download=download).classes)
+    if len(classes) != len(loaded.classes):
+        raise DatasetError(f"{dataset} has {len(classes)} classes but the weights in {loaded.source} have "
+                           f"{len(loaded.classes)} outputs; evaluate on a dataset with as many classes "
+                           "(in the order the model was trained with)")
+    return classes
 
 
 def _eval_batches(loaded: LoadedCheckpoint, dataset: str, split: str, data_dir, download: bool,
@@ -606,24 +664,27 @@ def _prediction_note(probability: float, entropy: float, brightness: float, prep
 
 
 def predict(
-    checkpoint: str | Path,
+    checkpoint: str | Path | LoadedCheckpoint,
     images: Sequence[str | Path | Any],
     *,
     top_k: int = 5,
     tta: str = "none",
     invert: bool = False,
     device: str | torch.device = "auto",
+    weights: str | Path | None = None,
 ) -> list[Prediction]:
     """The ``top_k`` classes with probabilities for each image (paths or PIL images), in one batch.
 
     Any size, grey or colour: each image is converted to the model's channels, centre-cropped to a square
     (the paper's test crop; training images are square) and resized and normalised as in training.
     ``invert`` turns dark-on-light photos into the light-on-dark look of Fashion-MNIST and MNIST.
+    With ``weights``, ``checkpoint`` is a model name (``predict("resnet18", ["cat.jpg"],
+    weights="resnet18.pth")``): ImageNet weights print ImageNet's class names.
     """
     _check_tta(tta)
     if not images:
         raise ConfigError("no images given; pass one or more image files")
-    loaded = load_checkpoint(checkpoint)
+    loaded = load_checkpoint(checkpoint, weights=weights)
     _warn_tta(loaded, tta)
     prep = loaded.preprocessing
     run_device = _resolve_device(device)
@@ -706,11 +767,12 @@ class ExportResult:
 
 
 def export(
-    checkpoint: str | Path,
+    checkpoint: str | Path | LoadedCheckpoint,
     format: str = "onnx",
     out: str | Path | None = None,
     *,
     tolerance: float = 1e-4,
+    weights: str | Path | None = None,
 ) -> ExportResult:
     """Export a checkpoint's model to ONNX or TorchScript, then check it against PyTorch.
 
@@ -720,7 +782,8 @@ def export(
     and run on a batch size other than the one exported; a max abs difference of the logits above
     ``tolerance`` (times the largest logit when that exceeds 1: float32 rounding grows with the values, and
     untrained deep nets reach logits of 1e5) raises :class:`ExportVerificationError`. ``out`` defaults to
-    ``MODEL.onnx`` or ``MODEL.torchscript.pt`` in the run directory (:func:`default_output_dir`).
+    ``MODEL.onnx`` or ``MODEL.torchscript.pt`` in the run directory (:func:`default_output_dir`). With
+    ``weights``, ``checkpoint`` is a model name (see :func:`load_checkpoint`).
     """
     if format not in EXPORT_FORMATS:
         raise ConfigError(f"unknown export format {format!r}; expected one of {', '.join(EXPORT_FORMATS)}")
@@ -728,7 +791,7 @@ def export(
         raise ConfigError(f"tolerance must be >= 0; got {tolerance}")
     if format == "onnx":
         _require_export_packages()
-    loaded = load_checkpoint(checkpoint)
+    loaded = load_checkpoint(checkpoint, weights=weights)
     prep = loaded.preprocessing
     suffix = ".onnx" if format == "onnx" else ".torchscript.pt"
     name = f"{loaded.metadata['model']}{suffix}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .arguments import add_checkpoint_argument
+from .arguments import add_checkpoint_argument, load_for_command
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -43,8 +43,9 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..inference import evaluate
 
+    loaded = load_for_command(args, quiet=args.json)
     result = evaluate(
-        args.checkpoint, dataset=args.dataset, data_dir=args.data_dir, split=args.split, tta=args.tta,
+        loaded, dataset=args.dataset, data_dir=args.data_dir, split=args.split, tta=args.tta,
         batch_size=args.batch_size, device=args.device, bf16=args.bf16, channels_last=args.channels_last,
         limit=args.limit, out=args.out or "auto", download=args.download,
     )

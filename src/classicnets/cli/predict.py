@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .arguments import add_checkpoint_argument
+from .arguments import add_checkpoint_argument, load_for_command
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -32,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise ConfigError(f"--top-k must be >= 1; got {args.top_k}")
-    predictions = predict(args.checkpoint, args.images, top_k=args.top_k, tta=args.tta, invert=args.invert,
+    loaded = load_for_command(args, quiet=args.json)
+    predictions = predict(loaded, args.images, top_k=args.top_k, tta=args.tta, invert=args.invert,
                           device=args.device)
     if args.json:
         print(json.dumps([{"image": p.source, "top": [{"class": c, "probability": q} for c, q in p.top],

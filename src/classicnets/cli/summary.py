@@ -48,6 +48,10 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
                         help="timed steps for --measure; medians are reported (default: 5)")
     parser.add_argument("--optimizer", choices=["sgd", "sgd_momentum", "adam"], default="sgd_momentum",
                         help="optimizer of the measured steps (default: sgd_momentum)")
+    parser.add_argument("--weights", metavar="FILE",
+                        help="load these weights into the model first (one MODEL): a .pth/.pt state_dict, a "
+                             ".safetensors file or a run directory; classes and input channels default to "
+                             "the file's, and what loaded is listed on stderr")
     parser.set_defaults(run=run)
 
 
@@ -56,6 +60,10 @@ def run(args: argparse.Namespace) -> int:
     from ..inspect import render_comparison, summarize
     from ..registry import model_info
 
+    if args.weights and len(args.models) > 1:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"--weights loads one model's weights; name one MODEL, not {len(args.models)}")
     summaries = []
     for name in args.models:
         model, input_size = _build(name, args)
@@ -100,8 +108,10 @@ def _build(name: str, args: argparse.Namespace):
     from ..registry import create_model, model_info
 
     info = model_info(name)
-    in_channels = args.in_channels or (args.input[0] if args.input else info.default_input[0])
     kwargs = dict(args.option)
+    if args.weights:
+        return _build_with_weights(name, args, kwargs)
+    in_channels = args.in_channels or (args.input[0] if args.input else info.default_input[0])
     if args.num_classes is not None:
         kwargs["num_classes"] = args.num_classes
     # Counting needs only shapes: without --measure the model is built on the meta device (no weights
@@ -110,6 +120,20 @@ def _build(name: str, args: argparse.Namespace):
         model = create_model(name, in_channels=in_channels, **kwargs)
     input_size = args.input or (in_channels, *info.default_input[1:])
     return model, input_size
+
+
+def _build_with_weights(name: str, args: argparse.Namespace, options: dict):
+    """The model on the CPU with the --weights loaded (a new classifier for another --num-classes)."""
+    from ..registry import create_model, model_info
+    from ..weights import infer_size, load_weights, read_weights
+
+    file = read_weights(args.weights)
+    num_classes, in_channels = infer_size(file, name, options)
+    in_channels = args.in_channels or (args.input[0] if args.input else in_channels)
+    model = create_model(name, num_classes=args.num_classes or num_classes, in_channels=in_channels,
+                         **options)
+    print(load_weights(model, file, name=name, options=options), file=sys.stderr)
+    return model, args.input or (in_channels, *model_info(name).default_input[1:])
 
 
 def _input_size(text: str) -> tuple[int, ...]:

@@ -122,14 +122,20 @@ class Summary:
 def summarize(model: nn.Module, input_size: tuple[int, ...] | None = None, batch_size: int = 1,
               dtype: torch.dtype | str = torch.float32, device: str | torch.device = "cpu",
               depth: int | None = 3, train: bool = True, measure: bool = False, repeats: int = 5,
-              optimizer: str = "sgd_momentum", name: str | None = None) -> Summary:
+              optimizer: str = "sgd_momentum", name: str | None = None, weights=None) -> Summary:
     """Count one training step of ``model`` on a batch of ``batch_size`` inputs of ``input_size`` (C, H, W).
 
     ``input_size`` defaults to ``model.info.default_input``. The counting runs on a meta-device copy in
     ``dtype`` (byte counts follow it), in training mode unless ``train=False``. ``depth`` folds deeper modules
     into their ancestor's row (``None``: every module). ``measure=True`` also runs ``repeats`` real steps on
-    ``device`` (see :mod:`.measure`) for measured peak memory and per-layer times.
+    ``device`` (see :mod:`.measure`) for measured peak memory and per-layer times. ``weights`` (a file
+    :func:`classicnets.weights.load_weights` reads) is loaded into the zoo model first, strictly, so the
+    measured steps run on them and a file that does not fit is refused.
     """
+    if weights is not None:
+        from ..weights import load_weights
+
+        load_weights(model, weights, name=model.info.name)
     dtype = resolve_dtype(dtype)
     input_size = _input_size(model, input_size)
     _check_arguments(batch_size, depth, repeats)

@@ -21,6 +21,10 @@ Recipes (``--recipe``):
   the test set.
 - ``fast``: accuracy per second on a GPU: bf16 autocast, channels_last, torch.compile on CUDA, batch 256,
   SGD nesterov with a one-cycle schedule, label smoothing, flips, flip test-time augmentation, 5 epochs.
+- ``finetune``: start from ImageNet weights (``--weights``) on a small folder of photos: resnet18 at 224,
+  SGD momentum 0.9, lr 0.01 for the new head and 0.1x that for the backbone, which stays frozen (BatchNorm
+  statistics too) for the first epoch while the head learns, cosine schedule, Inception-style random
+  resized crops and flips, normalised with the weights' ImageNet mean/std, batch 16, 5 epochs.
 - ``quick``: what ``make demo`` runs on a 2-core CPU: alexnet_28 (d2l's 28x28 AlexNet, the book's exercise)
   at quarter width (2.9M parameters), bf16 autocast + channels_last, AdamW with a one-cycle schedule,
   batch 256, 2 epochs on all 60,000 images: 0.90 test accuracy (measured 0.901) in about 2 minutes.
@@ -51,8 +55,9 @@ AUGMENTS = ("none", "flip", "crop-flip", "resized-crop-flip", "paper")
 TTAS = ("none", "flip", "ten-crop")
 INITS = ("model", "xavier")
 ON_BAD = ("skip", "error")
+LOG_TO = ("files", "tensorboard")
 CHOICES = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "precision": PRECISIONS, "augment": AUGMENTS,
-           "tta": TTAS, "init": INITS, "on_bad": ON_BAD}
+           "tta": TTAS, "init": INITS, "on_bad": ON_BAD, "log_to": LOG_TO}
 
 
 def _f(default: Any, help: str, **kwargs) -> Any:
@@ -89,6 +94,13 @@ class TrainConfig:
     init: str = _f("model", "weight init: 'model' keeps the builder's own (the paper's N(0, 0.01) for "
                             "alexnet, xavier for the d2l nets); 'xavier' re-initialises every conv and "
                             "linear layer with xavier-uniform as d2l's train_ch6 does")
+    weights: str | None = _f(None, "start from these weights: a torchvision/timm-style .pth/.pt state_dict "
+                                   "(read without running code), a .safetensors file or a classicnets run "
+                                   "directory; a classifier for another number of classes is re-initialised")
+    freeze_epochs: int = _f(0, "train only the head (the classifier) for the first N epochs, the backbone "
+                               "and its BatchNorm statistics frozen; -1: for the whole run")
+    backbone_lr_mult: float = _f(1.0, "the backbone's learning rate as a fraction of lr (the head's); 0.1 "
+                                      "is usual when fine-tuning pretrained weights")
 
     # --- optimisation
     epochs: int = _f(10, "passes over the training set")
@@ -143,6 +155,8 @@ class TrainConfig:
                                 "kept until the new one saves its first checkpoint)")
     log_every: int = _f(50, "steps between progress refreshes and NaN checks (each reads the GPU once)")
     progress: bool = _f(True, "show a progress bar while an epoch runs")
+    log_to: str = _f("files", "files: metrics.jsonl/csv and curves.png; tensorboard: those and TensorBoard "
+                              "events in OUT/tensorboard (pip install 'classicnets[tensorboard]')")
     recipe: str | None = _f(None, "the recipe these settings started from (a label: setting it here applies "
                                   "nothing; from_recipe, --recipe or train(recipe=...) apply one)")
 
@@ -180,6 +194,13 @@ RECIPES: dict[str, dict[str, Any]] = {
                  nesterov=True, weight_decay=5e-4, schedule="onecycle", onecycle_pct=0.25,
                  label_smoothing=0.1, init="xavier", normalize=True, augment="flip", tta="flip",
                  precision="bf16", channels_last=True, compile=None),
+    # torchvision's fine-tuning practice on a small folder: the new head at lr 0.01 with momentum, the
+    # pretrained backbone 10x slower after one epoch frozen (so the random head's first, large gradients
+    # never reach it), ImageNet statistics (normalize uses the weights' own), crops like ImageNet training.
+    # batch 16: a folder of a few dozen photos still gives several steps an epoch
+    "finetune": dict(model="resnet18", epochs=5, batch_size=16, optimizer="sgd", lr=0.01, momentum=0.9,
+                     weight_decay=1e-4, schedule="cosine", freeze_epochs=1, backbone_lr_mult=0.1,
+                     normalize=True, augment="resized-crop-flip", tta="none", init="model", image_size=224),
     "quick": dict(model="alexnet_28", model_options={"width_mult": 0.25}, epochs=2, batch_size=256,
                   optimizer="adamw", lr=3e-3, weight_decay=0.05, schedule="onecycle", onecycle_pct=0.25,
                   label_smoothing=0.0, init="model", normalize=True, augment="none", tta="none",
@@ -265,6 +286,11 @@ def validate(config: TrainConfig) -> None:
     from ..registry import check_model_options  # the builders' own option checks, without building
 
     check_model_options(config.model, config.model_options)
+    if config.freeze_epochs < -1:
+        raise ConfigError(f"freeze_epochs={config.freeze_epochs}: use 0 (never), N (the first N epochs) "
+                          "or -1 (the whole run)")
+    if not 0 <= config.backbone_lr_mult <= 1e3:
+        raise ConfigError(f"backbone_lr_mult={config.backbone_lr_mult} must be a factor >= 0 such as 0.1")
 
 
 def _require(name: str, ok: bool, words: str, value: Any) -> None:
