@@ -207,7 +207,7 @@ def test_cam_of_a_run_for_a_named_class_and_bad_classes(tiny_run, photo, tmp_pat
     picture = show.cam(tiny_run, photo, out=tmp_path / "cam.png", target="sneaker")
     data = picture.data
     assert data["class"] == "Sneaker" and data["class_index"] == 7
-    assert data["layer"] == "features.pool5" and data["layer_map_shape"] == [5, 5]
+    assert data["layer"] == "features.relu5" and data["layer_map_shape"] == [12, 12]  # pool5 is 5x5
     assert picture.arrays["upsampled"].shape == (28, 28)
     assert sum(t["probability"] for t in data["top"]) <= 1.0 + 1e-6
     with pytest.raises(ConfigError, match="'Llama' is not one of the run's classes: T-shirt/top"):
@@ -292,3 +292,23 @@ def test_summary_plot(tmp_path, capsys):
     assert "features.conv2" in names and "features" not in names  # containers' empty rows drop out
     assert main(["summary", "alexnet", "vgg11", "--plot", str(path)]) == 2
     assert "--plot draws one model" in capsys.readouterr().err
+
+
+def test_default_cam_layer_is_the_last_conv_output_before_pooling():
+    from classicnets.show.common import last_conv_output
+
+    for name, size, expected in (("alexnet", 227, "features.relu5"), ("resnet18", 64, "layer4.1"),
+                                 ("googlenet", 64, "inception5b"), ("vgg11", 32, "features.19")):
+        model = classicnets.create_model(name, width_mult=0.0625).eval()
+        calls = run_recording(model, torch.zeros(1, 3, size, size))
+        assert last_conv_output(calls).name == expected, name
+
+
+def test_the_readme_pictures_exist_and_stay_small():
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "README.md").read_text()
+    linked = [line.split("](")[1].split(")")[0] for line in text.splitlines() if "](docs/pictures/" in line]
+    assert {Path(p).name for p in linked} >= {"kernels.png", "features.png", "cam.png", "neighbours.png",
+                                              "summary.png"}
+    for path in linked:
+        assert (root / path).stat().st_size < 200_000, path

@@ -39,7 +39,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     _common(cam, image=True)
     cam.add_argument("--class", dest="target", metavar="C",
                      help="class name or index (default: the predicted class)")
-    cam.add_argument("--layer", metavar="NAME", help="module name (default: the last conv block's output)")
+    cam.add_argument("--layer", metavar="NAME",
+                     help="module name (default: the last conv block's output, before its pooling)")
 
     neighbours = kinds.add_parser("neighbours", help="test images beside their nearest training images in "
                                                      "the last hidden layer (the paper's Fig. 4)")

@@ -17,11 +17,11 @@ import torch.nn as nn
 from ..inference import MissingDependencyError
 from .common import (
     Picture,
-    block_ends,
     class_index,
     class_name,
     image_label,
     image_stem,
+    last_conv_output,
     model_input,
     new_figure,
     output_paths,
@@ -45,10 +45,11 @@ def _captum():
 def grad_cam(model: nn.Module, x: torch.Tensor, target: int, layer: str | None = None
              ) -> tuple[torch.Tensor, torch.Tensor, str]:
     """The Grad-CAM of class ``target`` for input ``x`` (1, C, H, W) at ``layer`` (default: the last conv
-    block's output): the map at the layer's resolution and upsampled (bilinear) to H x W, and the layer."""
+    block's output before its pooling): the map at the layer's resolution, the map upsampled (bilinear)
+    to H x W, and the layer's name."""
     LayerGradCam, LayerAttribution = _captum()
     calls = run_recording(model, x)
-    chosen = pick_layers(calls, [layer])[0] if layer else block_ends(calls)[-1]
+    chosen = pick_layers(calls, [layer])[0] if layer else last_conv_output(calls)
     x = x.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         attribution = LayerGradCam(model, chosen.module).attribute(x, target=target, relu_attributions=True)
@@ -61,8 +62,9 @@ def cam(run: str | Path | nn.Module | Any, image: str | Path | Any, out: str | P
         target: int | str | None = None, layer: str | None = None, invert: bool = False) -> Picture:
     """Draw the Grad-CAM of ``image`` for class ``target`` (a name or index; default: the predicted class).
 
-    ``layer`` is a module name (default: the last conv block's output). Writes ``cam-IMAGE.png`` (input,
-    map, overlay) and ``.json`` (class, probabilities, the map at the layer's resolution).
+    ``layer`` is a module name (default: the last conv block's output before its pooling). Writes
+    ``cam-IMAGE.png`` (input, map, overlay) and ``.json`` (class, probabilities, the map at the layer's
+    resolution).
     """
     subject = subject_of(run)
     model = subject.model

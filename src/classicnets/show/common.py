@@ -215,6 +215,21 @@ def block_ends(calls: list[LayerCall]) -> list[LayerCall]:
     return ends
 
 
+POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+
+
+def last_conv_output(calls: list[LayerCall]) -> LayerCall:
+    """The last conv block's output before any pooling that ends it (AlexNet: relu5, 13x13 at 227, not
+    pool5's 6x6): the finest maps that have seen the whole net's convolutions, Grad-CAM's usual layer."""
+    units = [c for c in calls if c.unit and c.output is not None and c.output.dim() == 4]
+    convs = [i for i, c in enumerate(units) if c.has_conv]
+    if not convs:
+        raise ConfigError("the model has no conv layer whose maps a class activation map could use; "
+                          "name a layer with feature maps")
+    tail = [c for c in units[convs[-1]:] if not isinstance(c.module, POOLS)]
+    return tail[-1]
+
+
 def pick_layers(calls: list[LayerCall], names: Sequence[str]) -> list[LayerCall]:
     """The named layers, or an error listing the valid names."""
     by_name = {c.name: c for c in map_layers(calls)}

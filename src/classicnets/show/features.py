@@ -84,11 +84,14 @@ def _draw(subject, shown: np.ndarray, rows: list[dict], arrays: dict[str, np.nda
     for ax, row in zip(axes[1:], rows, strict=False):
         maps = arrays[row["layer"]]
         grid = mosaic(maps, math.ceil(math.sqrt(len(maps))))
+        low = 0.0 if row["min"] >= 0 else row["min"]
+        flat = row["max"] <= low  # every map constant (a dead layer): keep a readable scale
         image = ax.imshow(np.ma.masked_invalid(grid), cmap=colormaps["viridis"].with_extremes(bad="white"),
-                          vmin=0 if row["min"] >= 0 else None, interpolation="nearest")
+                          vmin=low, vmax=low + 1 if flat else row["max"], interpolation="nearest")
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=7)
         shape = " x ".join(map(str, row["shape"]))
-        ax.set_title(f"{row['layer']} ({row['type']})\n{shape}, {len(maps)} of {row['shape'][0]} maps",
+        note = f", all {row['max']:g}" if flat else ""
+        ax.set_title(f"{row['layer']} ({row['type']})\n{shape}, {len(maps)} of {row['shape'][0]} maps{note}",
                      fontsize=9)
     for ax in axes:
         ax.set_xticks([])
