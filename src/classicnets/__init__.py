@@ -30,10 +30,15 @@ _EXPORTS = {
     "build_loaders": "data",
 }
 
+# subpackages reachable as attributes without their own import: classicnets.show.kernels(...)
+_SUBPACKAGES = ("show",)
+
 __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
+    if name in _SUBPACKAGES:
+        return import_module(f".{name}", __name__)
     if name not in _EXPORTS:
         raise AttributeError(f"module 'classicnets' has no attribute {name!r}")
     value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)

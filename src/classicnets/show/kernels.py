@@ -130,8 +130,8 @@ def kernel_numbers(subject: Subject, layer: str, weight: torch.Tensor, towers: i
 def _draw(subject: Subject, data: dict[str, Any], grids: list[np.ndarray]):
     towers = data["towers"]
     colour = data["colour_specificity"] is not None
-    height = sum(g.shape[0] / g.shape[1] * 8 for g in grids) + 0.6 * len(grids) + (2.2 if colour else 0)
-    fig = new_figure(8, max(2.5, height))
+    height = sum(g.shape[0] / g.shape[1] * 8 + 0.45 for g in grids) + 0.4 + (2.2 if colour else 0)
+    fig = new_figure(8, height)
     panels = fig.subfigures(2 if colour else 1, 1, height_ratios=[height - 2.2, 2.2] if colour else None)
     grid_fig = panels[0] if colour else panels
     axes = np.atleast_1d(grid_fig.subplots(len(grids), 1))

@@ -29,7 +29,6 @@ def embedding(model: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor],
     first call: ``["classifier.fc8 input"]``)."""
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     described: list[str] = []
-    state: dict[str, Any] = {}
 
     def embed(x: torch.Tensor) -> torch.Tensor:
         if not linears:
@@ -50,7 +49,6 @@ def embedding(model: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor],
             for handle in handles:
                 handle.remove()
         name, vector = captured[-1]  # the last Linear called is the classifier; its input, the last hidden
-        state.setdefault("layer", name)
         if not described:
             described.append(f"input of {name} ({vector.shape[1]}-d)")
         return vector.float().flatten(1)
