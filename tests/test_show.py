@@ -125,8 +125,15 @@ def test_scaled_kernels_map_each_kernel_to_the_unit_range_on_its_own():
 
 
 def test_a_model_without_a_conv_layer_is_refused(tmp_path):
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
     with pytest.raises(ConfigError, match="no nn.Conv2d layer"):
-        show.kernels(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), out=tmp_path / "k.png")
+        show.kernels(mlp, out=tmp_path / "k.png")
+    image = torch.zeros(1, 2, 2)
+    with pytest.raises(ConfigError, match="no conv block"):
+        show.features(mlp, image, out=tmp_path / "f.png")
+    pytest.importorskip("captum")
+    with pytest.raises(ConfigError, match="no conv layer"):
+        show.cam(mlp, image, out=tmp_path / "c.png")
 
 
 # ---------------------------------------------------------------------------------------------- features
