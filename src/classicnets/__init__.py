@@ -32,7 +32,8 @@ _EXPORTS = {
     "load_weights": "weights",
 }
 
-_SUBPACKAGES = ("experiments",)
+# subpackages reachable as attributes without their own import: classicnets.show.kernels(...)
+_SUBPACKAGES = ("experiments", "show")
 
 __all__ = sorted(_EXPORTS)
 

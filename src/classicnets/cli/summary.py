@@ -5,6 +5,7 @@ models side by side.
     classicnets summary alexnet --input 3,227,227 --batch-size 128 --format markdown
     classicnets summary alexnet_d2l --measure --batch-size 32 --repeats 5
     classicnets summary alexnet vgg11 resnet18 --input 3,224,224
+    classicnets summary alexnet --plot alexnet.png   # per-layer parameters, FLOPs, memory as bar charts
 """
 
 from __future__ import annotations
@@ -52,18 +53,22 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
                         help="load these weights into the model first (one MODEL): a .pth/.pt state_dict, a "
                              ".safetensors file or a run directory; classes and input channels default to "
                              "the file's, and what loaded is listed on stderr")
+    parser.add_argument("--plot", metavar="FILE",
+                        help="also draw the per-layer parameters, FLOPs and activation memory as bar charts "
+                             "into FILE (a PNG; one model)")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import InputShapeError
+    from ..errors import ConfigError, InputShapeError
     from ..inspect import render_comparison, summarize
     from ..registry import model_info
 
     if args.weights and len(args.models) > 1:
-        from ..errors import ConfigError
-
         raise ConfigError(f"--weights loads one model's weights; name one MODEL, not {len(args.models)}")
+    if args.plot and len(args.models) > 1:
+        raise ConfigError(f"--plot draws one model; got {len(args.models)} ({', '.join(args.models)}): "
+                          "run summary once per model to plot each")
     summaries = []
     for name in args.models:
         model, input_size = _build(name, args)
@@ -94,6 +99,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         text = render_comparison(summaries, args.format, width=width)
     print(text, end="" if text.endswith("\n") else "\n")
+    if args.plot:
+        from ..inspect.plot import plot_summary
+
+        print(f"wrote {plot_summary(summaries[0], args.plot)}", file=sys.stderr)
     return 0
 
 
