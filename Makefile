@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test test-fast bench data models-table lint clean
+.PHONY: demo test test-fast bench data models-table pictures lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ test-fast: $(STAMP)
 
 bench: $(STAMP) data
 	$(BIN)/python benchmarks/run_all.py
+
+# The README's pictures (docs/pictures/*.png): trains two small runs under runs/pictures/ first.
+pictures: $(STAMP) data
+	$(BIN)/python -m classicnets.tools.pictures
 
 models-table: $(STAMP)
 	$(BIN)/python -m classicnets.tools.readme_tables --write README.md

@@ -52,12 +52,13 @@ def checkpoint_seconds(run_dir: Path, model: torch.nn.Module, reps: int) -> dict
 
 
 def curves_seconds(run_dir: Path, reps: int) -> dict:
-    history = [{"epoch": e, "train_loss": 1 / e, "train_acc": 1 - 1 / e, "test_acc": 1 - 1.1 / e}
-               for e in range(1, 11)]  # fmt: skip
+    history = [{"epoch": e, "train_loss": 1 / e, "train_acc": 1 - 1 / e, "test_acc": 1 - 1.1 / e,
+                "test_loss": 1.1 / e, "lr": 0.01} for e in range(1, 11)]  # fmt: skip
+    steps = [(i / 10, 1 / (1 + i / 10), 0.01) for i in range(1, 101)]  # what log_every records, 10 an epoch
     times = []
     for _ in range(reps + 1):
         start = time.perf_counter()
-        plot_curves(run_dir, history, title="alexnet_d2l on fashion-mnist")
+        plot_curves(run_dir, history, title="alexnet_d2l on fashion-mnist", steps=steps)
         times.append(time.perf_counter() - start)
     return {"first_s": times[0], "then_s": common.median(times[1:])}
 

@@ -416,6 +416,8 @@ def test_empty_class_folder_and_missing_splits(tmp_path):
     (tmp_path / "val").rename(tmp_path / "validation")
     with pytest.raises(DatasetError, match=r"has no val/ or test/ sub-folder"):
         build_loaders("imagefolder", data_dir=tmp_path, image_size=16, batch_size=2)
+    with pytest.raises(DatasetError, match=r"image folder .*nowhere does not exist"):
+        build_loaders("imagefolder", data_dir=tmp_path / "nowhere", image_size=16, batch_size=2)
 
 
 def test_image_folder_skips_and_counts_bad_files_or_stops(tmp_path):

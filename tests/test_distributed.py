@@ -91,10 +91,14 @@ def test_bad_settings_are_clear_errors(monkeypatch):
 
 def test_only_failures_caused_by_another_rank_become_lost_rank_errors():
     two_ranks = D.DistContext(0, 2, 0, torch.device("cpu"), "gloo")
-    with pytest.raises(D.LostRankError, match="rank 0 of 2 stopped: another rank died") as caught:
+    with pytest.raises(D.LostRankError, match="rank 0 of 2 stopped: another rank exited") as caught:
         with D.lost_rank_errors(two_ranks):
             raise RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:23981")
     assert "Connection closed by peer" in str(caught.value)  # the original first line is kept
+    assert "did not answer" not in str(caught.value)  # a closed connection is no timeout
+    with pytest.raises(D.LostRankError, match=r"another rank did not answer within \d+ s"):
+        with D.lost_rank_errors(two_ranks):
+            raise RuntimeError("[gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 300000ms")
     for unrelated in (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), ValueError("bad")):
         with pytest.raises(type(unrelated), match=str(unrelated)):
             with D.lost_rank_errors(two_ranks):
@@ -115,6 +119,23 @@ def test_nproc_shortcut_relaunches_the_same_command_under_torchrun():
     assert [parsed.training_script, *parsed.training_script_args] == ["classicnets", *command]
     assert not under_launcher({})
     assert under_launcher({"TORCHELASTIC_RUN_ID": "x"}) and under_launcher({"SLURM_NTASKS": "4"})
+
+
+def test_nproc_refuses_a_taken_run_folder_once_before_starting_processes(tmp_path, monkeypatch, capsys):
+    import torch.distributed.run
+
+    from classicnets.cli import main
+
+    started = []
+    monkeypatch.setattr(torch.distributed.run, "run", lambda args: started.append(args))
+    (tmp_path / "run" / "last").mkdir(parents=True)
+    assert main(["train", "--nproc", "2", "--out", str(tmp_path / "run")]) == 2
+    assert not started and capsys.readouterr().err.count("already holds a run") == 1
+
+    # more processes than a CPU has cores: a warning, and the processes still start
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert main(["train", "--nproc", "8", "--device", "cpu", "--out", str(tmp_path / "new")]) == 0
+    assert len(started) == 1 and "--nproc 8 on a CPU with 2 cores" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------------------------------

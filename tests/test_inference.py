@@ -11,6 +11,7 @@ import json
 import pickle
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from classicnets.inference import (
     ExportVerificationError,
     MissingDependencyError,
     Preprocessing,
+    TTAWarning,
     load_checkpoint,
     prepare_batch,
     tta_views,
@@ -517,3 +519,30 @@ def test_export_and_eval_refuse_to_write_onto_a_checkpoint(tmp_path, capsys):
     assert "the checkpoint being read" in capsys.readouterr().err
     assert (run / "last" / "model.safetensors").read_bytes() == weights
     assert (run / "best" / "model.safetensors").read_bytes() == weights
+
+
+def test_tta_the_training_never_saw_warns_and_a_bright_photo_gets_a_note(trained_run, fashion_mnist_dir,
+                                                                         tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    (run / "config.json").write_text(json.dumps({"augment": "none"}))
+    with pytest.warns(TTAWarning, match="trained with augment='none'"):
+        result = classicnets.evaluate(run, data_dir=fashion_mnist_dir, limit=100, tta="flip")
+    assert Path(result.files["png"]).parent == run / "eval-test-flip"  # as the CLI writes: out="auto"
+    assert classicnets.evaluate(run, data_dir=fashion_mnist_dir, limit=100, out=None).files == {}
+    (run / "config.json").write_text(json.dumps({"augment": "flip"}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TTAWarning)
+        classicnets.evaluate(run, data_dir=fashion_mnist_dir, limit=100, tta="flip", out=None)
+
+    photo = np.full((120, 160, 3), 235, np.uint8)  # a dark thing on a white table, as photos are
+    photo[40:80, 50:110] = 30
+    Image.fromarray(photo).save(tmp_path / "photo.jpg")
+    (prediction,) = classicnets.predict(run, [tmp_path / "photo.jpg"])
+    assert 0.0 <= prediction.entropy <= 1.0 and "brighter than the training images" in prediction.note
+    assert "need --invert" in prediction.note
+    assert "brighter" not in classicnets.predict(run, [tmp_path / "photo.jpg"], invert=True)[0].note
+    assert main(["predict", str(run), str(tmp_path / "photo.jpg")]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == str(tmp_path / "photo.jpg") and "entropy" in out and "note:" in out
+    assert max(map(len, out.splitlines()[1:])) <= 80

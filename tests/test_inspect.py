@@ -399,11 +399,28 @@ def test_markdown_and_table(d2l_summary):
     lines = [line for line in markdown.splitlines() if line.startswith("| `")]
     assert len(lines) == len(d2l_summary.rows)
     assert "| `features.conv1` | Conv2d | 1x96x54x54 | 11,712 |" in markdown
-    table = d2l_summary.render("table")
+    table = d2l_summary.render("table", width=200)
     assert "conv1" in table and "33.87M" in table and "most compute" in table
     assert "features.conv2 (Conv2d)" in table and "FLOPs = 2 x MACs" in table
     with pytest.raises(ConfigError, match="format must be one of"):
         d2l_summary.render("yaml")
+
+
+def test_the_default_table_fits_80_columns_and_shows_each_part_s_totals():
+    from classicnets import create_model, summarize
+
+    with torch.device("meta"):
+        model = create_model("alexnet_d2l")
+    table = summarize(model).render("table", width=80)  # the CLI's default depth
+    assert max(map(len, table.splitlines())) <= 80
+    rows = {line.split()[0]: line for line in table.splitlines() if line.strip()}
+    # which part holds the parameters and which the compute reads off the parts' rows, whole numbers kept
+    assert "[3,723,968]" in rows["features"] and "[43,040,778]" in rows["classifier"]
+    assert "[1.79G]" in rows["features"] and "[86.07M]" in rows["classifier"]
+    assert "conv2" in rows and "params" in table and "FLOPs" in table
+    assert "(+)" not in table  # nothing is folded at this depth, so no footnote for it
+    folded = summarize(model, depth=1).render("table", width=80)
+    assert "features (+)" in folded and "(+) holds its submodules" in folded
 
 
 # ------------------------------------------------------------------------------------------------
@@ -524,3 +541,14 @@ def test_cli_errors(capsys):
     assert "did you mean" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["summary", "alexnet", "--input", "3,224"])
+
+
+def test_a_batch_of_one_through_batch_norm_advises_the_batch_not_another_size():
+    from classicnets import create_model, summarize
+    from classicnets.errors import InputShapeError
+
+    with torch.device("meta"):
+        model = create_model("resnet18")
+    with pytest.raises(InputShapeError, match=r"batch of 2 or more \(--batch-size 2.*--eval"):
+        summarize(model, input_size=(3, 28, 28))
+    assert summarize(model, input_size=(3, 28, 28), batch_size=2).totals.params == 11_689_512

@@ -634,3 +634,17 @@ def test_cli_models_table_lists_the_zoo():
         assert main(["models", "alexnet*"]) == 0
     text = out.getvalue()
     assert "60,965,224" in text and "61,100,840" in text and "resnet18" not in text
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_cli_models_table_fits_the_terminal_with_every_name_whole(columns, monkeypatch):
+    from classicnets.cli import main
+
+    monkeypatch.setenv("COLUMNS", str(columns))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["models"]) == 0
+    lines = out.getvalue().splitlines()
+    assert max(map(len, lines)) <= columns
+    names = {line.split()[0] for line in lines if line.split()}
+    assert set(ALL_MODELS) <= names and any("132,863,336" in line for line in lines)

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import pytest
+
 from classicnets.tools.readme_tables import render_blocks
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -16,3 +18,61 @@ def test_readme_generated_blocks_are_current():
 def test_readme_names_the_two_commands():
     text = README.read_text()
     assert "make demo" in text and "make test" in text
+
+
+# ------------------------------------------------------------------------------------------------
+# The README's commands, typed in order
+
+
+def readme_commands() -> list[tuple[list[str], bool]]:
+    """Every `classicnets ...` line of the README's shell blocks, in order, with whether it is GPU-sized
+    (its comment says so: those are skipped here, a CPU would take hours)."""
+    import re
+    import shlex
+
+    commands = []
+    for block in re.findall(r"```sh\n(.*?)```", README.read_text(), flags=re.DOTALL):
+        for line in block.splitlines():
+            command, _, comment = line.partition("#")
+            if command.strip().startswith("classicnets "):
+                commands.append((shlex.split(command)[1:], "GPU-sized" in comment))
+    return commands
+
+
+# What makes each command small enough for a test: the same command on less data.
+SHRINK = {"train": ["--subset", "2048", "--epochs", "1"], "eval": ["--limit", "500"]}
+
+
+@pytest.mark.slow
+def test_the_readme_commands_work_in_order_in_a_fresh_folder(tmp_path, monkeypatch, fashion_mnist_dir,
+                                                             capsys):
+    from classicnets.cli import main
+
+    commands = readme_commands()
+    assert sum(not gpu for _, gpu in commands) >= 8 and any(gpu for _, gpu in commands)
+    assert any(args[:2] == ["train", "--resume"] for args, _ in commands)
+    (tmp_path / "docs").symlink_to(README.parent / "docs")  # the README's own files, as in a clone
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "80")
+    for args, gpu_sized in commands:
+        if gpu_sized:
+            continue
+        shrink = [] if "--resume" in args else SHRINK.get(args[0], [])  # a resumed run keeps its settings
+        code = main([*args, *shrink])
+        captured = capsys.readouterr()
+        assert code == 0, f"`classicnets {' '.join(args)}` failed: {captured.err}"
+        wide = [line for line in captured.out.splitlines() if len(line) > 80]
+        assert not wide, f"`classicnets {' '.join(args)}` printed lines wider than 80 columns: {wide}"
+        if args[0] == "train" and "--resume" not in args:
+            assert (tmp_path / "runs" / "quick" / "config.json").is_file()  # where the next lines look
+        if args[0] == "eval":
+            assert "warning" not in captured.err  # the README's examples are ones TTA does not hurt
+        if args[0] == "predict":
+            assert "brighter" not in captured.out  # --invert made the photo-like image look like the data
+
+
+def test_every_readme_command_that_needs_a_gpu_says_so():
+    for args, gpu_sized in readme_commands():
+        recipe = args[args.index("--recipe") + 1] if "--recipe" in args else None
+        if recipe in ("d2l", "fast", "paper") or "--nproc" in args:
+            assert gpu_sized, f"`classicnets {' '.join(args)}` takes hours on a CPU: mark it GPU-sized"

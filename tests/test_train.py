@@ -6,6 +6,7 @@ import json
 import math
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -122,7 +123,7 @@ def test_every_field_is_a_flag_with_help():
                               "--grad-clip", "none", "--recipe", "quick"])
     assert overrides_from_args(args) == {"lr": 0.1, "normalize": False, "grad_clip": None, "recipe": "quick",
                                          "model_options": {"width_mult": 0.25, "dropout": 0}}
-    assert set(RECIPES) == {"default", "d2l", "paper", "fast", "quick"}
+    assert set(RECIPES) == {"default", "d2l", "paper", "fast", "quick", "finetune"}
 
 
 # ------------------------------------------------------------------------------------------ schedules
@@ -512,7 +513,7 @@ def test_train_cli_end_to_end(tmp_path, fashion_mnist_dir):
                    "--out", str(out), "--precision", "bf16", "--channels-last")
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr
-    assert '  precision          "bf16"' in stdout  # the resolved settings are printed
+    assert re.search(r'  precision +"bf16" +flag', stdout)  # the settings are printed with their sources
     line = next(line for line in stdout.splitlines() if line.startswith("epoch 1, loss "))
     assert "train acc" in line and "test acc" in line and line.endswith(" sec")
     record = json.loads((out / "metrics.jsonl").read_text())
@@ -621,3 +622,59 @@ def test_the_run_records_the_decided_settings(tmp_path, monkeypatch):
     trainer.fit()
     saved = json.loads((tmp_path / "toy" / "config.json").read_text())
     assert (saved["precision"], saved["channels_last"], saved["compile"]) == ("bf16", True, False)
+
+
+# ------------------------------------------------------------------------------ first-hour behaviour
+
+
+def test_a_run_goes_to_runs_recipe_and_resumes_from_its_saved_settings(tmp_path, fashion_mnist_dir,
+                                                                      monkeypatch, capsys):
+    assert resolve_config("d2l").out == "runs/d2l" and TrainConfig(model="nin").out == "runs/nin"
+    settings = tiny(tmp_path, fashion_mnist_dir, epochs=1, progress=True, log_every=2)
+    monkeypatch.setattr(loop, "PROGRESS_LINE_SECONDS", 0.0)  # a line at every log_every read
+    classicnets.train(settings)
+    printed = capsys.readouterr().out
+    assert "epoch 1/1: step 2/8, loss " in printed and "left in the epoch" in printed  # no terminal here
+    assert re.search(r"  lr +0.05 +argument", printed)  # the short dump names sources
+    assert "  seed " not in printed  # defaults are left out of it
+
+    # --resume needs nothing but the folder: the saved settings, changed only where named
+    resumed = resolve_config(None, overrides={"resume": True, "out": settings["out"], "epochs": 2})
+    assert (resumed.lr, resumed.subset, resumed.model_options, resumed.epochs) == (0.05, 512, TINY[
+        "model_options"], 2)
+    assert resumed.sources["lr"] == "saved run" and resumed.sources["epochs"] == "argument"
+    history = classicnets.train({"resume": True, "out": settings["out"], "epochs": 2, "progress": False})
+    assert [r["epoch"] for r in history] == [1, 2]
+
+    # the run's config.json is a config file for a new run (its resume/overwrite are not carried over)
+    saved = Path(settings["out"]) / "config.json"
+    values = load_config_file(saved)
+    assert "resume" not in values and values["lr"] == 0.05
+    again = resolve_config(None, values, {"out": str(tmp_path / "again")})
+    assert (again.lr, again.subset, again.out) == (0.05, 512, str(tmp_path / "again"))
+
+
+def test_resume_refuses_another_recipe_and_a_taken_folder_is_refused_before_training(tmp_path):
+    run = tmp_path / "run"
+    (run / ckpt.LAST).mkdir(parents=True)
+    saved = {**TrainConfig.from_recipe("quick").to_dict(), "out": str(run)}
+    (run / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ConfigError, match="trained with recipe 'quick', not 'd2l'"):
+        resolve_config("d2l", overrides={"resume": True, "out": str(run)})
+    with pytest.raises(ConfigError, match="already holds a run"):
+        loop.check_run_dir(TrainConfig(out=str(run)))
+    assert loop.check_run_dir(TrainConfig(out=str(run), resume=True))
+
+
+def test_show_settings_and_recipes_print_without_training(capsys):
+    from classicnets.cli import main
+
+    assert main(["train", "--recipe", "quick", "--epochs", "3", "--show-settings"]) == 0
+    out = capsys.readouterr().out
+    assert "epochs" in out and "flag" in out and "recipe quick" in out and "seed" in out  # every setting
+    assert main(["recipes"]) == 0
+    table = capsys.readouterr().out
+    assert all(name in table for name in RECIPES) and max(map(len, table.splitlines())) <= 80
+    assert main(["recipes", "paper"]) == 0
+    out = capsys.readouterr().out
+    assert "ten-crop" in out and "recipe paper" in out and "runs/paper" in out

@@ -29,10 +29,12 @@ _EXPORTS = {
     "reproduce": "experiments",
     "load_dataset": "data",
     "build_loaders": "data",
+    "load_weights": "weights",
     "prepare": "data.prepare",
 }
 
-_SUBPACKAGES = ("experiments",)
+# subpackages reachable as attributes without their own import: classicnets.show.kernels(...)
+_SUBPACKAGES = ("experiments", "show")
 
 __all__ = sorted(_EXPORTS)
 

@@ -31,3 +31,11 @@ def refuse_url(path: object, what: str, error: type[ClassicnetsError] = Classicn
     if "://" in text:
         raise error(f"{what} {text} is a URL; classicnets reads local files and folders only. Download it "
                     "first (e.g. curl -LO URL) and pass the local path")
+
+
+class ClassicnetsWarning(UserWarning):
+    """Something that works but may not do what was meant; the CLI prints it as one line, no source line."""
+
+
+class MissingDependencyError(ClassicnetsError, ImportError):
+    """An optional package (onnx, onnxruntime, tensorboard...) that a command needs is not installed."""

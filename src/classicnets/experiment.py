@@ -34,8 +34,10 @@ from .training.distributed import (
     restart_count,
     shutdown_distributed,
 )
+from .training.logging import require_tensorboard
 from .training.loop import TTA, StopSignals, Trainer, seed_everything
 from .training.speed import resolve_speed
+from .weights import WeightsFile, head_parameter_names, load_weights, read_weights
 
 
 def train(config: TrainConfig | Mapping[str, Any] | str | Path | None = None, **overrides) -> list[dict]:
@@ -68,7 +70,7 @@ def as_config(config: TrainConfig | Mapping[str, Any] | str | Path | None,
         return config_from_dict({**config.to_dict(), **overrides}, "settings")
     if isinstance(config, (str, Path)):
         return resolve_config(None, load_config_file(config), overrides)
-    return resolve_config(None, dict(config or {}), overrides)
+    return resolve_config(None, None, {**dict(config or {}), **overrides})
 
 
 def run(config: TrainConfig, ctx: DistContext, stop: StopSignals | None = None) -> list[dict]:
@@ -76,10 +78,13 @@ def run(config: TrainConfig, ctx: DistContext, stop: StopSignals | None = None) 
     from . import registry
     from .data import build_loaders
 
-    config = resolve_speed(config, ctx.device)
+    requested, config = config, resolve_speed(config, ctx.device)
+    if config.log_to == "tensorboard":
+        require_tensorboard()
     info = registry.model_info(config.model)
     image_size = config.image_size or info.default_input[-1]
     _check_image_size(config, image_size)  # before any data is read, and before a run is replaced
+    start = _starting_weights(config, ctx)
     loaders = build_loaders(
         config.dataset, data_dir=config.data_dir, image_size=image_size,
         batch_size=_per_process_batch(config, ctx), eval_batch_size=_eval_batch(config, ctx),
@@ -87,12 +92,21 @@ def run(config: TrainConfig, ctx: DistContext, stop: StopSignals | None = None) 
         channels_last=config.channels_last, seed=config.seed, rank=ctx.rank, world_size=ctx.world_size,
         subset=config.subset, test_subset=config.test_subset, num_workers=config.num_workers,
         on_bad=config.on_bad, max_pixels=config.max_pixels,
+        stats=_weights_stats(start, info) if start is not None and config.normalize else None,
     )
     seed_everything(config.seed)  # the same initial weights for the same seed, on every rank
     model = registry.create_model(config.model, num_classes=loaders.num_classes,
                                   in_channels=loaders.in_channels, **config.model_options)
     if config.init == "xavier":
         xavier_init(model)
+    if start is not None:
+        report = load_weights(model, start, name=config.model, options=config.model_options)
+        if ctx.is_main:
+            print(report)
+    head = None
+    if config.freeze_epochs or config.backbone_lr_mult != 1:
+        head = head_parameter_names(config.model, config.model_options, num_classes=loaders.num_classes,
+                                    in_channels=loaders.in_channels)
     metadata = model_metadata(
         model=config.model, model_options=config.model_options, num_classes=loaders.num_classes,
         in_channels=loaders.in_channels, classes=list(loaders.classes), image_size=image_size,
@@ -100,12 +114,35 @@ def run(config: TrainConfig, ctx: DistContext, stop: StopSignals | None = None) 
         dataset=loaders.dataset,
     )
     if ctx.is_main:
-        _print_start(config, model, ctx, image_size, loaders)
+        _print_start(config, requested, model, ctx, image_size, loaders)
     # the paper's 10-crop test cuts its crops out of larger views (256 for 224 crops)
     test_loader = loaders.test_uncropped if config.tta == "ten-crop" else loaders.test
     trainer = Trainer(model, loaders.train, test_loader, config, ctx=ctx, metadata=metadata,
-                      tta=_tta(config, image_size), stop=stop)
+                      tta=_tta(config, image_size), stop=stop, head=head)
     return trainer.fit()
+
+
+def _starting_weights(config: TrainConfig, ctx: DistContext) -> WeightsFile | None:
+    """The --weights file, read (so that a bad one fails before the data loads); None without one, and when
+    resuming a run, which continues from its own checkpoint."""
+    from .training.checkpoint import LAST
+
+    if config.weights is None:
+        if config.recipe == "finetune" and ctx.is_main:
+            print("note: the finetune recipe without --weights trains from random weights; pass --weights "
+                  "with a pretrained file (e.g. torchvision's resnet18 state_dict)")
+        return None
+    if config.resume and (Path(config.out) / LAST).exists():
+        return None
+    return read_weights(config.weights)
+
+
+def _weights_stats(start: WeightsFile, info) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean/std the weights were trained with: a run's own, else the model's (ImageNet's)."""
+    meta = start.metadata or {}
+    if meta.get("mean") is not None and meta.get("std") is not None:
+        return tuple(meta["mean"]), tuple(meta["std"])
+    return tuple(info.mean), tuple(info.std)
 
 
 def xavier_init(model: nn.Module) -> None:
@@ -158,15 +195,17 @@ def _tta(config: TrainConfig, image_size: int) -> TTA | None:
     return None
 
 
-def _print_start(config: TrainConfig, model: nn.Module, ctx: DistContext, image_size: int, loaders) -> None:
+def _print_start(config: TrainConfig, requested: TrainConfig, model: nn.Module, ctx: DistContext,
+                 image_size: int, loaders) -> None:
     params = sum(p.numel() for p in model.parameters())
     options = json.dumps(config.model_options) if config.model_options else ""
     where = ctx.device if not ctx.distributed else f"{ctx.world_size} x {ctx.device.type} ({ctx.backend})"
-    print(f"settings{f' (recipe {config.recipe})' if config.recipe else ''}:\n{format_config(config)}")
+    recipe = f" (recipe {config.recipe})" if config.recipe else ""
+    print(f"settings{recipe} that differ from the defaults:\n{format_config(config, requested)}")
     if config.recipe == DEFAULT_RECIPE:
         print("recipe default (no --recipe named): SGD with momentum 0.9 on normalised inputs, which "
               "learns on new data; --recipe d2l for the book's exact settings, --recipe quick for a "
               "2-minute CPU run")
-    print(f"training {config.model}{options} ({params:,} parameters) on {config.dataset} "
-          f"({len(loaders.train)} batches/epoch, {image_size}x{image_size}, {len(loaders.classes)} classes) "
-          f"on {where}, torch {torch.__version__}")
+    print(f"training {config.model}{' ' + options if options else ''}: {params:,} parameters on {where}\n"
+          f"  data {config.dataset}: {len(loaders.train)} batches/epoch, {image_size}x{image_size}, "
+          f"{len(loaders.classes)} classes; torch {torch.__version__}")

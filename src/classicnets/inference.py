@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .errors import CheckpointError, ClassicnetsError, ConfigError
+from .errors import CheckpointError, ClassicnetsError, ClassicnetsWarning, ConfigError, MissingDependencyError
 from .training.checkpoint import load_model_weights, validate_metadata
 from .training.host_memory import reused_host_memory
 from .training.metrics import topk_correct
@@ -42,10 +42,6 @@ TTA_MODES = ("none", "flip", "ten-crop")
 EXPORT_FORMATS = ("onnx", "torchscript")
 # ITU-R 601 luma, the weights PIL's convert("L") uses, to feed colour images to a grey model.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
-
-
-class MissingDependencyError(ClassicnetsError, ImportError):
-    """An optional package (onnx, onnxruntime, onnxscript) that a command needs is not installed."""
 
 
 class ExportVerificationError(ClassicnetsError):
@@ -75,7 +71,9 @@ class LoadedCheckpoint:
 
     model: nn.Module
     metadata: dict[str, Any]
-    source: Path  # the model.safetensors file
+    source: Path  # the model.safetensors file (or the --weights file)
+    report: Any = None  # with --weights: the weights.LoadReport (what was loaded)
+    classes_assumed: bool = False  # a bare state_dict names no classes: ImageNet's or indices stand in
 
     @property
     def classes(self) -> list[str]:
@@ -89,7 +87,8 @@ class LoadedCheckpoint:
                              None if mean is None else tuple(mean), None if std is None else tuple(std))
 
 
-def load_checkpoint(checkpoint: str | Path) -> LoadedCheckpoint:
+def load_checkpoint(checkpoint: str | Path | LoadedCheckpoint, *,
+                    weights: str | Path | None = None) -> LoadedCheckpoint:
     """Rebuild the model a checkpoint was saved from and load its weights (``strict``: every key and shape).
 
     ``checkpoint`` is a run directory (best/ then last/), a checkpoint directory or a ``model.safetensors``.
@@ -97,9 +96,17 @@ def load_checkpoint(checkpoint: str | Path) -> LoadedCheckpoint:
     is validated field by field, and the model it names is first built on the meta device (shapes only,
     nothing allocated) and compared with the file's tensors: a header edited to ask for a huge model is
     refused before it can take the machine's memory.
+    With ``weights``, ``checkpoint`` is a model name and ``weights`` a torchvision/timm-style state_dict
+    (``.pth``, read with ``weights_only``), a ``.safetensors`` file or a run directory
+    (:mod:`classicnets.weights`); the model gets the file's classes and input channels, ImageNet's class
+    names for 1000 classes, and the model's default input size and mean/std.
     """
     from .registry import create_model
 
+    if isinstance(checkpoint, LoadedCheckpoint):
+        return checkpoint
+    if weights is not None:
+        return _load_with_weights(str(checkpoint), weights)
     state, raw_metadata = load_model_weights(checkpoint)
     source = _model_file_of(Path(checkpoint))
     metadata = validate_metadata(raw_metadata, source)
@@ -120,6 +127,30 @@ def load_checkpoint(checkpoint: str | Path) -> LoadedCheckpoint:
     model = build()
     model.load_state_dict(state, strict=True)
     return LoadedCheckpoint(model.eval(), metadata, source)
+
+
+def _load_with_weights(name: str, weights: str | Path) -> LoadedCheckpoint:
+    from . import weights as w
+    from .registry import create_model, model_info
+
+    file = w.read_weights(weights)
+    if file.metadata:  # a classicnets run: its header says how to build and feed the model
+        options = file.metadata.get("model_options") or {}
+    else:
+        options = {}
+    num_classes, in_channels = w.infer_size(file, name, options)
+    model = create_model(name, num_classes=num_classes, in_channels=in_channels, **options)
+    report = w.load_weights(model, file, name=name, options=options, new_head=False)
+    if file.metadata:
+        metadata = validate_metadata(file.header, file.path)
+    else:
+        info = model_info(name).for_channels(in_channels)
+        metadata = {"model": name, "model_options": options, "num_classes": num_classes,
+                    "in_channels": in_channels, "classes": w.class_names(file, num_classes),
+                    "image_size": info.default_input[-1], "mean": list(info.mean), "std": list(info.std),
+                    "dataset": ""}
+    source = _model_file_of(file.path) if file.path.is_dir() else file.path
+    return LoadedCheckpoint(model.eval(), metadata, source, report, classes_assumed=not file.metadata)
 
 
 def _model_file_of(path: Path) -> Path:
@@ -161,6 +192,8 @@ def _check_weights_fit(model: nn.Module, state: dict[str, torch.Tensor], name: s
 
 def default_output_dir(loaded: LoadedCheckpoint) -> Path:
     """Where results go unless told: the run directory (not best/ or last/, which each save replaces)."""
+    if loaded.classes_assumed:  # a bare weights file, maybe in a download cache: not next to it
+        return Path("runs") / f"{loaded.metadata['model']}-{loaded.source.stem.split('.')[0]}"
     return default_output_dir_of(loaded.source)
 
 
@@ -268,6 +301,42 @@ def _check_tta(tta: str) -> None:
         raise ConfigError(f"unknown TTA mode {tta!r}; expected one of {', '.join(TTA_MODES)}")
 
 
+# The training augmentations whose images include each TTA's views: mirrors for flip, crops and mirrors for
+# ten-crop (data.augment's names).
+TTA_NEEDS = {"flip": ("flip", "crop-flip", "resized-crop-flip", "paper"),
+             "ten-crop": ("crop-flip", "resized-crop-flip", "paper")}
+
+
+def tta_mismatch(loaded: LoadedCheckpoint, tta: str) -> str | None:
+    """Why ``tta`` may make this checkpoint's results worse, or None: views the training never showed it.
+
+    The run's augmentation is read from the config.json of its run directory (absent for a bare file).
+    """
+    config = default_output_dir(loaded) / "config.json"
+    if tta not in TTA_NEEDS or not config.is_file():
+        return None
+    try:
+        augment = json.loads(config.read_text(encoding="utf-8")).get("augment", "none")
+    except (OSError, ValueError):
+        return None
+    if augment in TTA_NEEDS[tta]:
+        return None
+    views = "mirrored images" if tta == "flip" else "corner crops and mirrored images"
+    return (f"TTA {tta} averages over {views}, but {config.parent} was trained with augment={augment!r}, "
+            f"which never showed it such views: TTA may lower its accuracy. Compare with --tta none; TTA "
+            f"helps runs trained with augment {' or '.join(TTA_NEEDS[tta])}")
+
+
+def _warn_tta(loaded: LoadedCheckpoint, tta: str) -> None:
+    message = tta_mismatch(loaded, tta)
+    if message:
+        warnings.warn(message, TTAWarning, stacklevel=3)
+
+
+class TTAWarning(ClassicnetsWarning):
+    """A test-time augmentation that the checkpoint's training never showed it (results may get worse)."""
+
+
 def _scores(model: nn.Module, x: torch.Tensor, tta: str, size: int) -> torch.Tensor:
     """Logits without TTA; with TTA, the softmax averaged over the views (the paper averages softmax)."""
     if tta == "none":
@@ -304,7 +373,7 @@ class EvalResult:
 
 
 def evaluate(
-    checkpoint: str | Path,
+    checkpoint: str | Path | LoadedCheckpoint,
     *,
     dataset: str | None = None,
     data_dir: str | Path | None = None,
@@ -315,8 +384,10 @@ def evaluate(
     bf16: bool = False,
     channels_last: bool = True,
     limit: int | None = None,
-    out_dir: str | Path | None = None,
+    out: str | Path | None = "auto",
     download: bool = True,
+    out_dir: str | Path | None = None,
+    weights: str | Path | None = None,
 ) -> EvalResult:
     """Top-1, top-5, per-class accuracy and the confusion matrix of a checkpoint on a dataset split.
 
@@ -325,19 +396,30 @@ def evaluate(
     image folder is evaluated on its val/ (or test/) folder, decoded by DataLoader workers and
     centre-cropped as the trainer's test loader did. ``tta`` is ``none``,
     ``flip`` or ``ten-crop``; ``bf16`` runs under bfloat16 autocast (about 2-3x faster on CPUs with AMX).
-    ``limit`` evaluates the first N images only. With ``out_dir``, writes ``metrics.json`` and
-    ``confusion.png`` there.
+    ``limit`` evaluates the first N images only.
+
+    Like ``classicnets eval``, it writes ``metrics.json`` and ``confusion.png`` (paths in ``result.files``):
+    by default (``out="auto"``) into the run directory's ``eval-SPLIT[-TTA]/``, else into the folder
+    ``out``; ``out=None`` writes nothing. (``out_dir`` is the older name of ``out``.) A ``tta`` whose views
+    the run's training augmentation never showed warns with :class:`TTAWarning`.
+    With ``weights``, ``checkpoint`` is a model name (see :func:`load_checkpoint`); a bare state_dict names
+    no classes, so the dataset's are used when their number matches.
     """
     _check_tta(tta)
     for name, value in (("batch_size", batch_size), ("limit", limit)):
         if value is not None and value < 1:
             raise ConfigError(f"{name} must be >= 1; got {value}")
-    loaded = load_checkpoint(checkpoint)
-    if out_dir is not None:
-        check_output_path(Path(out_dir) / "metrics.json", loaded.source, "evaluation results")
+    loaded = load_checkpoint(checkpoint, weights=weights)
+    _warn_tta(loaded, tta)
+    out = out_dir if out_dir is not None else out
+    folder = None if out is None else eval_output_dir(loaded, split, tta) if str(out) == "auto" else Path(out)
+    if folder is not None:
+        check_output_path(folder / "metrics.json", loaded.source, "evaluation results")
     dataset = dataset or loaded.metadata.get("dataset")
     if not dataset:
         raise ConfigError(f"{loaded.source} does not name its dataset; pass --dataset")
+    if loaded.classes_assumed:
+        loaded.metadata["classes"] = _dataset_classes(loaded, dataset, split, data_dir, download)
     run_device = _resolve_device(device)
     model = _inference_model(loaded.model, run_device, channels_last)
     batches = _eval_batches(loaded, dataset, split, data_dir, download, limit, tta=tta,
@@ -357,9 +439,34 @@ def evaluate(
                 "limit": limit, "batch_size": batch_size, "device": str(run_device), "bf16": bf16,
                 "channels_last": channels_last, "image_size": loaded.preprocessing.image_size}
     result = _result(confusion, top_k_hits, loaded.classes, settings, seconds)
-    if out_dir is not None:
-        result.files = write_eval_outputs(result, Path(out_dir))
+    if folder is not None:
+        result.files = write_eval_outputs(result, folder)
     return result
+
+
+def eval_output_dir(loaded: LoadedCheckpoint, split: str, tta: str) -> Path:
+    """Where evaluation results go unless told: RUN_DIR/eval-SPLIT, with -TTA when TTA is on."""
+    return default_output_dir(loaded) / f"eval-{split}{'' if tta == 'none' else '-' + tta}"
+
+
+def _dataset_classes(loaded: LoadedCheckpoint, dataset: str, split: str, data_dir,
+                     download: bool) -> list[str]:
+    """The class names of the dataset, for weights that carry none; their number must be the model's."""
+    from .data import formats, image_folder_root, load_dataset
+    from .errors import DatasetError
+
+    folder = image_folder_root(dataset, data_dir)
+    if folder is not None:
+        names = ("train",) if split == "train" else ("val", "test")
+        split_dir = next((folder / n for n in names if (folder / n).is_dir()), folder / names[0])
+        classes = formats.scan_image_folder(split_dir, on_bad="skip").classes
+    else:
+        classes = list(load_dataset(dataset, split, data_dir=data_dir, download=download).classes)
+    if len(classes) != len(loaded.classes):
+        raise DatasetError(f"{dataset} has {len(classes)} classes but the weights in {loaded.source} have "
+                           f"{len(loaded.classes)} outputs; evaluate on a dataset with as many classes "
+                           "(in the order the model was trained with)")
+    return classes
 
 
 def _eval_batches(loaded: LoadedCheckpoint, dataset: str, split: str, data_dir, download: bool,
@@ -479,18 +586,28 @@ def write_eval_outputs(result: EvalResult, out_dir: Path) -> dict[str, str]:
 
 
 def plot_confusion(confusion: np.ndarray, classes: Sequence[str], path: Path, title: str = "") -> None:
-    """A confusion-matrix heat map: rows are true classes, columns predictions, cells the share of the row."""
+    """A confusion-matrix heat map: rows are true classes, columns predictions, cells the share of the row.
+
+    The diagonal (right answers, often 90%) and the errors (often under 10%) get a colour scale each: on
+    one scale the errors would all look alike and faint, and telling them apart is the point of the plot.
+    """
     # A bare Figure renders with Agg and leaves pyplot's global state (and the user's backend) alone.
     from matplotlib.figure import Figure
 
     rows = confusion.sum(axis=1, keepdims=True)
     shares = confusion / np.maximum(rows, 1)
     n = len(classes)
-    side = max(5.0, 0.55 * n + 2.5)
-    fig = Figure(figsize=(side, side * 0.9), layout="constrained")
+    diagonal = np.eye(n, dtype=bool)
+    errors = np.ma.masked_where(diagonal, shares)
+    right = np.ma.masked_where(~diagonal, shares)
+    worst = max(float(errors.max()) if errors.count() else 0.0, 1e-3)
+    side = max(5.0, 0.55 * n + 3.0)
+    fig = Figure(figsize=(side + 1.2, side * 0.9), layout="constrained")
     ax = fig.add_subplot()
-    image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
-    fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")
+    error_image = ax.imshow(errors, cmap="Reds", vmin=0.0, vmax=worst)
+    right_image = ax.imshow(right, cmap="Greens", vmin=0.0, vmax=1.0)
+    fig.colorbar(error_image, ax=ax, fraction=0.046, label="errors: share of the true class")
+    fig.colorbar(right_image, ax=ax, fraction=0.046, label="right: share of the true class")
     ax.set_xticks(range(n), classes, rotation=45, ha="right", fontsize=8 if n > 10 else 9)
     ax.set_yticks(range(n), classes, fontsize=8 if n > 10 else 9)
     ax.set_xlabel("predicted class")
@@ -500,8 +617,9 @@ def plot_confusion(confusion: np.ndarray, classes: Sequence[str], path: Path, ti
     if n <= 20:  # counts stay legible up to about 20 classes
         for i in range(n):
             for j in range(n):
+                scale = 1.0 if i == j else worst
                 ax.text(j, i, str(int(confusion[i, j])), ha="center", va="center", fontsize=7,
-                        color="white" if shares[i, j] > 0.5 else "black")
+                        color="white" if shares[i, j] > 0.6 * scale else "black")
     fig.savefig(path, dpi=120, bbox_inches="tight")
 
 
@@ -514,52 +632,86 @@ class Prediction:
 
     source: str
     top: list[tuple[str, float]]
+    # entropy of the whole distribution over the classes, divided by its largest value, log(classes):
+    # 0 is one certain class, 1 a uniform guess
+    entropy: float = 0.0
+    note: str = ""  # why the label may not mean much (low confidence, an image unlike the training images)
 
     @property
     def label(self) -> str:
         return self.top[0][0]
 
 
+LOW_CONFIDENCE = 0.5  # a top class below this probability, or an entropy above it, is flagged
+BRIGHTNESS_GAP = 0.25  # a mean brightness this far from the training images' is flagged
+
+
+def _prediction_note(probability: float, entropy: float, brightness: float, prep: Preprocessing,
+                     invert: bool) -> str:
+    notes = []
+    if probability < LOW_CONFIDENCE or entropy > LOW_CONFIDENCE:
+        notes.append("low confidence: the model cannot tell these classes apart on this image")
+    if prep.mean is not None:
+        trained = sum(prep.mean) / len(prep.mean)
+        if abs(brightness - trained) > BRIGHTNESS_GAP:
+            hint = ""
+            if brightness > trained:
+                hint = "; try without --invert" if invert else "; dark things on light photos need --invert"
+            notes.append(f"the image is {'brighter' if brightness > trained else 'darker'} than the training "
+                         f"images (mean {brightness:.2f} vs {trained:.2f}), so it is unlike what the model "
+                         f"learnt from and its label may be wrong however confident{hint}")
+    return "; ".join(notes)
+
+
 def predict(
-    checkpoint: str | Path,
+    checkpoint: str | Path | LoadedCheckpoint,
     images: Sequence[str | Path | Any],
     *,
     top_k: int = 5,
     tta: str = "none",
     invert: bool = False,
     device: str | torch.device = "auto",
+    weights: str | Path | None = None,
 ) -> list[Prediction]:
     """The ``top_k`` classes with probabilities for each image (paths or PIL images), in one batch.
 
     Any size, grey or colour: each image is converted to the model's channels, centre-cropped to a square
     (the paper's test crop; training images are square) and resized and normalised as in training.
     ``invert`` turns dark-on-light photos into the light-on-dark look of Fashion-MNIST and MNIST.
+    With ``weights``, ``checkpoint`` is a model name (``predict("resnet18", ["cat.jpg"],
+    weights="resnet18.pth")``): ImageNet weights print ImageNet's class names.
     """
     _check_tta(tta)
     if not images:
         raise ConfigError("no images given; pass one or more image files")
-    loaded = load_checkpoint(checkpoint)
+    loaded = load_checkpoint(checkpoint, weights=weights)
+    _warn_tta(loaded, tta)
     prep = loaded.preprocessing
     run_device = _resolve_device(device)
     model = loaded.model.to(run_device)
     prepare = eval_transform(prep, uncropped=tta == "ten-crop")
     with torch.inference_mode():
-        x = torch.cat([prepare(_square_image(image, prep.in_channels, invert)[None].to(run_device))
-                       for image in images])
+        squares = [_square_image(image, prep.in_channels, invert) for image in images]
+        x = torch.cat([prepare(square[None].to(run_device)) for square in squares])
         probabilities = _scores(model, x, tta, prep.image_size)
         if tta == "none":
             probabilities = probabilities.softmax(dim=1)
         values, indices = probabilities.topk(min(top_k, len(loaded.classes)), dim=1)
+        entropy = -(probabilities * probabilities.clamp_min(1e-12).log()).sum(dim=1)
+        entropy = (entropy / math.log(max(len(loaded.classes), 2))).tolist()
     classes = loaded.classes
-    return [Prediction(_source_name(image), [(classes[i], p) for i, p in zip(row_i, row_p, strict=True)])
-            for image, row_i, row_p in zip(images, indices.tolist(), values.tolist(), strict=True)]
+    brightness = [float(square.float().mean()) / 255 for square in squares]
+    return [Prediction(_source_name(image), [(classes[i], p) for i, p in zip(row_i, row_p, strict=True)],
+                       entropy=h, note=_prediction_note(row_p[0], h, light, prep, invert))
+            for image, row_i, row_p, h, light in zip(images, indices.tolist(), values.tolist(), entropy,
+                                                       brightness, strict=True)]
 
 
 def _square_image(image: str | Path | Any, channels: int, invert: bool) -> torch.Tensor:
     """An image file or PIL image as uint8 (channels, S, S): its centred square, before any resizing.
 
     Files are decoded as the training folders are (data.formats.decode_image: EXIF orientation, 16-bit
-    grey scaled to 8 bits, decompression bombs refused), so a picture is the same input here as in training."""
+    grey scaled to 8 bits, decompression bombs refused), so a picture is the same input as in training."""
     from PIL import ImageOps
 
     from .data.formats import as_8bit
@@ -615,11 +767,12 @@ class ExportResult:
 
 
 def export(
-    checkpoint: str | Path,
+    checkpoint: str | Path | LoadedCheckpoint,
     format: str = "onnx",
     out: str | Path | None = None,
     *,
     tolerance: float = 1e-4,
+    weights: str | Path | None = None,
 ) -> ExportResult:
     """Export a checkpoint's model to ONNX or TorchScript, then check it against PyTorch.
 
@@ -629,7 +782,8 @@ def export(
     and run on a batch size other than the one exported; a max abs difference of the logits above
     ``tolerance`` (times the largest logit when that exceeds 1: float32 rounding grows with the values, and
     untrained deep nets reach logits of 1e5) raises :class:`ExportVerificationError`. ``out`` defaults to
-    ``MODEL.onnx`` or ``MODEL.torchscript.pt`` in the run directory (:func:`default_output_dir`).
+    ``MODEL.onnx`` or ``MODEL.torchscript.pt`` in the run directory (:func:`default_output_dir`). With
+    ``weights``, ``checkpoint`` is a model name (see :func:`load_checkpoint`).
     """
     if format not in EXPORT_FORMATS:
         raise ConfigError(f"unknown export format {format!r}; expected one of {', '.join(EXPORT_FORMATS)}")
@@ -637,7 +791,7 @@ def export(
         raise ConfigError(f"tolerance must be >= 0; got {tolerance}")
     if format == "onnx":
         _require_export_packages()
-    loaded = load_checkpoint(checkpoint)
+    loaded = load_checkpoint(checkpoint, weights=weights)
     prep = loaded.preprocessing
     suffix = ".onnx" if format == "onnx" else ".torchscript.pt"
     name = f"{loaded.metadata['model']}{suffix}"

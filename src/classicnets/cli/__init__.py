@@ -11,7 +11,8 @@ import argparse
 import sys
 from importlib import import_module
 
-from ..errors import ClassicnetsError
+from .. import __version__
+from ..errors import ClassicnetsError, ClassicnetsWarning
 
 # subcommand -> module in this package, in the order `--help` lists them
 COMMANDS = {
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="AlexNet and the classic CNNs: inspect, train, evaluate, predict, export.",
     )
     parser.add_argument("--traceback", action="store_true", help="show the full traceback of an error")
+    parser.add_argument("--version", action="version", version=f"classicnets {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     for command, module_name in COMMANDS.items():
         module = _command_module(module_name)
@@ -62,6 +64,7 @@ def _command_module(module_name: str):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _print_warnings_as_lines(args.command)
     try:
         return int(args.run(args) or 0)
     except ClassicnetsError as error:
@@ -72,3 +75,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"classicnets {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _print_warnings_as_lines(command: str) -> None:
+    """classicnets' own warnings as ``classicnets CMD: warning: ...``, without Python's file and line."""
+    import warnings
+
+    show = warnings.showwarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, ClassicnetsWarning):
+            print(f"classicnets {command}: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = showwarning

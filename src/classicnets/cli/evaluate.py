@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-from .arguments import add_checkpoint_argument
+from .arguments import add_checkpoint_argument, load_for_command
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -42,16 +41,13 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..inference import default_output_dir, evaluate, load_checkpoint
+    from ..inference import evaluate
 
-    out = args.out
-    if out is None:
-        suffix = "" if args.tta == "none" else f"-{args.tta}"
-        out = default_output_dir(load_checkpoint(args.checkpoint)) / f"eval-{args.split}{suffix}"
+    loaded = load_for_command(args, quiet=args.json)
     result = evaluate(
-        args.checkpoint, dataset=args.dataset, data_dir=args.data_dir, split=args.split, tta=args.tta,
+        loaded, dataset=args.dataset, data_dir=args.data_dir, split=args.split, tta=args.tta,
         batch_size=args.batch_size, device=args.device, bf16=args.bf16, channels_last=args.channels_last,
-        limit=args.limit, out_dir=Path(out), download=args.download,
+        limit=args.limit, out=args.out or "auto", download=args.download,
     )
     if args.json:
         print(json.dumps(result.to_dict(), indent=1))
@@ -66,10 +62,13 @@ def _print_tables(result) -> None:
 
     s = result.settings
     summary = Table(title=f"{s['model']} on {s['dataset']} ({s['split']}, TTA {s['tta']})")
-    for column in ("images", "top-1", f"top-{result.top_k}", "seconds", "images/s"):
+    # top-k of k classes or fewer is always 100%: shown only when it says something
+    with_top_k = result.top_k < len(result.classes)
+    top_k = [f"top-{result.top_k}"] if with_top_k else []
+    for column in ("images", "top-1", *top_k, "seconds", "images/s"):
         summary.add_column(column, justify="right")
-    summary.add_row(f"{result.count:,}", f"{result.top1:.2%}", f"{result.top5:.2%}", f"{result.seconds:.1f}",
-                    f"{result.images_per_second:,.0f}")
+    summary.add_row(f"{result.count:,}", f"{result.top1:.2%}", *([f"{result.top5:.2%}"] if top_k else []),
+                    f"{result.seconds:.1f}", f"{result.images_per_second:,.0f}")
     per_class = Table(title="per class (rows of the confusion matrix)")
     per_class.add_column("class")
     per_class.add_column("images", justify="right")
@@ -84,4 +83,4 @@ def _print_tables(result) -> None:
     console = Console()
     console.print(summary)
     console.print(per_class)
-    console.print(f"wrote {result.files['json']} and {result.files['png']}")
+    console.print(f"wrote {result.files['json']}\nand {result.files['png']}")

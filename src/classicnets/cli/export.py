@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .arguments import add_checkpoint_argument
+from .arguments import add_checkpoint_argument, load_for_command
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -27,12 +27,19 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..inference import export
+    import textwrap
 
-    result = export(args.checkpoint, args.format, args.out, tolerance=args.tolerance)
+    from ..inference import export
+    from ..text_tables import terminal_width
+
+    result = export(load_for_command(args), args.format, args.out, tolerance=args.tolerance)
     print(f"wrote {result.path} ({result.bytes / 1e6:.1f} MB, {result.format}, input "
           f"{'x'.join(str(d) for d in result.input_shape[1:])} with a dynamic batch size)")
     allowed = f"{result.tolerance:g}" + (f" x {result.logit_scale:.3g}" if result.logit_scale > 1 else "")
-    print(f"max abs difference of the logits vs PyTorch: {result.max_abs_diff:.3g} with logits up to "
-          f"{result.logit_scale:.3g} (tolerance {allowed}): ok")
+    for line in (f"wrote {result.path} ({result.bytes / 1e6:.1f} MB, {result.format}, input "
+                 f"{'x'.join(str(d) for d in result.input_shape[1:])} with a dynamic batch size)",
+                 f"max abs difference of the logits vs PyTorch: {result.max_abs_diff:.3g} with logits up to "
+                 f"{result.logit_scale:.3g} (tolerance {allowed}): ok"):
+        print(textwrap.fill(line, width=terminal_width(), subsequent_indent="  ", break_long_words=False,
+                            break_on_hyphens=False))
     return 0

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-
-from ..zoo_table import zoo_rows, zoo_table_markdown
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -19,6 +16,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..zoo_table import zoo_rows, zoo_table_markdown  # imports torch: only when the command runs
+
     rows = zoo_rows(args.pattern)
     if args.format == "markdown":
         print(zoo_table_markdown(rows))
@@ -30,17 +29,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_rich_table(rows) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from ..text_tables import fitted_table
 
-    table = Table(title="classicnets model zoo (parameters at each model's default input and classes)")
-    for column, justify in [("name", "left"), ("parameters", "right"), ("default input", "right"),
-                            ("classes", "right"), ("year", "right")]:
-        table.add_column(column, justify=justify, no_wrap=True)
-    table.add_column("paper", overflow="ellipsis", no_wrap=True)
-    for row in rows:
-        table.add_row(row.name, f"{row.parameters:,}", row.default_input, str(row.num_classes), str(row.year),
-                      row.paper)
-    # Piped output gets a wide line rather than titles wrapped over five rows.
-    console = Console() if sys.stdout.isatty() else Console(width=160)
-    console.print(table)
+    header = ["name", "parameters", "input", "classes", "year", "paper"]
+    # the title after "Authors: " is what tells the papers apart in a narrow column
+    cells = [[r.name, f"{r.parameters:,}", r.default_input, str(r.num_classes), str(r.year),
+              r.paper.split(": ", 1)[-1]] for r in rows]
+    # the paper is cut to the room left (the whole title: --format markdown or json); narrow terminals lose
+    # year, then classes, never the name
+    title = ("the model zoo: parameters at each model's default input and classes "
+             "(papers in full: --format markdown)")
+    print(fitted_table(header, cells, title=title, drop_order=["year", "classes", "paper"],
+                       flexible={"paper": "ellipsis"}, right=["parameters", "classes", "year"]), end="")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .arguments import add_checkpoint_argument
+from .arguments import add_checkpoint_argument, load_for_command
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -32,21 +32,26 @@ def run(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise ConfigError(f"--top-k must be >= 1; got {args.top_k}")
-    predictions = predict(args.checkpoint, args.images, top_k=args.top_k, tta=args.tta, invert=args.invert,
+    loaded = load_for_command(args, quiet=args.json)
+    predictions = predict(loaded, args.images, top_k=args.top_k, tta=args.tta, invert=args.invert,
                           device=args.device)
     if args.json:
-        print(json.dumps([{"image": p.source, "top": [{"class": c, "probability": q} for c, q in p.top]}
-                          for p in predictions], indent=1))
+        print(json.dumps([{"image": p.source, "top": [{"class": c, "probability": q} for c, q in p.top],
+                           "entropy": p.entropy, "note": p.note} for p in predictions], indent=1))
         return 0
-    from rich.console import Console
-    from rich.table import Table
+    import textwrap
 
-    console = Console()
+    from ..text_tables import terminal_width
+
+    width = terminal_width()
     for prediction in predictions:
-        table = Table(title=prediction.source, title_justify="left")
-        table.add_column("class")
-        table.add_column("probability", justify="right")
+        # the file name on a line of its own: a table title would break it at the table's width
+        print(prediction.source)
+        name_width = max(len(name) for name, _ in prediction.top)
         for name, probability in prediction.top:
-            table.add_row(name, f"{probability:.2%}")
-        console.print(table)
+            print(f"  {name:<{name_width}}  {probability:7.2%}")
+        print(f"  entropy {prediction.entropy:.2f} (0: one certain class, 1: a uniform guess)")
+        if prediction.note:
+            print(textwrap.fill(f"note: {prediction.note}", width=width, initial_indent="  ",
+                                subsequent_indent="    ", break_on_hyphens=False))
     return 0

@@ -24,8 +24,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     parser.add_argument("experiment", nargs="?", help="experiment name (see --list)")
     parser.add_argument("--list", action="store_true", help="list the experiments, one line each")
     parser.add_argument("--scale", default="cpu", choices=SCALES,
-                        help="full: the source's settings (GPU-sized); cpu: a stated reduction for a 2-core CPU; "
-                             "smoke: minutes, for tests (default: cpu)")
+                        help="full: the source's settings (GPU-sized); cpu: a stated reduction for a "
+                             "2-core CPU; smoke: minutes, for tests (default: cpu)")
     parser.add_argument("--out", metavar="DIR",
                         help="output folder (default: runs/reproduce/NAME-SCALE)")
     parser.add_argument("--seeds", type=int, metavar="N", help="seeds per run (default: the scale's)")

@@ -5,12 +5,12 @@ models side by side.
     classicnets summary alexnet --input 3,227,227 --batch-size 128 --format markdown
     classicnets summary alexnet_d2l --measure --batch-size 32 --repeats 5
     classicnets summary alexnet vgg11 resnet18 --input 3,224,224
+    classicnets summary alexnet --plot alexnet.png   # per-layer parameters, FLOPs, memory as bar charts
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from functools import partial
 
@@ -32,7 +32,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
                         help="fold modules deeper than D into their parent's row; 'all' for every module "
                              "(default: 3)")
     parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
-    parser.add_argument("--num-classes", type=int, metavar="N", help="number of classes (default: 1000)")
+    parser.add_argument("--num-classes", type=int, metavar="N",
+                        help="number of classes (default: the model's own, see `classicnets models`)")
     parser.add_argument("--in-channels", type=int, metavar="C",
                         help="input channels (default: C of --input, else the model's default)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", type=_option,
@@ -48,14 +49,26 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
                         help="timed steps for --measure; medians are reported (default: 5)")
     parser.add_argument("--optimizer", choices=["sgd", "sgd_momentum", "adam"], default="sgd_momentum",
                         help="optimizer of the measured steps (default: sgd_momentum)")
+    parser.add_argument("--weights", metavar="FILE",
+                        help="load these weights into the model first (one MODEL): a .pth/.pt state_dict, a "
+                             ".safetensors file or a run directory; classes and input channels default to "
+                             "the file's, and what loaded is listed on stderr")
+    parser.add_argument("--plot", metavar="FILE",
+                        help="also draw the per-layer parameters, FLOPs and activation memory as bar charts "
+                             "into FILE (a PNG; one model)")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import InputShapeError
+    from ..errors import ConfigError, InputShapeError
     from ..inspect import render_comparison, summarize
     from ..registry import model_info
 
+    if args.weights and len(args.models) > 1:
+        raise ConfigError(f"--weights loads one model's weights; name one MODEL, not {len(args.models)}")
+    if args.plot and len(args.models) > 1:
+        raise ConfigError(f"--plot draws one model; got {len(args.models)} ({', '.join(args.models)}): "
+                          "run summary once per model to plot each")
     summaries = []
     for name in args.models:
         model, input_size = _build(name, args)
@@ -71,15 +84,25 @@ def run(args: argparse.Namespace) -> int:
             default = (input_size[0], *model_info(name).default_input[1:])
             if len(args.models) == 1 or default == tuple(input_size):
                 raise
-            print(f"classicnets summary: note: {name} cannot take {_fmt(input_size)} ({error}); "
-                  f"counting it at its default input {_fmt(default)}", file=sys.stderr)
+            import textwrap
+
+            from ..text_tables import terminal_width
+
+            note = (f"classicnets summary: note: {name} cannot take {_fmt(input_size)}; counting it at its "
+                    f"default input {_fmt(default)} ({error})")
+            print(textwrap.fill(note, width=terminal_width(), break_long_words=False, break_on_hyphens=False),
+                  file=sys.stderr)
             summaries.append(count(input_size=default))
-    width = shutil.get_terminal_size((200, 24)).columns if sys.stdout.isatty() else None
+    width = None  # the terminal's width; 80 columns for pipes and files
     if len(summaries) == 1:
         text = summaries[0].render(args.format, width=width)
     else:
         text = render_comparison(summaries, args.format, width=width)
     print(text, end="" if text.endswith("\n") else "\n")
+    if args.plot:
+        from ..inspect.plot import plot_summary
+
+        print(f"wrote {plot_summary(summaries[0], args.plot)}", file=sys.stderr)
     return 0
 
 
@@ -94,8 +117,10 @@ def _build(name: str, args: argparse.Namespace):
     from ..registry import create_model, model_info
 
     info = model_info(name)
-    in_channels = args.in_channels or (args.input[0] if args.input else info.default_input[0])
     kwargs = dict(args.option)
+    if args.weights:
+        return _build_with_weights(name, args, kwargs)
+    in_channels = args.in_channels or (args.input[0] if args.input else info.default_input[0])
     if args.num_classes is not None:
         kwargs["num_classes"] = args.num_classes
     # Counting needs only shapes: without --measure the model is built on the meta device (no weights
@@ -104,6 +129,20 @@ def _build(name: str, args: argparse.Namespace):
         model = create_model(name, in_channels=in_channels, **kwargs)
     input_size = args.input or (in_channels, *info.default_input[1:])
     return model, input_size
+
+
+def _build_with_weights(name: str, args: argparse.Namespace, options: dict):
+    """The model on the CPU with the --weights loaded (a new classifier for another --num-classes)."""
+    from ..registry import create_model, model_info
+    from ..weights import infer_size, load_weights, read_weights
+
+    file = read_weights(args.weights)
+    num_classes, in_channels = infer_size(file, name, options)
+    in_channels = args.in_channels or (args.input[0] if args.input else in_channels)
+    model = create_model(name, num_classes=args.num_classes or num_classes, in_channels=in_channels,
+                         **options)
+    print(load_weights(model, file, name=name, options=options), file=sys.stderr)
+    return model, args.input or (in_channels, *model_info(name).default_input[1:])
 
 
 def _input_size(text: str) -> tuple[int, ...]:

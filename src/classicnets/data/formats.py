@@ -287,8 +287,12 @@ def split_dir(root: Path, names: tuple[str, ...]) -> Path:
         raise DatasetError(f"image folder {root} is a file, not a folder; pass the folder that holds "
                            "train/ and val/ (or test/)")
     for name in names:
-        if (Path(root) / name).is_dir():
-            return Path(root) / name
+        if (root / name).is_dir():
+            return root / name
+    if not root.exists():
+        raise DatasetError(f"image folder {root} does not exist; pass --dataset with a folder that holds "
+                           f"train/<class>/<images> and val/<class>/<images>, or a named dataset "
+                           f"(fashion-mnist, mnist, cifar10, ...)")
     raise DatasetError(
         f"image folder {root} has no {' or '.join(f'{n}/' for n in names)} sub-folder; expected "
         f"{root}/train/<class>/<images> and {root}/val/<class>/<images> (or test/)."

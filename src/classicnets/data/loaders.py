@@ -483,6 +483,7 @@ def build_loaders(
     max_pixels: int | None = formats.DEFAULT_MAX_PIXELS,
     mirrors: list[str] | None = None,
     cache_dir: str | Path | None = None,
+    stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
 ) -> Loaders:
     """Train and test loaders for a named data set, an image folder (its path, or ``"imagefolder"`` with
     ``data_dir``; it holds train/ and val/ or test/), or a (train, test) pair of :class:`ArrayDataset`.
@@ -490,8 +491,10 @@ def build_loaders(
     ``augment``: "none", "flip", "crop-flip" (random crop with zero padding, then flip), "resized-crop-flip"
     (Inception-style crops), "paper" (random 224-of-256 crops, flips and PCA colour). ``normalize``: subtract
     the training set's per-channel mean and divide by its std (the paper subtracts the mean image instead);
-    False keeps [0, 1] like d2l. ``subset``: only that many training images, balanced across classes;
-    ``test_subset``: only that many test images, balanced, the same ones for every seed.
+    False keeps [0, 1] like d2l. ``stats``: (mean, std) to normalise with instead of the training set's,
+    e.g. those pretrained weights were trained with (ImageNet's). ``subset``: only that many training images,
+    balanced across classes; ``test_subset``: only that many test images, balanced, the same ones for every
+    seed.
     """
     if augment not in aug.AUGMENTS:
         raise ConfigError(f"unknown augment {augment!r}; choose one of {', '.join(aug.AUGMENTS)}")
@@ -513,6 +516,7 @@ def build_loaders(
         world_size=world_size,
         subset=subset,
         test_subset=test_subset,
+        stats=stats,
     )
     folder = image_folder_root(dataset, data_dir)
     if folder is not None and store_format.is_store(folder):
@@ -571,7 +575,9 @@ def _floored_std(std, source: str) -> tuple[float, ...]:
 
 
 def _transforms(common: dict, source: str, mean, std, pca, channels: int):
-    if common["normalize"]:
+    if common.get("stats") is not None:  # given (a pretrained model's): fitted to the images' channels
+        mean, std = (_fit_channels(tuple(v), channels) for v in common["stats"])
+    elif common["normalize"]:
         std = _floored_std(std, source)
     keep = dict(
         image_size=common["image_size"],
@@ -590,6 +596,14 @@ def _transforms(common: dict, source: str, mean, std, pca, channels: int):
         aug.BatchTransform(train=False, uncropped=True, **keep),
         stats,
     )
+
+
+def _fit_channels(values: tuple[float, ...], channels: int) -> tuple[float, ...]:
+    if len(values) == channels:
+        return values
+    if channels == 1:
+        return (sum(values) / len(values),)  # grey images: the channels' average
+    return tuple(values[i % len(values)] for i in range(channels))
 
 
 def _array_loaders(train_set: ArrayDataset, test_set: ArrayDataset, **common) -> Loaders:

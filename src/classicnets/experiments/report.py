@@ -22,8 +22,8 @@ def render_report(results: dict[str, Any], figures: list[str]) -> str:
     lines = [
         f"# {results['experiment']}: {results['title']}",
         "",
-        f"Scale **{results['scale']}**, {results['seeds']} seed(s) per run; measured on {results['machine']} with "
-        f"torch {results['torch']}, {results['date']}. Source: {results['source']}.",
+        f"Scale **{results['scale']}**, {results['seeds']} seed(s) per run; measured on {results['machine']} "
+        f"with torch {results['torch']}, {results['date']}. Source: {results['source']}.",
         "",
         f"Reproduce with `{results['command']}` (finished runs are kept, so a second call only rewrites this "
         "report).",
@@ -63,7 +63,8 @@ def _claim_row(c: dict[str, Any]) -> str:
     if c["n"]:
         measured = f"{_fmt(c['mean'])} ± {_fmt(c['std'])} (n={c['n']})"
     else:
-        measured = "-" if c["verdict"] != "not tested at this scale" else f"(judged at {', '.join(c['judged_at'])})"
+        judged_at = c.get("judged_at")
+        measured = f"(judged at {', '.join(judged_at)})" if judged_at else "-"
     return (f"| {c['claim']} | {c['source']} | {reference} | {measured} | **{c['verdict']}** | "
             f"{c['rule_text']} |")
 
@@ -121,7 +122,7 @@ def _plot(figure: Figure, results: dict[str, Any], path: Path) -> bool:
         drawn = True
         length = min(len(c) for c in curves)
         epochs = list(range(1, length + 1))
-        columns = list(zip(*(c[:length] for c in curves)))
+        columns = list(zip(*(c[:length] for c in curves), strict=True))
         mean = [sum(col) / len(col) for col in columns]
         color = f"C{index % 10}"
         label = run + (f" ({len(curves)} seeds)" if len(curves) > 1 else "")

@@ -38,9 +38,16 @@ def render_comparison(summaries: list[Summary], fmt: str = "table", width: int |
     header = ["", *(f"{s.model} {_input_text(s)}" for s in summaries)]
     compared = _COMPARED + (_COMPARED_MEASURED if any(s.measurement for s in summaries) else [])
     body = [[label, *(value(s) for s in summaries)] for label, value in compared]
+    note = f"FLOPs = 2 x MACs; {summaries[0].convention.split('. ', 1)[0]}."
     if fmt == "markdown":
-        return _markdown_table(header, body)
-    return _rich_text(header, body, title="model comparison", width=width, justify_first="left")
+        return _markdown_table(header, body) + "\n\n" + note + "\n"
+    import textwrap
+
+    from ..text_tables import terminal_width
+
+    width = width or terminal_width()
+    table = _rich_text(header, body, title="model comparison", width=width, justify_first="left")
+    return table + textwrap.fill(note, width=width) + "\n"
 
 
 def summary_dict(summary: Summary) -> dict:
@@ -103,9 +110,12 @@ def _ms_text(value: float | None) -> str:
 # One model
 
 
-def _row_cells(row: LayerRow, with_frozen: bool, measured: bool) -> list[str]:
+def _row_cells(row: LayerRow, with_frozen: bool, measured: bool, totals=None) -> list[str]:
     label = "  " * row.depth + (row.name.rsplit(".", 1)[-1] if row.name else row.type)
     label += " (+)" if row.folded else ""
+    if row.part_params is not None and totals is not None:
+        # a part's own row: its whole subtree in [brackets] (its own work is nil: the rows below hold it)
+        return _part_cells(row, label, with_frozen, measured, totals)
     cells = [label, row.type, _shape_text(row.output_shape), f"{row.params:,}"]
     cells += [f"{row.params_frozen:,}"] if with_frozen else []
     cells += [f"{row.params_share:.1%}", count_text(row.macs), count_text(row.flops),
@@ -113,6 +123,17 @@ def _row_cells(row: LayerRow, with_frozen: bool, measured: bool) -> list[str]:
               bytes_text(row.activation_bytes)]
     cells += [_ms_text(row.forward_ms), _ms_text(row.backward_ms)] if measured else []
     return cells
+
+
+def _part_cells(row: LayerRow, label: str, with_frozen: bool, measured: bool, totals) -> list[str]:
+    params_share = row.part_params / totals.params if totals.params else 0.0
+    flops_share = row.part_flops / totals.flops if totals.flops else 0.0
+    cells = [label, row.type, _shape_text(row.output_shape), f"[{row.part_params:,}]"]
+    cells += [""] if with_frozen else []
+    cells += [f"[{params_share:.1%}]", f"[{count_text(row.part_flops // 2)}]",
+              f"[{count_text(row.part_flops)}]", f"[{flops_share:.1%}]", "", "",
+              f"[{bytes_text(row.part_activation_bytes)}]"]
+    return cells + (["", ""] if measured else [])
 
 
 def _row_header(with_frozen: bool, measured: bool) -> list[str]:
@@ -175,24 +196,48 @@ def _title(summary: Summary) -> str:
     return f"{summary.model}: input {_input_text(summary)}, {mode} mode, {depth}"
 
 
+# Left out first to last when the terminal is narrow; the layer, its parameters and FLOPs always stay.
+# Measured times (--measure) stay longest: they were asked for.
+_DROP_ORDER = ["type", "other ops", "MACs", "bwd FLOPs", "frozen", "saved act.", "output", "% FLOPs",
+               "% params", "bwd ms", "fwd ms"]
+
+
+def _footnotes(summary: Summary, rows: list[LayerRow], markdown: bool = False) -> str:
+    notes = []
+    if any(r.folded for r in rows):
+        notes.append("(+) holds its submodules.")
+    if any(r.part_params is not None for r in rows):
+        notes.append("[n]: the part's total, the sum of the rows under it.")
+    return " ".join([*notes, summary.convention])
+
+
 def _summary_table(summary: Summary, width: int | None) -> str:
+    import textwrap
+
+    from ..text_tables import fitted_table, terminal_width
+
+    width = width or terminal_width()
     with_frozen, measured = summary.totals.params_frozen > 0, summary.measurement is not None
-    rows = [_row_cells(r, with_frozen, measured) for r in summary.rows]
-    text = _rich_text(_row_header(with_frozen, measured), rows, title=_title(summary), width=width,
-                      justify_first="left", left_columns=3)
-    totals = _rich_text(["total", ""], [list(line) for line in _total_lines(summary)], title=None,
-                        width=width, justify_first="left", left_columns=2)
-    return f"{text}{totals}(+) holds its submodules. {summary.convention}\n"
+    layer_rows = summary.rows
+    rows = [_row_cells(r, with_frozen, measured, summary.totals) for r in layer_rows]
+    header = _row_header(with_frozen, measured)
+    text = fitted_table(header, rows, width=width, title=_title(summary), drop_order=_DROP_ORDER,
+                        right=header[3:])
+    totals = fitted_table(["total", ""], [list(line) for line in _total_lines(summary)], width=width,
+                          flexible={"": "wrap"})
+    notes = textwrap.fill(_footnotes(summary, layer_rows), width=width)
+    return f"{text}\n{totals}\n{notes}\n"
 
 
 def _summary_markdown(summary: Summary) -> str:
     with_frozen, measured = summary.totals.params_frozen > 0, summary.measurement is not None
-    rows = [_row_cells(r, with_frozen, measured) for r in summary.rows]
-    for cells, row in zip(rows, summary.rows, strict=True):
+    layer_rows = summary.rows
+    rows = [_row_cells(r, with_frozen, measured, summary.totals) for r in layer_rows]
+    for cells, row in zip(rows, layer_rows, strict=True):
         cells[0] = f"`{row.name or row.type}`" + (" (+)" if row.folded else "")
     parts = [f"### {_title(summary)}", "", _markdown_table(_row_header(with_frozen, measured), rows), "",
              _markdown_table(["total", ""], [list(line) for line in _total_lines(summary)]), "",
-             f"(+) folds its submodules. {summary.convention}"]
+             _footnotes(summary, layer_rows)]
     return "\n".join(parts) + "\n"
 
 
@@ -244,7 +289,8 @@ def _comparison_csv(summaries: list[Summary]) -> str:
 
 def _flat_totals(summary: Summary) -> dict:
     record = _header_dict(summary) | {"input_size": "x".join(map(str, summary.input_size)),
-                                      "params": summary.totals.params}
+                                      "params": summary.totals.params,
+                                      "convention": "macs: multiply-accumulates; flops = 2 x macs"}
     for key, value in as_plain(summary.totals).items():
         if isinstance(value, dict):
             record |= {f"{key}_{sub}": v for sub, v in value.items()}

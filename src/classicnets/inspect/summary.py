@@ -49,6 +49,11 @@ class LayerRow:
     flops_share: float  # of the model's forward FLOPs
     params_share: float  # of the model's parameters
     folded: bool = False  # True: the row holds its submodules too
+    # A module whose submodules have rows of their own (features, classifier): the whole part's totals, for
+    # reading off which part holds the parameters and which the compute. None for other rows.
+    part_params: int | None = None
+    part_flops: int | None = None
+    part_activation_bytes: int | None = None
     forward_ms: float | None = None
     backward_ms: float | None = None
 
@@ -117,14 +122,20 @@ class Summary:
 def summarize(model: nn.Module, input_size: tuple[int, ...] | None = None, batch_size: int = 1,
               dtype: torch.dtype | str = torch.float32, device: str | torch.device = "cpu",
               depth: int | None = 3, train: bool = True, measure: bool = False, repeats: int = 5,
-              optimizer: str = "sgd_momentum", name: str | None = None) -> Summary:
+              optimizer: str = "sgd_momentum", name: str | None = None, weights=None) -> Summary:
     """Count one training step of ``model`` on a batch of ``batch_size`` inputs of ``input_size`` (C, H, W).
 
     ``input_size`` defaults to ``model.info.default_input``. The counting runs on a meta-device copy in
     ``dtype`` (byte counts follow it), in training mode unless ``train=False``. ``depth`` folds deeper modules
     into their ancestor's row (``None``: every module). ``measure=True`` also runs ``repeats`` real steps on
-    ``device`` (see :mod:`.measure`) for measured peak memory and per-layer times.
+    ``device`` (see :mod:`.measure`) for measured peak memory and per-layer times. ``weights`` (a file
+    :func:`classicnets.weights.load_weights` reads) is loaded into the zoo model first, strictly, so the
+    measured steps run on them and a file that does not fit is refused.
     """
+    if weights is not None:
+        from ..weights import load_weights
+
+        load_weights(model, weights, name=model.info.name)
     dtype = resolve_dtype(dtype)
     input_size = _input_size(model, input_size)
     _check_arguments(batch_size, depth, repeats)
@@ -216,6 +227,12 @@ def _failure_message(model: nn.Module, label: str, example: torch.Tensor, failur
     head = f"{label} failed in {where} on input of shape {tuple(example.shape)} (batch first)"
     if isinstance(failure.error, ClassicnetsError):  # the model checked its input and said what it wants
         return f"{head}: {failure.error}"
+    if "Expected more than 1 value per channel when training" in str(failure.error):
+        # batch norm in training mode averages over the batch and the map: one value per channel has no
+        # variance. Any input size hits it once the maps shrink to 1x1; the batch or eval mode fixes it.
+        return (f"{head}: batch norm in training mode needs more than one value per channel, and a batch "
+                f"of {example.shape[0]} reaches it as {_shape_text(failure.input_shape)}; count a batch of 2 "
+                "or more (--batch-size 2, batch_size=2) or in eval mode (--eval, train=False)")
     info = getattr(model, "info", None)
     hint = (f"; {label} takes input like {','.join(map(str, info.default_input))} "
             f"(smallest {','.join(map(str, info.min_input))})" if info is not None else "")
@@ -308,10 +325,23 @@ def rows_at_depth(modules: list[ModuleStats], depth: int | None, totals: Totals)
         open_row = _row(module, folded=depth is not None and module.depth == depth and module.has_children)
         rows.append(open_row)
     for row in rows:
+        if not row.folded and _has_children(modules, row.name):
+            part = [m for m in modules if _within(m.name, row.name)]
+            row.part_params = sum(m.params_trainable + m.params_frozen for m in part)
+            row.part_flops = sum(m.flops for m in part)
+            row.part_activation_bytes = sum(m.activation_bytes for m in part)
         row.macs = row.flops // 2
         row.flops_share = row.flops / totals.flops if totals.flops else 0.0
         row.params_share = row.params / totals.params if totals.params else 0.0
     return rows
+
+
+def _within(name: str, part: str) -> bool:
+    return not part or name == part or name.startswith(part + ".")
+
+
+def _has_children(modules: list[ModuleStats], name: str) -> bool:
+    return any(m.name != name and _within(m.name, name) for m in modules)
 
 
 def _row(module: ModuleStats, folded: bool) -> LayerRow:

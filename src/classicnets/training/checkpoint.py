@@ -557,10 +557,10 @@ def _refuse_non_safetensors(file: Path) -> None:
 
 
 def _pickle_message(path: Path) -> str:
-    return (f"{path} looks like a pickle (torch.save) file; classicnets only loads safetensors "
-            "checkpoints, because unpickling a file can run arbitrary code. Convert it yourself, if you "
-            "trust it: torch.load(path, weights_only=True), then "
-            "safetensors.torch.save_file(state, 'model.safetensors')")
+    return (f"{path} looks like a pickle (torch.save) file; a checkpoint here is a classicnets run "
+            "(safetensors), because unpickling a file can run arbitrary code. A torchvision/timm-style "
+            "state_dict loads as weights for a named model instead, read without running code: "
+            "e.g. `classicnets predict resnet18 --weights FILE ...` or train(weights=FILE)")
 
 
 def load_trainer_state(checkpoint_dir: str | Path) -> dict[str, Any]:
@@ -571,7 +571,7 @@ def load_trainer_state(checkpoint_dir: str | Path) -> dict[str, Any]:
         if not file.is_file():
             raise CheckpointError(f"{directory} has no {file.name}: it holds weights only and cannot be "
                                   "resumed; start a new run with another --out (its weights still work with "
-                                  "eval, predict and export)")
+                                  "eval, predict and export, or start from them: --weights DIR)")
     _refuse_non_safetensors(tensors_file)
     try:
         with safe_open(str(tensors_file), framework="pt", device="cpu") as f:

@@ -21,6 +21,10 @@ Recipes (``--recipe``):
   the test set.
 - ``fast``: accuracy per second on a GPU: bf16 autocast, channels_last, torch.compile on CUDA, batch 256,
   SGD nesterov with a one-cycle schedule, label smoothing, flips, flip test-time augmentation, 5 epochs.
+- ``finetune``: start from ImageNet weights (``--weights``) on a small folder of photos: resnet18 at 224,
+  SGD momentum 0.9, lr 0.01 for the new head and 0.1x that for the backbone, which stays frozen (BatchNorm
+  statistics too) for the first epoch while the head learns, cosine schedule, Inception-style random
+  resized crops and flips, normalised with the weights' ImageNet mean/std, batch 16, 5 epochs.
 - ``quick``: what ``make demo`` runs on a 2-core CPU: alexnet_28 (d2l's 28x28 AlexNet, the book's exercise)
   at quarter width (2.9M parameters), bf16 autocast + channels_last, AdamW with a one-cycle schedule,
   batch 256, 2 epochs on all 60,000 images: 0.90 test accuracy (measured 0.901) in about 2 minutes.
@@ -51,8 +55,9 @@ AUGMENTS = ("none", "flip", "crop-flip", "resized-crop-flip", "paper")
 TTAS = ("none", "flip", "ten-crop")
 INITS = ("model", "xavier")
 ON_BAD = ("skip", "error")
+LOG_TO = ("files", "tensorboard")
 CHOICES = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "precision": PRECISIONS, "augment": AUGMENTS,
-           "tta": TTAS, "init": INITS, "on_bad": ON_BAD}
+           "tta": TTAS, "init": INITS, "on_bad": ON_BAD, "log_to": LOG_TO}
 
 
 def _f(default: Any, help: str, **kwargs) -> Any:
@@ -89,6 +94,13 @@ class TrainConfig:
     init: str = _f("model", "weight init: 'model' keeps the builder's own (the paper's N(0, 0.01) for "
                             "alexnet, xavier for the d2l nets); 'xavier' re-initialises every conv and "
                             "linear layer with xavier-uniform as d2l's train_ch6 does")
+    weights: str | None = _f(None, "start from these weights: a torchvision/timm-style .pth/.pt state_dict "
+                                   "(read without running code), a .safetensors file or a classicnets run "
+                                   "directory; a classifier for another number of classes is re-initialised")
+    freeze_epochs: int = _f(0, "train only the head (the classifier) for the first N epochs, the backbone "
+                               "and its BatchNorm statistics frozen; -1: for the whole run")
+    backbone_lr_mult: float = _f(1.0, "the backbone's learning rate as a fraction of lr (the head's); 0.1 "
+                                      "is usual when fine-tuning pretrained weights")
 
     # --- optimisation
     epochs: int = _f(10, "passes over the training set")
@@ -135,16 +147,22 @@ class TrainConfig:
                                     "where some layers (adaptive pooling) have no deterministic kernel")
 
     # --- output
-    out: str = _f("runs/train", "run directory: checkpoints (last/, best/), logs, curves.png, config.json")
-    resume: bool = _f(False, "continue the run in --out from its last checkpoint")
+    out: str | None = _f(None, "run directory: checkpoints (last/, best/), logs, curves.png, config.json; "
+                               "None: runs/RECIPE, or runs/MODEL without a recipe")
+    resume: bool = _f(False, "continue the run in --out from its last checkpoint, with the settings it "
+                             "saved (flags change only what they name)")
     overwrite: bool = _f(False, "replace an existing run in --out instead of refusing to (the old run is "
                                 "kept until the new one saves its first checkpoint)")
     log_every: int = _f(50, "steps between progress refreshes and NaN checks (each reads the GPU once)")
     progress: bool = _f(True, "show a progress bar while an epoch runs")
+    log_to: str = _f("files", "files: metrics.jsonl/csv and curves.png; tensorboard: those and TensorBoard "
+                              "events in OUT/tensorboard (pip install 'classicnets[tensorboard]')")
     recipe: str | None = _f(None, "the recipe these settings started from (a label: setting it here applies "
                                   "nothing; from_recipe, --recipe or train(recipe=...) apply one)")
 
     def __post_init__(self) -> None:
+        if self.out is None:
+            self.out = default_out(self.recipe, self.model)
         validate(self)
 
     @classmethod
@@ -176,11 +194,32 @@ RECIPES: dict[str, dict[str, Any]] = {
                  nesterov=True, weight_decay=5e-4, schedule="onecycle", onecycle_pct=0.25,
                  label_smoothing=0.1, init="xavier", normalize=True, augment="flip", tta="flip",
                  precision="bf16", channels_last=True, compile=None),
+    # torchvision's fine-tuning practice on a small folder: the new head at lr 0.01 with momentum, the
+    # pretrained backbone 10x slower after one epoch frozen (so the random head's first, large gradients
+    # never reach it), ImageNet statistics (normalize uses the weights' own), crops like ImageNet training.
+    # batch 16: a folder of a few dozen photos still gives several steps an epoch
+    "finetune": dict(model="resnet18", epochs=5, batch_size=16, optimizer="sgd", lr=0.01, momentum=0.9,
+                     weight_decay=1e-4, schedule="cosine", freeze_epochs=1, backbone_lr_mult=0.1,
+                     normalize=True, augment="resized-crop-flip", tta="none", init="model", image_size=224),
     "quick": dict(model="alexnet_28", model_options={"width_mult": 0.25}, epochs=2, batch_size=256,
                   optimizer="adamw", lr=3e-3, weight_decay=0.05, schedule="onecycle", onecycle_pct=0.25,
                   label_smoothing=0.0, init="model", normalize=True, augment="none", tta="none",
                   precision="bf16", channels_last=True),
 }
+
+
+# One line each, for `classicnets recipes`; "GPU-sized" recipes take hours on a 2-core CPU.
+RECIPE_NOTES: dict[str, str] = {
+    "d2l": "d2l's AlexNet run, SGD at 224 px (0.88); GPU-sized",
+    "paper": "Krizhevsky et al. 2012, for image folders; GPU-sized",
+    "fast": "one-cycle, bf16, flips (0.92); GPU-sized",
+    "quick": "make demo: 1/4-width, 28 px (0.90); minutes on a CPU",
+}
+
+
+def default_out(recipe: str | None, model: str) -> str:
+    """Where a run goes unless told: runs/RECIPE, so each recipe's run has its own folder."""
+    return f"runs/{recipe or model}"
 
 
 # ------------------------------------------------------------------------------------------- checks
@@ -247,6 +286,11 @@ def validate(config: TrainConfig) -> None:
     from ..registry import check_model_options  # the builders' own option checks, without building
 
     check_model_options(config.model, config.model_options)
+    if config.freeze_epochs < -1:
+        raise ConfigError(f"freeze_epochs={config.freeze_epochs}: use 0 (never), N (the first N epochs) "
+                          "or -1 (the whole run)")
+    if not 0 <= config.backbone_lr_mult <= 1e3:
+        raise ConfigError(f"backbone_lr_mult={config.backbone_lr_mult} must be a factor >= 0 such as 0.1")
 
 
 def _require(name: str, ok: bool, words: str, value: Any) -> None:
@@ -391,8 +435,16 @@ def _type_words(kind: type, optional: bool) -> str:
 # ----------------------------------------------------------------------------------- files and flags
 
 
+# What a run did with its folder, not how it trained: a run's saved config.json used as --config leaves them
+# to the command line.
+RUN_ACTIONS = ("resume", "overwrite")
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Settings from a YAML (.yaml/.yml) or TOML (.toml) file, keys checked."""
+    """Settings from a YAML (.yaml/.yml), TOML (.toml) or JSON file (a run's own config.json), keys checked.
+
+    A JSON file's ``resume`` and ``overwrite`` are dropped: they are what that run did, not its settings.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
@@ -408,8 +460,13 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
             import yaml
 
             values = yaml.safe_load(text) or {}
+        elif path.suffix == ".json":
+            values = json.loads(text)
+            if isinstance(values, dict):
+                values = {k: v for k, v in values.items() if k not in RUN_ACTIONS}
         else:
-            raise ConfigError(f"config file {path}: expected .yaml, .yml or .toml, found {path.suffix!r}")
+            raise ConfigError(f"config file {path}: expected .yaml, .yml, .toml or .json (a run's "
+                              f"config.json), found {path.suffix!r}")
     except ConfigError:
         raise
     except Exception as error:  # the parsers' own error types differ
@@ -423,26 +480,70 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def resolve_config(recipe: str | None = None, file_values: dict[str, Any] | None = None,
-                   overrides: dict[str, Any] | None = None) -> TrainConfig:
+                   overrides: dict[str, Any] | None = None, *, override_source: str = "argument",
+                   file_source: str = "config file") -> TrainConfig:
     """Defaults < recipe < config file < overrides (flags or keyword arguments). With no recipe named
-    anywhere, the ``default`` recipe applies (a TrainConfig built directly holds the bare field defaults)."""
+    anywhere, the ``default`` recipe applies (a TrainConfig built directly holds the bare field defaults).
+
+    With ``resume``, a run folder that holds a config.json is continued with those saved settings; the
+    config file and the overrides change only what they name. The result's ``sources`` maps each setting
+    that is not a default to where it came from (for :func:`format_config`).
+    """
     file_values, overrides = dict(file_values or {}), dict(overrides or {})
-    recipe = overrides.pop("recipe", None) or file_values.pop("recipe", None) or recipe or DEFAULT_RECIPE
+    named = overrides.pop("recipe", None) or file_values.pop("recipe", None) or recipe
     _check_keys(file_values, "config file")
     _check_keys(overrides, "settings")
+    chosen = {**file_values, **overrides}
+    sources = {k: file_source for k in file_values} | {k: override_source for k in overrides}
+    saved = _saved_run_settings(named, chosen)
+    recipe = named or DEFAULT_RECIPE
     values: dict[str, Any] = {}
-    if recipe is not None:
+    if saved is not None:
+        values.update(saved)
+        sources = {k: "saved run" for k in saved} | sources
+    else:
         if not isinstance(recipe, str) or recipe not in RECIPES:
             raise ConfigError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}"
                               f"{_close(recipe, RECIPES)}")
         values.update(RECIPES[recipe])
         values["recipe"] = recipe
-    chosen = {**file_values, **overrides}
+        sources = {k: f"recipe {recipe}" for k in values} | sources
     if "model" in chosen and chosen["model"] != values.get("model") and "model_options" not in chosen:
         values.pop("model_options", None)  # the recipe's options were for its own model
+        sources.pop("model_options", None)
     values.update(chosen)
     values = {k: _coerce(k, v, "settings") for k, v in values.items()}
-    return TrainConfig(**values)
+    config = TrainConfig(**values)
+    config.sources = sources  # not a field: where the settings came from, for printing
+    return config
+
+
+def _saved_run_settings(recipe: str | None, chosen: dict[str, Any]) -> dict[str, Any] | None:
+    """The settings a run saved in OUT/config.json, when ``chosen`` resumes that run; else None."""
+    if not _coerce("resume", chosen.get("resume", False), "settings"):
+        return None
+    out = chosen.get("out") or default_out(recipe or DEFAULT_RECIPE, chosen.get("model") or _default("model"))
+    path = Path(out) / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise ConfigError(f"--resume: {path} does not parse ({error}); pass the settings again with "
+                          "--recipe and flags, or --config FILE") from None
+    if not isinstance(saved, dict):
+        raise ConfigError(f"--resume: {path} is not a mapping of settings")
+    saved = {k: v for k, v in saved.items() if k not in RUN_ACTIONS}
+    _check_keys(saved, str(path))
+    if recipe is not None and saved.get("recipe") not in (None, recipe):
+        raise ConfigError(f"--resume: {out} was trained with recipe {saved.get('recipe')!r}, not {recipe!r}; "
+                          "drop --recipe (a resumed run keeps its saved settings) or choose another --out")
+    return saved
+
+
+def _default(name: str) -> Any:
+    f = next(f for f in fields(TrainConfig) if f.name == name)
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
 
 
 def config_from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
@@ -460,7 +561,11 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = resolve_config()  # what a run naming no recipe gets
     for f in fields(TrainConfig):
         kind, optional = _field_type(f.name)
-        help_text = f"{f.metadata.get('help', '')} (default: {getattr(defaults, f.name)!r})"
+        default = "runs/RECIPE" if f.name == "out" else repr(getattr(defaults, f.name))
+        by_recipe = ", ".join(f"{name} {values[f.name]!r}" for name, values in RECIPES.items()
+                              if f.name in values and values[f.name] != getattr(defaults, f.name))
+        by_recipe = f"; recipes: {by_recipe}" if by_recipe else ""
+        help_text = f"{f.metadata.get('help', '')} (default: {default}{by_recipe})"
         help_text = help_text.replace("%", "%%")
         common = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text)
         if kind is bool:
@@ -480,8 +585,35 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return {name: _coerce(name, value, f"flag {_flag(name)}") for name, value in given.items()}
 
 
-def format_config(config: TrainConfig) -> str:
-    """The resolved settings, one per line, for printing at the start of a run."""
-    values = config.to_dict()
-    width = max(map(len, values))
-    return "\n".join(f"  {name:<{width}}  {json.dumps(value)}" for name, value in values.items())
+def format_config(config: TrainConfig, requested: TrainConfig | None = None, full: bool = False) -> str:
+    """The settings, one per line with where each came from: by default only those that differ from the
+    defaults; ``full`` lists every one. ``requested`` is the config before the device's auto speed
+    settings were decided (their source then reads "auto")."""
+    sources = getattr(requested if requested is not None else config, "sources", None) or {}
+    before = (requested or config).to_dict()
+    rows = []
+    for name, value in config.to_dict().items():
+        if value != before.get(name):
+            source = "auto: this machine"
+        elif name in sources:
+            source = sources[name]
+        elif name == "out" and value == default_out(config.recipe, config.model):
+            source = "runs/RECIPE" if config.recipe else "runs/MODEL"
+        elif _same(value, _default(name)):
+            source = "default"
+        elif config.recipe in RECIPES and _same(value, RECIPES[config.recipe].get(name, dataclasses.MISSING)):
+            source = f"recipe {config.recipe}"
+        else:
+            source = "set"
+        if full or not (_same(value, _default(name)) or name == "recipe"):
+            rows.append((name, json.dumps(value), source))
+    if not rows:
+        return "  (all defaults)"
+    name_width = max(len(r[0]) for r in rows)
+    value_width = min(max(len(r[1]) for r in rows), 24)
+    return "\n".join(f"  {name:<{name_width}}  {value:<{value_width}}  {source}"
+                     for name, value, source in rows)
+
+
+def _same(value: Any, default: Any) -> bool:
+    return value == (list(default) if isinstance(default, tuple) else default)

@@ -331,9 +331,12 @@ def lost_rank_errors(ctx: DistContext) -> Iterator[None]:
         if not (isinstance(error, dist.DistError) or _PEER_FAILURE.search(str(error))):
             raise
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        # a closed connection means a rank exited (failed, or stopped by Ctrl-C); only a timeout means waiting
+        timed_out = re.search(r"timed out|timeout", str(error), re.IGNORECASE)
+        why = (f"another rank did not answer within {_timeout().total_seconds():g} s ({TIMEOUT_ENV})"
+               if timed_out else "another rank exited (failed, or was stopped)")
         raise LostRankError(
-            f"rank {ctx.rank} of {ctx.world_size} stopped: another rank died or did not answer within "
-            f"{_timeout().total_seconds():g} s ({TIMEOUT_ENV}). The log of the rank that failed first "
+            f"rank {ctx.rank} of {ctx.world_size} stopped: {why}. The log of the rank that failed first "
             f"shows the cause; under torchrun, --max-restarts resumes from the last checkpoint. "
             f"[{first_line}]"
         ) from error

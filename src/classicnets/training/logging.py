@@ -1,4 +1,5 @@
-"""What a run records: the per-epoch line the seeds print, JSONL and CSV logs, and d2l-style curves.
+"""What a run records: the per-epoch line the seeds print, JSONL and CSV logs, d2l-style curves, and
+TensorBoard events with ``log_to="tensorboard"``.
 
 Every file is rewritten from the whole history at the end of each epoch (they are a few kilobytes), so a
 resumed run's logs hold exactly the epochs its checkpoint holds, with no duplicates from a killed attempt.
@@ -13,17 +14,25 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.nn as nn
+
+from ..errors import MissingDependencyError
+
 METRICS_JSONL = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
 CURVES_PNG = "curves.png"
 CONFIG_JSON = "config.json"
+TENSORBOARD_DIR = "tensorboard"
 
 
 def epoch_line(record: dict[str, Any]) -> str:
-    """The seeds' line (``epoch 1, loss 0.xxxx, train acc 0.xxx, test acc 0.xxx, time x.x sec``), extended."""
+    """The seeds' line (``epoch 1, loss 0.xxxx, train acc 0.xxx, test acc 0.xxx, time x.x sec``), and below it
+    what classicnets adds, indented: two lines that fit 80 columns."""
+    top5 = f"test top5 {record['test_top5']:.3f}, " if record.get("test_top5") is not None else ""
     return (f"epoch {record['epoch']}, loss {record['train_loss']:.4f}, train acc {record['train_acc']:.3f}, "
-            f"test acc {record['test_acc']:.3f}, test top5 {record['test_top5']:.3f}, "
-            f"lr {record['lr']:.3g}, {record['images_per_sec']:.0f} img/s, time {record['time']:.1f} sec")
+            f"test acc {record['test_acc']:.3f}, time {record['time']:.1f} sec\n"
+            f"  {top5}lr {record['lr']:.3g}, {record['images_per_sec']:.0f} img/s")
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -44,31 +53,138 @@ def write_logs(run_dir: Path, history: list[dict[str, Any]]) -> None:
         write_text_atomic(run_dir / METRICS_CSV, buffer.getvalue())
 
 
-def plot_curves(run_dir: Path, history: list[dict[str, Any]], title: str = "") -> Path:
-    """curves.png: train loss, train and test accuracy against epoch on one axis, as d2l draws them.
+def plot_curves(run_dir: Path, history: list[dict[str, Any]], title: str = "",
+                steps: list[tuple[float, ...]] | None = None) -> Path:
+    """curves.png: losses (per epoch, and per log_every steps when ``steps`` are given) on the left, train
+    and test accuracy on the right, and the learning rate below.
 
     Drawn on a bare Figure with the Agg canvas (no pyplot state), so any thread may call it; the trainer
     draws on its checkpoint thread.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in history]
-    fig = Figure(figsize=(5, 3.5), dpi=120)
+    fig = Figure(figsize=(9, 5.2), dpi=110)
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.plot(epochs, [r["train_loss"] for r in history], "-", label="train loss")
-    ax.plot(epochs, [r["train_acc"] for r in history], "m--", label="train acc")
-    ax.plot(epochs, [r["test_acc"] for r in history], "g-.", label="test acc")
-    ax.set_xlabel("epoch")
-    ax.set_xlim(0.5, max(epochs[-1], 1) + 0.5)
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="best")
+    grid = fig.add_gridspec(2, 2, height_ratios=(3, 1))
+    loss_ax, acc_ax = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])
+    lr_ax = fig.add_subplot(grid[1, :])
+    if steps:
+        loss_ax.plot([s[0] for s in steps], [s[1] for s in steps], "-", color="tab:blue", alpha=0.35, lw=1,
+                     label="train loss, every log_every steps")
+    # an epoch's mean sits at the epoch's end, where the per-step curve arrives
+    loss_ax.plot(epochs, [r["train_loss"] for r in history], "o-", color="tab:blue", label="train loss")
+    if all("test_loss" in r for r in history):
+        loss_ax.plot(epochs, [r["test_loss"] for r in history], "s--", color="tab:orange", label="test loss")
+    loss_ax.set_ylabel("cross-entropy loss")
+    acc_ax.plot(epochs, [r["train_acc"] for r in history], "o-", color="tab:purple", label="train acc")
+    acc_ax.plot(epochs, [r["test_acc"] for r in history], "s--", color="tab:green", label="test acc")
+    acc_ax.set_ylabel("top-1 accuracy")
+    if steps and all(len(s) > 2 for s in steps):
+        lr_ax.plot([s[0] for s in steps], [s[2] for s in steps], "-", color="tab:gray", label="lr")
+    elif all("lr" in r for r in history):
+        lr_ax.plot(epochs, [r["lr"] for r in history], "o-", color="tab:gray", label="lr at the epoch's end")
+    lr_ax.set_ylabel("learning rate")
+    lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+    for ax in (loss_ax, acc_ax, lr_ax):
+        ax.set_xlim(0, max(epochs[-1], 1) + 0.1)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="best", fontsize=8)
     if title:
-        ax.set_title(title, fontsize=9)
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     path = run_dir / CURVES_PNG
     tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.savefig(tmp)
     os.replace(tmp, path)
     return path
+
+
+# ------------------------------------------------------------------------------------------ TensorBoard
+
+
+def require_tensorboard() -> None:
+    """Fail early, before any data is loaded, when ``log_to="tensorboard"`` cannot work."""
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        raise MissingDependencyError(
+            "--log-to tensorboard needs the tensorboard package, which is not installed; install it with "
+            "pip install 'classicnets[tensorboard]' (or log to files only: --log-to files)") from None
+
+
+class TensorBoardLog:
+    """Scalars every ``log_every`` steps and every epoch, and the first layer's kernels once an epoch, in
+    ``OUT/tensorboard`` (``tensorboard --logdir runs`` shows every run). Rank 0 only.
+
+    The step scalars are the values the trainer reads anyway at its ``log_every`` cadence: logging adds no
+    device read (in a distributed run they are rank 0's share of the epoch so far; the epoch scalars are
+    every rank's). A resumed run drops the events logged after its checkpoint (``purge_step``), so a killed
+    attempt's steps are not drawn twice.
+    """
+
+    def __init__(self, writer) -> None:
+        self.writer = writer
+        self._last: tuple[float, int] | None = None  # (time, images) at the previous step log
+
+    @classmethod
+    def open(cls, run_dir: Path, purge_step: int) -> TensorBoardLog:
+        require_tensorboard()
+        from torch.utils.tensorboard import SummaryWriter
+
+        return cls(SummaryWriter(str(run_dir / TENSORBOARD_DIR), purge_step=purge_step or None))
+
+    def start_epoch(self, now: float) -> None:
+        self._last = (now, 0)
+
+    def step(self, step: int, values: dict[str, float], lrs: list[float], now: float) -> None:
+        """``values``: the epoch's running mean loss and top-1 so far, and its image count."""
+        add = self.writer.add_scalar
+        add("step/train_loss", values["loss"], step)
+        add("step/train_acc", values["top1"], step)
+        for name, lr in zip(("lr", "lr_backbone"), lrs, strict=False):
+            add(f"step/{name}", lr, step)
+        if self._last is not None and now > self._last[0]:
+            add("step/images_per_sec", (values["count"] - self._last[1]) / (now - self._last[0]), step)
+        self._last = (now, values["count"])
+
+    def epoch(self, record: dict[str, Any], model: nn.Module) -> None:
+        epoch = record["epoch"]
+        for key in ("train_loss", "train_acc", "test_loss", "test_acc", "test_top5", "lr", "lr_backbone",
+                    "images_per_sec", "train_time", "eval_time"):
+            if key in record:
+                self.writer.add_scalar(f"epoch/{key}", record[key], epoch)
+        conv = first_conv(model)
+        if conv is not None:
+            self.writer.add_image("kernels/first_conv", kernel_grid(conv.weight), epoch)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def first_conv(model: nn.Module) -> nn.Conv2d | None:
+    return next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+
+
+def kernel_grid(weight: torch.Tensor, pad: int = 1) -> torch.Tensor:
+    """A conv weight (out, in, k, k) as one (3 or 1, H, W) image in [0, 1]: the kernels in a near-square grid,
+    each scaled to its own range, in colour for RGB input (the paper's Figure 3) and grey otherwise."""
+    w = weight.detach().float().cpu()
+    w = w if w.shape[1] in (1, 3) else w.mean(dim=1, keepdim=True)
+    low = w.amin(dim=(1, 2, 3), keepdim=True)
+    high = w.amax(dim=(1, 2, 3), keepdim=True)
+    w = (w - low) / (high - low).clamp_min(1e-12)
+    count, channels, kh, kw = w.shape
+    cols = int(count ** 0.5 + 0.999)
+    rows = -(-count // cols)
+    grid = torch.ones(channels, rows * (kh + pad) + pad, cols * (kw + pad) + pad)
+    for i in range(count):
+        top, left = pad + (i // cols) * (kh + pad), pad + (i % cols) * (kw + pad)
+        grid[:, top:top + kh, left:left + kw] = w[i]
+    return grid

@@ -22,7 +22,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,8 @@ from .logging import (
     CURVES_PNG,
     METRICS_CSV,
     METRICS_JSONL,
+    TENSORBOARD_DIR,
+    TensorBoardLog,
     epoch_line,
     plot_curves,
     write_logs,
@@ -54,12 +56,17 @@ RESUMABLE_CHANGES = {"epochs", "progress", "log_every", "num_workers", "out", "r
                      "device", "data_dir", "eval_batch_size", "compile", "cpu_threads",
                      # the global batch stays batch_size when a run resumes on another number of processes
                      # with more or fewer accumulation steps per process
-                     "grad_accum_steps", "sync_batchnorm"}
+                     "grad_accum_steps", "sync_batchnorm",
+                     # a resumed run takes its weights from its checkpoint, not from --weights again
+                     "weights", "log_to"}
 
 # --overwrite moves the old run's files here; they are deleted when the new run's first checkpoint has
 # landed, and put back if the new run stops before that (or is killed: the next start puts them back).
 REPLACED_RUN = ".replaced-run"
-RUN_FILES = (ckpt.LAST, ckpt.BEST, CONFIG_JSON, METRICS_JSONL, METRICS_CSV, CURVES_PNG)
+RUN_FILES = (ckpt.LAST, ckpt.BEST, CONFIG_JSON, METRICS_JSONL, METRICS_CSV, CURVES_PNG, TENSORBOARD_DIR)
+
+# Without a terminal (logs, CI, nohup, notebooks) a progress line is printed at most this often.
+PROGRESS_LINE_SECONDS = 30.0
 
 # Test-time augmentation: a batch -> the views to average (each a batch the model accepts).
 TTA = Callable[[torch.Tensor], list[torch.Tensor]]
@@ -137,8 +144,15 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+def build_optimizer(model: nn.Module, config: TrainConfig,
+                    head: Collection[str] | None = None) -> torch.optim.Optimizer:
+    """The optimizer; with ``backbone_lr_mult`` != 1, two parameter groups: the head's at ``lr`` (first, so
+    ``param_groups[0]`` keeps meaning the configured lr) and the backbone's at ``lr * backbone_lr_mult``."""
+    params: list[Any] = [p for p in model.parameters() if p.requires_grad]
+    if config.backbone_lr_mult != 1:
+        head_params, backbone = split_head(model, _require_head(head, "backbone_lr_mult"))
+        params = [{"params": head_params, "lr": config.lr},
+                  {"params": backbone, "lr": config.lr * config.backbone_lr_mult}]
     # foreach kernels update all parameters in a few launches instead of one per tensor
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
@@ -165,6 +179,22 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]
                 values[name] = torch.empty_like(parameter, dtype=value.dtype).copy_(value)
 
 
+def split_head(model: nn.Module, head: Collection[str]) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(head parameters, backbone parameters) of ``model``, ``head`` naming the head's parameters."""
+    named = dict(model.named_parameters())
+    unknown = sorted(set(head) - named.keys())
+    if unknown:
+        raise ConfigError(f"the head names parameters the model does not have: {unknown[:5]}")
+    return ([p for n, p in named.items() if n in head], [p for n, p in named.items() if n not in head])
+
+
+def _require_head(head: Collection[str] | None, setting: str) -> Collection[str]:
+    if not head:
+        raise ConfigError(f"{setting} needs to know which parameters are the model's head; train a zoo "
+                          "model (classicnets.train does it) or pass head=[parameter names] to the Trainer")
+    return head
+
+
 class Schedule:
     """The learning-rate schedule: per-step schedulers step after each optimizer step, plateau per epoch."""
 
@@ -172,15 +202,16 @@ class Schedule:
         self.per_epoch = config.schedule == "plateau"
         total = max(1, steps_per_epoch * config.epochs)
         sched = torch.optim.lr_scheduler
+        peaks = [group["lr"] for group in optimizer.param_groups]  # the head's and the backbone's
         if config.schedule == "onecycle":
             # momentum stays as configured (no cycling) so the recipe's momentum means what it says
-            self.scheduler = OneCycle(optimizer, max_lr=config.lr, total_steps=total,
+            self.scheduler = OneCycle(optimizer, max_lr=peaks, total_steps=total,
                                       pct_start=config.onecycle_pct)
         elif config.schedule == "plateau":
             # "divided by 10 at most three times": the floor is the lr after the last allowed drop
-            floor = config.lr * config.gamma ** config.plateau_max_drops * (1 - 1e-6)
+            floors = [peak * config.gamma ** config.plateau_max_drops * (1 - 1e-6) for peak in peaks]
             self.scheduler = sched.ReduceLROnPlateau(optimizer, mode="max", factor=config.gamma,
-                                                     patience=config.plateau_patience, min_lr=floor)
+                                                     patience=config.plateau_patience, min_lr=floors)
         else:
             self.scheduler = sched.LambdaLR(optimizer, _lr_factor(config, steps_per_epoch, total))
 
@@ -207,23 +238,25 @@ class OneCycle(torch.optim.lr_scheduler.LRScheduler):
 
     DIV, FINAL_DIV = 25.0, 1e4  # OneCycleLR's div_factor and final_div_factor
 
-    def __init__(self, optimizer: torch.optim.Optimizer, *, max_lr: float, total_steps: int,
+    def __init__(self, optimizer: torch.optim.Optimizer, *, max_lr: float | list[float], total_steps: int,
                  pct_start: float) -> None:
-        self.max_lr, self.initial_lr = max_lr, max_lr / self.DIV
-        self.min_lr = self.initial_lr / self.FINAL_DIV
+        groups = len(optimizer.param_groups)
+        self.max_lrs = list(max_lr) if isinstance(max_lr, (list, tuple)) else [max_lr] * groups
         self.peak, self.last = max(0.0, float(pct_start * total_steps) - 1), total_steps - 1
         super().__init__(optimizer)
 
     def get_lr(self) -> list[float]:
-        return [self.lr_at(self.last_epoch)] * len(self.optimizer.param_groups)
+        return [self.lr_at(self.last_epoch, peak) for peak in self.max_lrs]
 
-    def lr_at(self, step: int) -> float:
+    def lr_at(self, step: int, max_lr: float) -> float:
+        """The lr at ``step`` of a group whose peak lr is ``max_lr``."""
+        initial_lr = max_lr / self.DIV
+        min_lr = initial_lr / self.FINAL_DIV
         if step <= self.peak:  # rising (a peak at step 0 has no rise)
-            return self.max_lr if not self.peak else _annealing_cos(self.initial_lr, self.max_lr,
-                                                                    step / self.peak)
+            return max_lr if not self.peak else _annealing_cos(initial_lr, max_lr, step / self.peak)
         # past the peak; last == peak == 0 only in a one-step run, after its step
         span = self.last - self.peak
-        return _annealing_cos(self.max_lr, self.min_lr, min(1.0, (step - self.peak) / span) if span else 1.0)
+        return _annealing_cos(max_lr, min_lr, min(1.0, (step - self.peak) / span) if span else 1.0)
 
 
 def _annealing_cos(start: float, end: float, pct: float) -> float:
@@ -318,12 +351,15 @@ class Trainer:
     """Trains ``model`` on ``train_loader`` and evaluates on ``test_loader`` after every epoch.
 
     ``metadata`` is the header for ``model.safetensors`` (checkpoint.model_metadata); ``tta`` maps a test
-    batch to the views whose softmax is averaged. Only rank 0 prints, plots and writes files.
+    batch to the views whose softmax is averaged. ``head`` names the head's parameters, which fine-tuning
+    (``freeze_epochs``, ``backbone_lr_mult``) treats apart from the backbone. Only rank 0 prints, plots and
+    writes files.
     """
 
     def __init__(self, model: nn.Module, train_loader, test_loader, config: TrainConfig, *,
                  ctx: DistContext, metadata: dict[str, str], tta: TTA | None = None,
-                 print_fn: Callable[[str], None] = print, stop: StopSignals | None = None) -> None:
+                 print_fn: Callable[[str], None] = print, stop: StopSignals | None = None,
+                 head: Collection[str] | None = None) -> None:
         config = resolve_speed(config, ctx.device)  # auto precision, channels_last, compile
         self.config, self.ctx, self.metadata, self.tta = config, ctx, metadata, tta
         self.stop = stop  # installed by the caller to cover its setup too; else fit installs its own
@@ -333,7 +369,11 @@ class Trainer:
         self.print = print_fn if ctx.is_main else (lambda *_: None)
         memory_format = torch.channels_last if config.channels_last else torch.preserve_format
         self.model = model.to(self.device, memory_format=memory_format)  # the plain model: saved, loaded
-        self.optimizer = build_optimizer(self.model, config)
+        self.head = frozenset(head or ())
+        if config.freeze_epochs:
+            _require_head(self.head, "freeze_epochs")
+        self.frozen = False  # the backbone, while freeze_epochs lasts
+        self.optimizer = build_optimizer(self.model, config, self.head)
         if len(train_loader) == 0:  # an epoch would train nothing and still report success
             raise ConfigError("the training data yields no batch; the data set is empty or smaller than "
                               "one batch: add images or lower --batch-size")
@@ -341,17 +381,25 @@ class Trainer:
         self.schedule = Schedule(self.optimizer, config, self.steps_per_epoch)
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         self.history: list[dict[str, Any]] = []
+        # (epoch as a fraction, mean training loss since the previous point, lr), every log_every steps
+        self.step_losses: list[tuple[float, float, float]] = []
+        self._last_sums: tuple[float, float] = (0.0, 0.0)
         self.best_acc, self.best_epoch = -1.0, 0
         self.start_epoch, self.start_step = 0, 0
         self.partial: dict[str, Any] | None = None
         self.train_model = self.eval_model = self.model
         self.saver = ckpt.BackgroundSaver()
+        self.board: TensorBoardLog | None = None  # opened by fit with log_to="tensorboard"
 
     # ----------------------------------------------------------------------------------- public
 
     def fit(self) -> list[dict[str, Any]]:
         """Train for the configured epochs (continuing a checkpoint with ``resume``); return the history."""
         self._prepare_run_dir()
+        self._freeze_backbone(self._frozen_in(self.start_epoch))  # before DDP, which keeps trainable ones
+        if self.config.log_to == "tensorboard" and self.ctx.is_main:
+            resumed_at = self.start_epoch * len(self.train_loader) + self.start_step
+            self.board = TensorBoardLog.open(self.run_dir, resumed_at)
         stop_signals = contextlib.nullcontext(self.stop) if self.stop else StopSignals()
         try:
             self._wrap_model()
@@ -370,8 +418,38 @@ class Trainer:
             if self.ctx.is_main:
                 settle_replaced_run(self.run_dir)  # no checkpoint landed: the overwritten run comes back
             raise
+        finally:
+            if self.board is not None:
+                self.board.close()
         barrier(self.ctx)
         return self.history
+
+    # ------------------------------------------------------------------------------------ fine-tuning
+
+    def _frozen_in(self, epoch: int) -> bool:
+        return self.config.freeze_epochs == -1 or epoch < self.config.freeze_epochs
+
+    def _freeze_backbone(self, frozen: bool) -> None:
+        """Stop (or restart) the backbone's training: no gradients (backward stops at the head), so the
+        optimizer skips it; its BatchNorm layers are put in eval mode each epoch (:meth:`_freeze_bn`)."""
+        if frozen == self.frozen:
+            return
+        for name, p in self.model.named_parameters():
+            if name not in self.head:
+                p.requires_grad_(not frozen)
+        self.frozen = frozen
+        if frozen and self.ctx.is_main:
+            until = "for the whole run" if self.config.freeze_epochs == -1 else (
+                f"for epochs 1-{self.config.freeze_epochs}")
+            trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+            self.print(f"backbone frozen {until}: training the head's {trainable:,} parameters")
+
+    def _freeze_bn(self) -> None:
+        # a frozen backbone keeps its pretrained BatchNorm statistics: no running-average updates
+        for name, module in self.model.named_modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
+                    f"{name}.{p}" in self.head for p, _ in module.named_parameters()):
+                module.eval()
 
     # ------------------------------------------------------------------------------ run directory
 
@@ -379,15 +457,11 @@ class Trainer:
         if self.ctx.is_main:
             settle_replaced_run(self.run_dir)  # an earlier --overwrite run was killed
         barrier(self.ctx)
-        last = self.run_dir / ckpt.LAST
-        has_run = last.exists() or any(self.run_dir.glob(f".{ckpt.LAST}.old-*"))
+        has_run = check_run_dir(self.config)
         if self.config.resume and has_run:
             self._resume()
         elif self.config.resume:
             self.print(f"no checkpoint in {self.run_dir}; starting a new run there")
-        elif has_run and not self.config.overwrite:
-            raise ConfigError(f"{self.run_dir} already holds a run; continue it with --resume, "
-                              "replace it with --overwrite, or choose another --out")
         if self.ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if self.config.overwrite and not self.config.resume and has_run:
@@ -408,6 +482,7 @@ class Trainer:
         load_optimizer_state(self.optimizer, state["optimizer"])
         self.schedule.load_state_dict(state["scheduler"])
         self.history = list(state["history"])
+        self.step_losses = [tuple(point) for point in state.get("step_losses", [])]
         self.best_acc, self.best_epoch = state["best_acc"], state["best_epoch"]
         self.start_epoch, self.start_step = state["epoch"], state["step_in_epoch"]
         # The step counts micro-batches, and a stop comes only after a whole optimizer step. With other
@@ -458,8 +533,12 @@ class Trainer:
                                "test images, or check the warnings above for the files")
         record = {
             "epoch": epoch + 1, "train_loss": values["loss"], "train_acc": values["top1"],
-            "test_loss": test["loss"], "test_acc": test["acc"], "test_top5": test["top5"],
+            "test_loss": test["loss"], "test_acc": test["acc"],
+            # top-5 of five classes or fewer is always 1: no information, left out (None)
+            "test_top5": test["top5"] if self._num_classes() > 5 else None,
             "lr": self.optimizer.param_groups[0]["lr"],
+            **({"lr_backbone": self.optimizer.param_groups[1]["lr"]} if len(self.optimizer.param_groups) > 1
+               else {}),
             "images_per_sec": (values["count"] - self.images_before) / max(train_time, 1e-9),
             "train_time": train_time, "eval_time": time.perf_counter() - eval_start,
             "time": time.perf_counter() - start,
@@ -470,13 +549,21 @@ class Trainer:
         if is_best:
             self.best_acc, self.best_epoch = test["acc"], epoch + 1
         self._report(record)
+        if self.board is not None:
+            self.board.epoch(record, self.model)
         self._save(epoch + 1, 0, None, is_best=is_best, then=self._curves_job())
         return record
 
     def _train_epoch(self, epoch: int, stop: StopSignals) -> tuple[RunningSums, int | None]:
         """One pass; returns the sums and, if a signal stopped it, the step it stopped after."""
         config, loader = self.config, self.train_loader
+        if self._frozen_in(epoch) != self.frozen:
+            self._freeze_backbone(self._frozen_in(epoch))
+            if self.ctx.distributed:
+                self._wrap_model()  # DDP reduces the gradients of the parameters trainable when it was built
         self.train_model.train()
+        if self.frozen:
+            self._freeze_bn()
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch)
         seed_everything(config.seed, epoch, self.ctx.rank)
@@ -560,10 +647,24 @@ class Trainer:
         """A rich progress bar; ``advance(done, sums)`` moves it every step and reads the device every
         ``log_every`` steps (to show the loss and check it is finite)."""
         every = self.config.log_every
+        if self.board is not None:
+            self.board.start_epoch(time.perf_counter())
         if not (self.config.progress and self.ctx.is_main and _is_terminal()):
+            # Logs, nohup, CI, notebooks: no live bar, so a line every PROGRESS_LINE_SECONDS, read at the
+            # log_every cadence right after the finiteness check has synchronised anyway.
+            lines = self.config.progress and self.ctx.is_main
+            start = last_line = time.perf_counter()
+
             def check_only(done: int, sums: RunningSums) -> None:
-                if done % every == 0:
-                    self._check_finite_sums(sums, epoch, done)
+                nonlocal last_line
+                if done % every:
+                    return
+                now = time.perf_counter()
+                line_due = lines and now - last_line >= PROGRESS_LINE_SECONDS and done < total
+                values = self._log_step(sums, epoch, done, total, want_values=line_due)
+                if line_due:
+                    last_line = now
+                    self.print(progress_line(epoch, self.config.epochs, done, total, values, now - start))
 
             yield check_only
             return
@@ -577,14 +678,45 @@ class Trainer:
             def advance(done: int, sums: RunningSums) -> None:
                 stats = None
                 if done % every == 0:
-                    self._check_finite_sums(sums, epoch, done)
-                    values = sums.values()
+                    values = self._log_step(sums, epoch, done, total, want_values=True)
                     stats = f"loss {values['loss']:.4f}  acc {values['top1']:.3f}"
                 bar.update(task, completed=done, **({"stats": stats} if stats else {}))
 
             yield advance
 
     # ------------------------------------------------------------------------------- safety, saving
+
+    def _num_classes(self) -> int:
+        return int(ckpt.parse_metadata(self.metadata)["num_classes"])
+
+    def _record_step_loss(self, sums: RunningSums, epoch: int, done: int, total: int) -> None:
+        """A point of curves.png's per-step loss: the mean since the last point. Called right after the
+        finiteness check has waited for the device, so reading two numbers costs no further wait."""
+        if not self.ctx.is_main:
+            return
+        loss_sum, count = sums.sums[:2].tolist()
+        last_sum, last_count = self._last_sums if done > self.config.log_every else (0.0, 0.0)
+        if count > last_count:
+            self.step_losses.append((epoch + done / total, (loss_sum - last_sum) / (count - last_count),
+                                     self.optimizer.param_groups[0]["lr"]))
+        self._last_sums = (loss_sum, count)
+
+    def _log_step(self, sums: RunningSums, epoch: int, done: int, total: int,
+                  want_values: bool) -> dict[str, float] | None:
+        """Every ``log_every`` steps: check the loss is finite and, for the progress bar or TensorBoard, read
+        the epoch's running values; one device read in a single process (the values show the loss)."""
+        want_values = want_values or self.board is not None
+        if self.ctx.distributed or not want_values:
+            self._check_finite_sums(sums, epoch, done)  # the ranks agree first
+            values = sums.values() if want_values else None  # nothing is queued after that read
+        else:
+            values = sums.values()
+            self._check_finite(values["loss"], epoch, done)
+        self._record_step_loss(sums, epoch, done, total)  # the device has been waited for: no new wait
+        if self.board is not None:
+            lrs = [group["lr"] for group in self.optimizer.param_groups]
+            self.board.step(epoch * total + done, values, lrs, time.perf_counter())
+        return values
 
     def _check_finite_sums(self, sums: RunningSums, epoch: int, step: int) -> None:
         # Each rank sums its own losses: the ranks agree, so that all of them stop here together instead
@@ -625,6 +757,7 @@ class Trainer:
             "epoch": epoch, "step_in_epoch": step_in_epoch, "config": self.config.to_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.schedule.state_dict(),
             "history": self.history, "best_acc": self.best_acc, "best_epoch": self.best_epoch,
+            "step_losses": self.step_losses,
         }
         if partial is not None:
             state["partial"] = partial
@@ -646,9 +779,33 @@ class Trainer:
 
     def _curves_job(self) -> Callable[[], Any]:
         # matplotlib takes ~0.2 s a plot, as long as a GPU epoch of the d2l recipe: drawn off the hot path
-        history = list(self.history)
-        title = f"{self.metadata.get('model', '')} on {self.metadata.get('dataset', '')}"
-        return lambda: plot_curves(self.run_dir, history, title=title)
+        history, steps = list(self.history), list(self.step_losses)
+        options = self.config.model_options
+        model = self.metadata.get("model", "") + (f" {json.dumps(options)}" if options else "")
+        recipe = f"recipe {self.config.recipe}: " if self.config.recipe else ""
+        title = f"{recipe}{model} on {self.metadata.get('dataset', '')}"
+        return lambda: plot_curves(self.run_dir, history, title=title, steps=steps)
+
+
+def check_run_dir(config: TrainConfig) -> bool:
+    """Whether ``config.out`` holds a run; refuses one that would be replaced without ``overwrite``.
+
+    The CLI calls it before launching processes too, so a taken folder is one message, not one per rank.
+    """
+    run_dir = Path(config.out)
+    has_run = (run_dir / ckpt.LAST).exists() or any(run_dir.glob(f".{ckpt.LAST}.old-*"))
+    if has_run and not (config.resume or config.overwrite):
+        raise ConfigError(f"{run_dir} already holds a run; continue it with --resume, "
+                          "replace it with --overwrite, or choose another --out")
+    return has_run
+
+
+def progress_line(epoch: int, epochs: int, done: int, total: int, values: dict[str, float],
+                  elapsed: float) -> str:
+    """``epoch 1/2: step 100/234, loss 0.5123, train acc 0.812, 2m05s left in the epoch``."""
+    left = elapsed / max(done, 1) * (total - done)
+    return (f"epoch {epoch + 1}/{epochs}: step {done}/{total}, loss {values['loss']:.4f}, "
+            f"train acc {values['top1']:.3f}, {int(left // 60)}m{int(left % 60):02d}s left in the epoch")
 
 
 def set_aside_run(run_dir: Path) -> None:
