@@ -144,7 +144,7 @@ def test_a_scale_reduces_every_run_and_model_options_merge():
     experiment = load_experiment("paper-relu-tanh")
     tanh = experiment.settings("tanh", "cpu")
     assert tanh["model_options"] == {"activation": "tanh"}
-    assert tanh["epochs"] == 12 and tanh["subset"] == 10000
+    assert tanh["epochs"] == 15 and tanh["subset"] == 10000
     ablations = load_experiment("paper-ablations")
     one_tower = ablations.settings("one-tower-half", "cpu")["model_options"]
     assert one_tower == {"towers": 1, "conv_widths": [12, 32, 48, 48, 64], "stem": "small",
