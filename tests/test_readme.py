@@ -25,22 +25,24 @@ def test_readme_names_the_two_commands():
 
 
 def readme_commands() -> list[tuple[list[str], bool]]:
-    """Every `classicnets ...` line of the README's shell blocks, in order, with whether it is GPU-sized
-    (its comment says so: those are skipped here, a CPU would take hours)."""
+    """Every `classicnets ...` line of the README's shell blocks, in order, with whether it is skipped here:
+    GPU-sized (a CPU would take hours) or run on the reader's own files (its comment says which)."""
     import re
     import shlex
 
     commands = []
     for block in re.findall(r"```sh\n(.*?)```", README.read_text(), flags=re.DOTALL):
-        for line in block.splitlines():
+        for line in block.replace("\\\n", " ").splitlines():  # a continued line is one command
             command, _, comment = line.partition("#")
             if command.strip().startswith("classicnets "):
-                commands.append((shlex.split(command)[1:], "GPU-sized" in comment))
+                skipped = "GPU-sized" in comment or "your files" in comment
+                commands.append((shlex.split(command)[1:], skipped))
     return commands
 
 
 # What makes each command small enough for a test: the same command on less data.
-SHRINK = {"train": ["--subset", "2048", "--epochs", "1"], "eval": ["--limit", "500"]}
+SHRINK = {"train": ["--subset", "2048", "--epochs", "1"], "eval": ["--limit", "500"],
+          "show neighbours": ["--limit", "2000"], "reproduce": ["--scale", "smoke"]}
 
 
 @pytest.mark.slow
@@ -57,7 +59,8 @@ def test_the_readme_commands_work_in_order_in_a_fresh_folder(tmp_path, monkeypat
     for args, gpu_sized in commands:
         if gpu_sized:
             continue
-        shrink = [] if "--resume" in args else SHRINK.get(args[0], [])  # a resumed run keeps its settings
+        shrink = SHRINK.get(" ".join(args[:2]), SHRINK.get(args[0], []))
+        shrink = [] if "--resume" in args else shrink  # a resumed run keeps its settings
         code = main([*args, *shrink])
         captured = capsys.readouterr()
         assert code == 0, f"`classicnets {' '.join(args)}` failed: {captured.err}"
