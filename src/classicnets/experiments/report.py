@@ -91,6 +91,20 @@ def _run_row(record: dict[str, Any], base: dict[str, Any]) -> str:
             f"`{json.dumps(differs, sort_keys=True)}` |")
 
 
+def verdict_table(reports: list[tuple[str, dict[str, Any]]]) -> str:
+    """One row per claim of several experiments' results, each linked to its report: the README's
+    Reproductions table. ``reports`` pairs a link to each report.md with its results.json contents."""
+    lines = ["| experiment (scale) | claim | reference | measured | verdict |", "|---|---|---|---|---|"]
+    for link, results in reports:
+        name = f"[{results['experiment']}]({link}) ({results['scale']})"
+        for c in results["claims"]:
+            reference = "-" if c["reference"] is None else f"{c['reference']:g}"
+            measured = f"{_fmt(c['mean'])} ± {_fmt(c['std'])} (n={c['n']})" if c["n"] else "-"
+            lines.append(f"| {name} | {c['claim']} | {reference} | {measured} | {c['verdict']} |")
+    machines = sorted({f"{r['machine']}, torch {r['torch']}, {r['date'][:10]}" for _, r in reports})
+    return "\n".join(lines) + f"\n\nMeasured on {'; '.join(machines)}."
+
+
 # ------------------------------------------------------------------------------------------------ plots
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from ..zoo_table import zoo_rows, zoo_table_markdown
 
 BENCHMARK_TABLE = Path(__file__).resolve().parents[3] / "benchmarks" / "results" / "README-table.md"
+EXPERIMENTS = Path(__file__).resolve().parents[3] / "docs" / "experiments"  # committed reports
 
 
 def benchmark_tables() -> str:
@@ -21,9 +22,21 @@ def benchmark_tables() -> str:
     return "\n".join(line for line in lines if not line.startswith("<!--")).strip()
 
 
+def experiment_verdicts() -> str:
+    """Every claim of the committed experiment reports (docs/experiments/*/results.json) with its verdict."""
+    import json
+
+    from ..experiments.report import verdict_table
+
+    reports = [(f"docs/experiments/{path.parent.name}/report.md", json.loads(path.read_text()))
+               for path in sorted(EXPERIMENTS.glob("*/results.json"))]
+    return verdict_table(reports)
+
+
 GENERATORS = {
     "models": lambda: zoo_table_markdown(zoo_rows()),
     "benchmarks": benchmark_tables,
+    "experiments": experiment_verdicts,
 }
 
 
