@@ -79,3 +79,15 @@ def test_every_readme_command_that_needs_a_gpu_says_so():
         recipe = args[args.index("--recipe") + 1] if "--recipe" in args else None
         if recipe in ("d2l", "fast", "paper") or "--nproc" in args:
             assert gpu_sized, f"`classicnets {' '.join(args)}` takes hours on a CPU: mark it GPU-sized"
+
+
+def test_every_test_docs_reliability_names_exists():
+    """docs/reliability.md says which test guards each guarantee: each must exist, or the page lies."""
+    import re
+
+    page = (README.parent / "docs" / "reliability.md").read_text()
+    cited = re.findall(r"`(tests/test_\w+\.py)::(test_\w+)", page)
+    assert len(cited) >= 30
+    missing = [f"{path}::{name}" for path, name in cited
+               if not re.search(rf"^def {name}\(", (README.parent / path).read_text(), flags=re.M)]
+    assert not missing, f"docs/reliability.md cites tests that do not exist: {missing}"
