@@ -212,6 +212,14 @@ def test_runner_writes_results_report_plots_and_redoes_nothing(tmp_path, monkeyp
 
     import classicnets.experiment as wiring
 
+    # while it runs, the report already says which runs are still to come
+    from classicnets.experiments.report import render_report
+    from classicnets.experiments.runner import _results
+
+    records = {(r["run"], r["seed"]): r for r in results["runs"][:1]}
+    partial = _results(experiment, "smoke", 2, out, records, pending=[("relu", 1), ("tanh", 0), ("tanh", 1)])
+    assert "Not run yet" in render_report(partial, []) and "tanh seed 1" in render_report(partial, [])
+
     monkeypatch.setattr(wiring, "train", lambda *a, **k: pytest.fail("a finished run was trained again"))
     again = reproduce(experiment, scale="smoke", out=out, print_fn=lambda _: None)
     assert again["claims"][0]["values"] == claim["values"]

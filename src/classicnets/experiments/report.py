@@ -48,6 +48,10 @@ def render_report(results: dict[str, Any], figures: list[str]) -> str:
     lines += ["", "## Runs", "", "| run | seed | status | epochs | train acc | test acc | img/s | minutes | "
               "settings beyond the base |", "|---|---|---|---|---|---|---|---|---|"]
     lines += [_run_row(r, results["base"]) for r in results["runs"]]
+    if results.get("pending"):
+        waiting = ", ".join(f"{p['run']} seed {p['seed']}" for p in results["pending"])
+        lines += ["", f"**Not run yet** (the experiment is still running, or was stopped; run the command "
+                      f"again to finish it): {waiting}. The claims above use the runs that have finished."]
     failed = [r for r in results["runs"] if r["status"] != "done"]
     if failed:
         lines += ["", "Runs that did not finish:", ""]

@@ -65,6 +65,9 @@ def reproduce(name: str | Experiment, scale: str = "cpu", out: str | Path | None
             started = time.perf_counter()
             record = _run_one(experiment, run, settings, run_dir, print_fn)
             clock.done(time.perf_counter() - started)
+            records[(run, seed)] = record
+            # the report so far, so a stopped experiment still shows what it has (and what it lacks)
+            _write_outputs(experiment, _results(experiment, scale, n_seeds, out, records, jobs[index:]), out)
         else:
             clock.skipped()
             print_fn(f"[{index}/{len(jobs)}] {run}, seed {seed}: {record['status']} before, kept")
@@ -176,7 +179,10 @@ class _Clock:
 
 
 def _results(experiment: Experiment, scale: str, n_seeds: int, out: Path,
-             records: dict[tuple[str, int], dict[str, Any]]) -> dict[str, Any]:
+             records: dict[tuple[str, int], dict[str, Any]],
+             pending: list[tuple[str, int]] = ()) -> dict[str, Any]:
+    """The results of the runs in ``records``; ``pending`` names the runs still to come (the claims that
+    need them are judged on the seeds that have finished, or say "no data")."""
     seeds = list(range(n_seeds))
     judged = []
     for claim in experiment.claims:
@@ -207,6 +213,7 @@ def _results(experiment: Experiment, scale: str, n_seeds: int, out: Path,
         "base": {**experiment.base, **chosen.base},
         "runs": [records[key] for key in sorted(records, key=lambda k: (order.index(k[0]), k[1]))],
         "claims": judged,
+        "pending": [{"run": run, "seed": seed} for run, seed in pending],
     }
 
 
