@@ -32,7 +32,7 @@ from classicnets.data import ArrayDataset, build_loaders, flip_tta, load_dataset
 
 # classicnets.train() itself: the package classicnets.train shadows the name once it is imported
 from classicnets.experiment import train as train_classicnets
-from classicnets.experiment import xavier_init
+from classicnets.models.base import init_xavier
 from classicnets.training.checkpoint import model_metadata
 from classicnets.training.config import TrainConfig, resolve_config
 from classicnets.training.distributed import init_distributed
@@ -111,7 +111,7 @@ def recipe_trainer(config, train: ArrayDataset, test: ArrayDataset, device: torc
     model = classicnets.create_model(config.model, num_classes=loaders.num_classes,
                                      in_channels=loaders.in_channels, **config.model_options)  # fmt: skip
     if config.init == "xavier":
-        xavier_init(model)
+        init_xavier(model)
     metadata = model_metadata(
         model=config.model, model_options=config.model_options, num_classes=loaders.num_classes,
         in_channels=loaders.in_channels, classes=loaders.classes, image_size=image_size,

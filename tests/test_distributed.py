@@ -23,8 +23,8 @@ import torch.nn.functional as F
 
 from classicnets.errors import ConfigError
 from classicnets.launch import strip_flag, torchrun_args, under_launcher
-from classicnets.layers import paper_lrn
 from classicnets.models.alexnet_towers import split_towers
+from classicnets.models.lrn import paper_lrn
 from classicnets.registry import create_model
 from classicnets.training import distributed as D
 from classicnets.training.checkpoint import load_trainer_state

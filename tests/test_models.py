@@ -292,8 +292,14 @@ def test_input_error_says_what_to_do():
         model(torch.empty(1, 224, 224, device="meta"))
 
 
-def test_input_check_is_an_error_the_cli_prints():
-    assert issubclass(InputShapeError, classicnets.ClassicnetsError)
+def test_input_check_is_an_error_the_cli_prints(capsys):
+    from classicnets.cli import main
+
+    # a wrong input size reaches the user as one message and exit status 2, not a traceback
+    assert main(["summary", "alexnet_d2l", "--input", "1,28,28"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("classicnets summary: error: alexnet_d2l") and "Traceback" not in err
+    assert "193 <= H, W <= 224" in err and "resize the images" in err
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -367,7 +373,7 @@ def test_alexnet_lrn_has_the_papers_constants():
 
 
 def test_lrn_module_computes_the_papers_formula():
-    from classicnets.layers import paper_lrn
+    from classicnets.models.lrn import paper_lrn
 
     a = torch.rand(1, 7, 2, 2)
     b = paper_lrn()(a)
@@ -381,7 +387,7 @@ def test_lrn_module_computes_the_papers_formula():
 def test_lrn_forward_and_gradient_equal_torchs_composite(layout):
     """The written-out LRN against torch's (avg_pool3d-based) one in float64, and gradcheck's numerical
     Jacobian; the output keeps the input's memory layout."""
-    from classicnets.layers import paper_lrn
+    from classicnets.models.lrn import paper_lrn
 
     a = (torch.randn(2, 9, 4, 3, dtype=torch.float64) * 30).contiguous(memory_format=layout)
     ours, theirs = a.clone().requires_grad_(), a.clone().requires_grad_()
@@ -400,7 +406,7 @@ def test_lrn_forward_and_gradient_equal_torchs_composite(layout):
 def test_lrn_second_derivatives_and_torch_func():
     """The written-out gradient is itself differentiable (create_graph), forward mode works, and so do
     torch.func's transforms."""
-    from classicnets.layers import paper_lrn
+    from classicnets.models.lrn import paper_lrn
 
     lrn = paper_lrn(groups=2)
     a = (torch.randn(2, 8, 2, 2, dtype=torch.float64) * 20).requires_grad_()
@@ -431,7 +437,7 @@ def test_paper_alexnet_exports_to_torchscript():
 
 
 def test_grouped_lrn_is_one_lrn_per_group_of_maps():
-    from classicnets.layers import paper_lrn
+    from classicnets.models.lrn import paper_lrn
 
     a = torch.rand(2, 12, 3, 3, dtype=torch.float64) * 40
     per_group = torch.cat([paper_lrn()(part) for part in a.chunk(3, dim=1)], dim=1)
@@ -448,7 +454,7 @@ def test_grouped_lrn_is_one_lrn_per_group_of_maps():
 def test_lrn_keeps_its_normaliser_out_of_bf16(autocast):
     """In bf16, k + alpha * sum(a^2) = 2 + ~0.1 would round to 2 + 1/64 steps; the LRN works in fp32 and
     gives the fp32 result rounded once (the sum of squares alone would lose the normalisation)."""
-    from classicnets.layers import paper_lrn
+    from classicnets.models.lrn import paper_lrn
 
     a = (torch.randn(2, 16, 5, 5, generator=torch.Generator().manual_seed(0)) * 20).bfloat16().double()
     expected = paper_lrn()(a)  # the same (bf16-representable) input, in float64
@@ -563,7 +569,7 @@ def test_vgg_a_lrn_and_c_put_the_lrn_and_the_1x1_convs_where_table_1_does():
 
 
 def test_googlenet_has_nine_inception_blocks_and_optional_aux_heads():
-    from classicnets.layers import Inception
+    from classicnets.models.googlenet import Inception
 
     model = classicnets.create_model("googlenet", num_classes=10, width_mult=0.125, aux_logits=True)
     assert sum(isinstance(m, Inception) for m in model.modules()) == 9
@@ -589,7 +595,7 @@ def test_googlenet_d2l_has_no_batchnorm_and_trains_at_96():
     ("resnet18", 3, 8), ("resnet34", 3, 16), ("resnet50", 4, 16), ("resnet101", 4, 33), ("resnet152", 4, 50),
 ])
 def test_resnet_projects_only_where_the_shape_changes(name, projections, blocks):
-    from classicnets.layers import BasicBlock, Bottleneck
+    from classicnets.models.resnet import BasicBlock, Bottleneck
 
     model = meta_model(name)
     all_blocks = [m for m in model.modules() if isinstance(m, (BasicBlock, Bottleneck))]

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from .errors import ConfigError
+from .models.base import init_xavier
 from .training.checkpoint import model_metadata
 from .training.config import TrainConfig, config_from_dict, format_config, load_config_file, resolve_config
 from .training.distributed import (
@@ -84,7 +85,7 @@ def run(config: TrainConfig, ctx: DistContext, stop: StopSignals | None = None) 
     model = registry.create_model(config.model, num_classes=loaders.num_classes,
                                   in_channels=loaders.in_channels, **config.model_options)
     if config.init == "xavier":
-        xavier_init(model)
+        init_xavier(model)
     metadata = model_metadata(
         model=config.model, model_options=config.model_options, num_classes=loaders.num_classes,
         in_channels=loaders.in_channels, classes=list(loaders.classes), image_size=image_size,
@@ -98,13 +99,6 @@ def run(config: TrainConfig, ctx: DistContext, stop: StopSignals | None = None) 
     trainer = Trainer(model, loaders.train, test_loader, config, ctx=ctx, metadata=metadata,
                       tta=_tta(config, image_size), stop=stop)
     return trainer.fit()
-
-
-def xavier_init(model: nn.Module) -> None:
-    """d2l's train_ch6 init: xavier-uniform weights for every Linear and Conv2d (biases untouched)."""
-    for module in model.modules():
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
-            nn.init.xavier_uniform_(module.weight)
 
 
 def _check_image_size(model: str, size: int, minimum: int) -> None:
