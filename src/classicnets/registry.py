@@ -10,8 +10,10 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch.nn as nn
 
@@ -136,6 +138,30 @@ def create_model(
 def model_defaults(name: str) -> dict:
     """The builder's default options, e.g. ``{"num_classes": 10, "in_channels": 1, ...}``."""
     return dict(_entry(name).defaults)
+
+
+def parse_model_options(text: str) -> dict[str, Any]:
+    """``"width_mult=0.5,towers=1"`` -> ``{"width_mult": 0.5, "towers": 1}``: the one KEY=VALUE syntax of
+    model options (train's ``--model-options``, summary's ``--option``). Values: true/false (any case),
+    JSON numbers and null, anything else the text itself."""
+    options = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ModelOptionError("model options are KEY=VALUE[,KEY=VALUE...], e.g. "
+                                   f"width_mult=0.5,towers=1; got {text!r}")
+        options[key] = _option_value(raw.strip())
+    return options
+
+
+def _option_value(raw: str) -> Any:
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
 
 
 def _entry(name: str) -> _Entry:

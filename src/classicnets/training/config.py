@@ -34,12 +34,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ..data.augment import AUGMENTS
 from ..errors import ConfigError
+from ..registry import parse_model_options
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "plateau", "cosine", "onecycle")
 PRECISIONS = ("auto", "fp32", "bf16")
-AUGMENTS = ("none", "flip", "crop-flip", "resized-crop-flip", "paper")
 TTAS = ("none", "flip", "ten-crop")
 INITS = ("model", "xavier")
 CHOICES = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "precision": PRECISIONS, "augment": AUGMENTS,
@@ -265,16 +266,7 @@ def _parse_mapping(value: Any) -> dict:
         if not isinstance(parsed, dict):
             raise ValueError
         return parsed
-    out: dict[str, Any] = {}
-    for item in filter(None, text.split(",")):
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ValueError
-        try:
-            out[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key.strip()] = raw.strip()
-    return out
+    return parse_model_options(text)  # a ModelOptionError is a TypeError: the caller names the field
 
 
 def _field_type(name: str) -> tuple[type, bool]:
