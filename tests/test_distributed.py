@@ -22,7 +22,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from classicnets.errors import ConfigError
-from classicnets.launch import strip_flag, torchrun_args, under_launcher
+from classicnets.launch import strip_flag, torchrun_args
 from classicnets.models.alexnet_towers import split_towers
 from classicnets.models.lrn import paper_lrn
 from classicnets.registry import create_model
@@ -113,8 +113,8 @@ def test_nproc_shortcut_relaunches_the_same_command_under_torchrun():
     parsed = get_args_parser().parse_args(torchrun_args(command, 2))
     assert (parsed.nproc_per_node, parsed.standalone, parsed.module) == ("2", True, True)
     assert [parsed.training_script, *parsed.training_script_args] == ["classicnets", *command]
-    assert not under_launcher({})
-    assert under_launcher({"TORCHELASTIC_RUN_ID": "x"}) and under_launcher({"SLURM_NTASKS": "4"})
+    assert not D.under_launcher({})
+    assert D.under_launcher({"TORCHELASTIC_RUN_ID": "x"}) and D.under_launcher({"SLURM_NTASKS": "4"})
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -37,8 +37,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..experiment import train
-    from ..launch import relaunch_with_torchrun, under_launcher
-    from ..training.distributed import launcher_rank
+    from ..launch import relaunch_with_torchrun
+    from ..training.distributed import launcher_rank, under_launcher
     from ..training.loop import TrainingInterrupted
 
     file_values = load_config_file(args.config) if args.config else {}

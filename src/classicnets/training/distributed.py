@@ -85,7 +85,7 @@ def launcher_env(env: dict[str, str] | None = None) -> dict[str, int] | None:
     because ``srun`` sets neither and the ``env://`` rendezvous needs both.
     """
     env = os.environ if env is None else env
-    if "RANK" in env and "WORLD_SIZE" in env:
+    if _started_by_torchrun(env):
         return {
             "rank": _int_var(env, "RANK"),
             "world_size": _int_var(env, "WORLD_SIZE"),
@@ -109,6 +109,19 @@ def launcher_env(env: dict[str, str] | None = None) -> dict[str, int] | None:
             "local_rank": _int_var(env, "SLURM_LOCALID", default="0"),
         }
     return None
+
+
+def under_launcher(env: dict[str, str] | None = None) -> bool:
+    """True inside a process started by torchrun, or by SLURM as one of several tasks: ``--nproc`` then
+    must not start torchrun again."""
+    env = os.environ if env is None else env
+    if "TORCHELASTIC_RUN_ID" in env or _started_by_torchrun(env):
+        return True
+    return int(env.get("SLURM_NTASKS", "1") or 1) > 1
+
+
+def _started_by_torchrun(env) -> bool:
+    return "RANK" in env and "WORLD_SIZE" in env
 
 
 def launcher_rank() -> int:
