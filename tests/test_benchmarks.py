@@ -19,16 +19,20 @@ import d2l_baseline  # noqa: E402
 from classicnets.data import build_loaders, load_dataset  # noqa: E402
 
 
-def test_d2l_transforms_match_torchvision_semantics():
-    """Resize(224) resizes the shorter side (a non-square image keeps its aspect); ToTensor gives CHW /255."""
-    pixels = (np.arange(28 * 56) % 256).astype(np.uint8).reshape(28, 56)
-    image = d2l_baseline.Image.fromarray(pixels, mode="L")
-    resized = d2l_baseline.Resize(224)(image)
-    assert resized.size == (448, 224)  # PIL sizes are (width, height)
-    tensor = d2l_baseline.ToTensor()(resized)
-    assert tensor.shape == (1, 224, 448) and tensor.dtype == torch.float32
-    assert float(tensor.min()) >= 0.0 and float(tensor.max()) <= 1.0
-    assert torch.equal(tensor[0], torch.from_numpy(np.array(resized)).float() / 255)
+@pytest.mark.parametrize(("height", "width"), [(28, 56), (28, 28), (300, 450)])
+def test_d2l_transforms_match_torchvision_semantics(height, width):
+    """Resize(224) takes the shorter side to 224 keeping the aspect, with PIL's antialiased bilinear filter;
+    ToTensor gives CHW float in [0, 1]. Checked against torch's own antialiased bilinear resize (what
+    torchvision's tensor Resize runs): equal up to PIL's rounding to whole grey levels."""
+    pixels = np.random.default_rng(0).integers(0, 256, (height, width), dtype=np.uint8)
+    ours = d2l_baseline.ToTensor()(d2l_baseline.Resize(224)(d2l_baseline.Image.fromarray(pixels, mode="L")))
+    size = (224, 224 * width // height) if height <= width else (224 * height // width, 224)
+    expected = torch.nn.functional.interpolate(
+        torch.from_numpy(pixels).float()[None, None] / 255, size=size, mode="bilinear", align_corners=False,
+        antialias=True,
+    )[0]
+    assert ours.shape == expected.shape == (1, *size) and ours.dtype == torch.float32
+    assert float((ours - expected).abs().max()) <= 1.001 / 255
 
 
 def test_d2l_batch_equals_classicnets_batch(fashion_mnist_dir):
