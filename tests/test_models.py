@@ -20,6 +20,14 @@ import torch.nn as nn
 import classicnets
 from classicnets.errors import ConfigError, InputShapeError
 from classicnets.registry import ModelOptionError, UnknownModelError, model_info
+from reference import (
+    ALEXNET_ONE_TOWER_PARAMS,
+    ALEXNET_PAPER_PARAMS,
+    D2L_ALEXNET_28_PARAMS,
+    D2L_ALEXNET_PARAMS,
+    D2L_ALEXNET_SHAPES,
+    TORCHVISION_PARAMS,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "torchvision_keys"
 ALL_MODELS = [
@@ -64,20 +72,20 @@ def test_the_zoo_has_every_model():
 
 
 @pytest.mark.parametrize(("name", "kwargs", "expected"), [
-    ("alexnet", {}, 60_965_224),  # two towers, the paper
-    ("alexnet", {"towers": 1}, 62_378_344),
-    ("alexnet_owt", {}, 61_100_840),  # torchvision's alexnet
-    ("alexnet_d2l", {"num_classes": 10, "in_channels": 1}, 46_764_746),
-    ("alexnet_d2l", {}, 46_764_746),  # d2l's nets default to 1 channel and 10 classes
-    ("alexnet_28", {"num_classes": 10, "in_channels": 1}, 46_755_530),
-    ("vgg16", {}, 138_357_544),
+    ("alexnet", {}, ALEXNET_PAPER_PARAMS),  # two towers, the paper
+    ("alexnet", {"towers": 1}, ALEXNET_ONE_TOWER_PARAMS),
+    ("alexnet_owt", {}, TORCHVISION_PARAMS["alexnet"]),
+    ("alexnet_d2l", {"num_classes": 10, "in_channels": 1}, D2L_ALEXNET_PARAMS),
+    ("alexnet_d2l", {}, D2L_ALEXNET_PARAMS),  # d2l's nets default to 1 channel and 10 classes
+    ("alexnet_28", {"num_classes": 10, "in_channels": 1}, D2L_ALEXNET_28_PARAMS),
+    ("vgg16", {}, TORCHVISION_PARAMS["vgg16"]),
     ("vgg11_lrn", {}, 132_863_336),  # the paper's Table 2: 133 M for A and A-LRN alike (LRN has no weights)
     ("vgg16_c", {}, 133_638_952),  # Table 2: 134 M; D less three 3x3 convs made 1x1
-    ("googlenet", {}, 6_624_904),
+    ("googlenet", {}, TORCHVISION_PARAMS["googlenet"]),
     ("googlenet", {"aux_logits": True}, 13_004_888),
-    ("resnet18", {}, 11_689_512),
-    ("resnet34", {}, 21_797_672),
-    ("resnet50", {}, 25_557_032),
+    ("resnet18", {}, TORCHVISION_PARAMS["resnet18"]),
+    ("resnet34", {}, TORCHVISION_PARAMS["resnet34"]),
+    ("resnet50", {}, TORCHVISION_PARAMS["resnet50"]),
 ])
 def test_parameter_counts(name, kwargs, expected):
     assert n_params(meta_model(name, **kwargs)) == expected
@@ -321,11 +329,8 @@ def layer_shapes(model: nn.Module, side: int) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-D2L_SHAPES_AFTER_POOL1 = {  # reference.md section 3, the same for both variants from conv2 on
-    "conv2": (256, 26, 26), "pool2": (256, 12, 12), "conv3": (384, 12, 12), "conv4": (384, 12, 12),
-    "conv5": (256, 12, 12), "pool5": (256, 5, 5), "flatten": (6400,), "fc6": (4096,), "fc7": (4096,),
-    "fc8": (10,),
-}
+# d2l's shapes (reference.py), the same for both variants from conv2 on
+D2L_SHAPES_AFTER_POOL1 = {k: v for k, v in D2L_ALEXNET_SHAPES.items() if k not in ("conv1", "pool1")}
 
 
 def test_alexnet_d2l_layer_shapes():
@@ -498,7 +503,7 @@ def test_d2l_alexnet_uses_xavier_uniform_init():
 def test_alexnet_ablations_change_the_net():
     no_lrn = meta_model("alexnet", lrn=False)
     assert not any(isinstance(m, nn.LocalResponseNorm) for m in no_lrn.modules())
-    assert n_params(no_lrn) == 60_965_224  # LRN has no parameters
+    assert n_params(no_lrn) == ALEXNET_PAPER_PARAMS  # LRN has no parameters
 
     plain_pools = classicnets.create_model("alexnet", overlap_pool=False, width_mult=0.125).eval()
     pools = [m for m in plain_pools.modules() if isinstance(m, nn.MaxPool2d)]
@@ -630,10 +635,11 @@ def test_cli_models_table_lists_the_zoo():
         assert main(["models", "--format", "json"]) == 0
     rows = {row["name"]: row for row in json.loads(out.getvalue())}
     assert sorted(rows) == sorted(ALL_MODELS)
-    assert rows["alexnet"]["parameters"] == 60_965_224 and rows["alexnet"]["default_input"] == "3x227x227"
-    assert rows["vgg16"]["parameters"] == 138_357_544
+    assert rows["alexnet"]["parameters"] == ALEXNET_PAPER_PARAMS
+    assert rows["alexnet"]["default_input"] == "3x227x227"
+    assert rows["vgg16"]["parameters"] == TORCHVISION_PARAMS["vgg16"]
     assert rows["alexnet_d2l"]["default_input"] == "1x224x224"
-    assert rows["alexnet_d2l"]["parameters"] == 46_764_746  # d2l's nets default to 1 channel, 10 classes
+    assert rows["alexnet_d2l"]["parameters"] == D2L_ALEXNET_PARAMS  # d2l's nets: 1 channel, 10 classes
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):

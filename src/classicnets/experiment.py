@@ -4,7 +4,8 @@
     >>> history[-1]["test_acc"]
     0.87...
 
-This module and the CLI are the only places that join models, data and training (see docs/design.md).
+This module, experiments/ and the CLI are the only places that join models, data and training
+(docs/architecture.md).
 """
 
 from __future__ import annotations
