@@ -31,14 +31,15 @@ from classicnets.training.distributed import init_distributed
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
-# The smallest real run: a 1/16-width 28x28 AlexNet on 512 real Fashion-MNIST images, deterministic fp32.
-TINY = dict(model="alexnet_28", model_options={"width_mult": 0.0625}, subset=512, batch_size=64,
-            eval_batch_size=1000, optimizer="sgd", lr=0.05, momentum=0.9, epochs=2, deterministic=True,
-            device="cpu", progress=False, normalize=True, augment="flip", log_every=2)
+# The smallest real run: a 1/16-width 28x28 AlexNet on 512 generated 28x28 images (make_synthetic: the same
+# bytes on any machine, no download), deterministic fp32. What these runs test is mechanics, not the data.
+TINY = dict(dataset="synthetic", model="alexnet_28", model_options={"width_mult": 0.0625}, subset=512,
+            batch_size=64, eval_batch_size=1000, optimizer="sgd", lr=0.05, momentum=0.9, epochs=2,
+            deterministic=True, device="cpu", progress=False, normalize=True, augment="flip", log_every=2)
 
 
-def tiny(tmp_path: Path, data_dir: Path, **changes) -> dict:
-    return {**TINY, "data_dir": str(data_dir), "out": str(tmp_path / "run"), **changes}
+def tiny(tmp_path: Path, **changes) -> dict:
+    return {**TINY, "out": str(tmp_path / "run"), **changes}
 
 
 def weights(run_dir: Path, which: str = "last") -> dict[str, torch.Tensor]:
@@ -169,11 +170,11 @@ def test_topk_correct_counts():
 # ---------------------------------------------------------------------- real runs on Fashion-MNIST
 
 
-def test_resume_is_exact_and_logs_match(tmp_path, fashion_mnist_dir):
+def test_resume_is_exact_and_logs_match(tmp_path):
     """2 epochs straight == 1 epoch, then --resume to 2: bitwise equal weights, same history."""
-    straight = classicnets.train(tiny(tmp_path / "a", fashion_mnist_dir))
-    first = classicnets.train(tiny(tmp_path / "b", fashion_mnist_dir, epochs=1))
-    resumed = classicnets.train(tiny(tmp_path / "b", fashion_mnist_dir, resume=True))
+    straight = classicnets.train(tiny(tmp_path / "a"))
+    first = classicnets.train(tiny(tmp_path / "b", epochs=1))
+    resumed = classicnets.train(tiny(tmp_path / "b", resume=True))
     assert len(first) == 1 and len(resumed) == 2
     assert_same_weights(weights(tmp_path / "a" / "run"), weights(tmp_path / "b" / "run"))
     for key in ("train_loss", "train_acc", "test_acc", "test_top5"):
@@ -187,7 +188,7 @@ def test_resume_is_exact_and_logs_match(tmp_path, fashion_mnist_dir):
     metadata = ckpt.parse_metadata(ckpt.load_model_weights(run)[1])
     assert (metadata["model"], metadata["num_classes"], metadata["in_channels"], metadata["image_size"]) == (
         "alexnet_28", 10, 1, 28)
-    assert metadata["classes"][0] == "T-shirt/top" and len(metadata["mean"]) == 1
+    assert metadata["classes"][0] == "pattern-0" and len(metadata["mean"]) == 1
     best_epoch = max(resumed, key=lambda r: r["test_acc"])["epoch"]
     assert ckpt.load_trainer_state(run / "best")["epoch"] == best_epoch
 
@@ -209,10 +210,10 @@ def interrupt_once_after_steps(steps: int, monkeypatch) -> list[int]:
     return batches
 
 
-def test_interrupt_mid_epoch_saves_and_resumes_exactly(tmp_path, fashion_mnist_dir, monkeypatch):
+def test_interrupt_mid_epoch_saves_and_resumes_exactly(tmp_path, monkeypatch):
     """SIGINT during step 3 of epoch 1: the step finishes, last/ is saved mid-epoch, --resume continues it
     to the same weights as a run never interrupted."""
-    settings = tiny(tmp_path, fashion_mnist_dir, epochs=1)
+    settings = tiny(tmp_path, epochs=1)
     classicnets.train({**settings, "out": str(tmp_path / "straight")})
 
     interrupt_once_after_steps(3, monkeypatch)
@@ -234,10 +235,10 @@ def test_the_last_optimizer_step_of_an_epoch_averages_over_its_own_micro_batches
 
 
 def test_mid_epoch_resume_with_other_accumulation_continues_from_the_same_optimizer_step(
-        tmp_path, fashion_mnist_dir, monkeypatch):
+        tmp_path, monkeypatch):
     """Stopped after 3 of 8 steps of 64; resumed as micro-batches of 32 (2 accumulation steps): the run
     trains the remaining 5 optimizer steps' 320 images, as 10 micro-batches, and no image twice."""
-    settings = tiny(tmp_path, fashion_mnist_dir, epochs=1, augment="none")
+    settings = tiny(tmp_path, epochs=1, augment="none")
     classicnets.train({**settings, "out": str(tmp_path / "straight")})
 
     batches = interrupt_once_after_steps(3, monkeypatch)
@@ -247,11 +248,12 @@ def test_mid_epoch_resume_with_other_accumulation_continues_from_the_same_optimi
     history = classicnets.train({**settings, "resume": True, "grad_accum_steps": 2})
     assert batches == [32] * 10
     straight = json.loads((tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()[0])
-    assert history[-1]["train_loss"] == pytest.approx(straight["train_loss"], rel=1e-3)  # over the same 512
+    # over the same 512 images; micro-batches of 32 draw other dropout masks than batches of 64
+    assert history[-1]["train_loss"] == pytest.approx(straight["train_loss"], rel=5e-3)
 
 
-def test_checkpoint_of_another_model_or_a_pickle_is_refused(tmp_path, fashion_mnist_dir):
-    settings = tiny(tmp_path, fashion_mnist_dir, epochs=1, subset=128)
+def test_checkpoint_of_another_model_or_a_pickle_is_refused(tmp_path):
+    settings = tiny(tmp_path, epochs=1, subset=128)
     classicnets.train(settings)
     with pytest.raises(ConfigError, match="already holds a run"):
         classicnets.train(settings)
@@ -341,10 +343,10 @@ def _cli(*args, **popen):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
 
 
-def test_train_cli_end_to_end(tmp_path, fashion_mnist_dir):
+def test_train_cli_end_to_end(tmp_path):
     out = tmp_path / "cli"
     process = _cli("--model", "alexnet_28", "--model-options", "width_mult=0.0625", "--subset", "256",
-                   "--epochs", "1", "--batch-size", "64", "--data-dir", str(fashion_mnist_dir),
+                   "--epochs", "1", "--batch-size", "64", "--dataset", "synthetic",
                    "--out", str(out), "--precision", "bf16", "--channels-last")
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr
@@ -378,7 +380,7 @@ def test_the_deterministic_error_names_the_whole_kernel(message, kernel):
         f"--deterministic: {kernel} has no deterministic implementation on cuda")
 
 
-def test_a_layer_without_a_deterministic_kernel_is_a_clear_error(tmp_path, fashion_mnist_dir, monkeypatch):
+def test_a_layer_without_a_deterministic_kernel_is_a_clear_error(tmp_path, monkeypatch):
     """On CUDA, adaptive pooling's backward has no deterministic kernel; put_ stands in for it on the CPU."""
     original = loop.Trainer._train_step
 
@@ -389,16 +391,16 @@ def test_a_layer_without_a_deterministic_kernel_is_a_clear_error(tmp_path, fashi
     monkeypatch.setattr(loop.Trainer, "_train_step", step_with_a_nondeterministic_kernel)
     with pytest.raises(ConfigError, match="--deterministic: put_ has no deterministic implementation on cpu.*"
                                           "without --deterministic"):
-        classicnets.train(tiny(tmp_path, fashion_mnist_dir, epochs=1, subset=128))
+        classicnets.train(tiny(tmp_path, epochs=1, subset=128))
     assert not torch.are_deterministic_algorithms_enabled()  # the global switch is restored
-    classicnets.train(tiny(tmp_path, fashion_mnist_dir, epochs=1, subset=128, deterministic=False,
+    classicnets.train(tiny(tmp_path, epochs=1, subset=128, deterministic=False,
                            overwrite=True))  # without it, the same kernel runs
 
 
-def test_sigterm_saves_and_exits_143(tmp_path, fashion_mnist_dir):
+def test_sigterm_saves_and_exits_143(tmp_path):
     out = tmp_path / "term"
     process = _cli("--model", "alexnet_28", "--model-options", "width_mult=0.0625", "--subset", "2048",
-                   "--epochs", "50", "--batch-size", "32", "--data-dir", str(fashion_mnist_dir),
+                   "--epochs", "50", "--batch-size", "32", "--dataset", "synthetic",
                    "--out", str(out), "--no-progress")
     try:
         for line in process.stdout:
