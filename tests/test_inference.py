@@ -81,6 +81,24 @@ def trained_run(fashion_mnist_dir, tmp_path_factory) -> Path:
     return run
 
 
+@pytest.fixture(scope="module")
+def checkpoint_run(tmp_path_factory) -> Path:
+    """A run directory with an untrained tiny AlexNet: for the tests of the checkpoint and export mechanics,
+    which need a valid checkpoint but no data (they run without the Fashion-MNIST package)."""
+    torch.manual_seed(0)
+    model = classicnets.create_model(MODEL, num_classes=10, in_channels=1, **OPTIONS)
+    run = tmp_path_factory.mktemp("untrained")
+    save_checkpoint(run, model_state=model.state_dict(), metadata=_metadata(), trainer_state={"epoch": 0},
+                    is_best=True)
+    return run
+
+
+def _images(count: int) -> torch.Tensor:
+    """Generated uint8 28x28 grey images, the input of the export round trips."""
+    return torch.randint(0, 256, (count, 1, 28, 28), generator=torch.Generator().manual_seed(1),
+                         dtype=torch.uint8)
+
+
 # ------------------------------------------------------------------------------------------ evaluate
 
 
@@ -232,11 +250,11 @@ def test_predict_grey_png_and_colour_jpeg_of_odd_sizes(trained_run, fashion_test
     assert all(len(p["top"]) == 3 for p in printed)
 
 
-def test_predict_reports_missing_and_broken_images(trained_run, tmp_path, capsys):
+def test_predict_reports_missing_and_broken_images(checkpoint_run, tmp_path, capsys):
     (tmp_path / "notes.png").write_text("not an image")
-    assert main(["predict", str(trained_run), str(tmp_path / "missing.png")]) == 2
+    assert main(["predict", str(checkpoint_run), str(tmp_path / "missing.png")]) == 2
     assert "missing.png does not exist" in capsys.readouterr().err
-    assert main(["predict", str(trained_run), str(tmp_path / "notes.png")]) == 2
+    assert main(["predict", str(checkpoint_run), str(tmp_path / "notes.png")]) == 2
     assert "not an image" in capsys.readouterr().err
 
 
@@ -290,10 +308,10 @@ def test_pickle_payload_checkpoints_never_execute(protocol, tmp_path, capsys):
     assert not marker.exists()
 
 
-def test_a_header_length_that_starts_like_a_pickle_still_loads(trained_run, tmp_path):
+def test_a_header_length_that_starts_like_a_pickle_still_loads(checkpoint_run, tmp_path):
     # safetensors begins with its header length (8 bytes, little-endian): a length of 0x..80 puts the
     # pickle PROTO byte first, yet the file is a valid safetensors file and must load.
-    state = load_checkpoint(trained_run).model.state_dict()
+    state = load_checkpoint(checkpoint_run).model.state_dict()
     path = tmp_path / "model.safetensors"
     for pad in range(0, 256, 8):
         save_file(state, str(path), metadata={**_metadata(), "comment": "x" * pad})
@@ -303,8 +321,8 @@ def test_a_header_length_that_starts_like_a_pickle_still_loads(trained_run, tmp_
     assert load_checkpoint(path).metadata["model"] == MODEL
 
 
-def test_checkpoint_of_another_model_is_refused(trained_run, tmp_path):
-    state = load_checkpoint(trained_run).model.state_dict()
+def test_checkpoint_of_another_model_is_refused(checkpoint_run, tmp_path):
+    state = load_checkpoint(checkpoint_run).model.state_dict()
     relabelled = tmp_path / "relabelled.safetensors"
     save_file(state, str(relabelled), metadata=_metadata(model="alexnet_d2l"))
     mismatch = r"alexnet_d2l.*features\.conv1\.weight \(6, 1, 5, 5\) vs \(6, 1, 11, 11\)"
@@ -335,12 +353,12 @@ def test_checkpoint_of_another_model_is_refused(trained_run, tmp_path):
 # ------------------------------------------------------------------------------------------- export
 
 
-def test_onnx_export_round_trip(trained_run, fashion_test, tmp_path, capsys):
+def test_onnx_export_round_trip(checkpoint_run, tmp_path, capsys):
     import onnx
     import onnxruntime
 
     out = tmp_path / "tiny.onnx"
-    assert main(["export", str(trained_run), "--format", "onnx", "--out", str(out)]) == 0
+    assert main(["export", str(checkpoint_run), "--format", "onnx", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "max abs difference" in printed and str(out) in printed
 
@@ -348,49 +366,49 @@ def test_onnx_export_round_trip(trained_run, fashion_test, tmp_path, capsys):
     assert json.loads(props["classicnets.classes"]) == FASHION_CLASSES
     assert json.loads(props["classicnets.mean"]) == list(MEAN) and props["classicnets.model"] == MODEL
 
-    x = prepare_batch(fashion_test[0][:64], Preprocessing(1, 28, MEAN, STD))
+    x = prepare_batch(_images(64), Preprocessing(1, 28, MEAN, STD))
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     exported = session.run(None, {"images": x.numpy()})[0]
     with torch.inference_mode():
-        reference = load_checkpoint(trained_run).model(x).numpy()
+        reference = load_checkpoint(checkpoint_run).model(x).numpy()
     assert exported.shape == (64, 10) and np.abs(exported - reference).max() < 1e-4
     assert (exported.argmax(1) == reference.argmax(1)).all()
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
-def test_torchscript_export_round_trip(trained_run, fashion_test, tmp_path):
-    result = classicnets.export(trained_run, "torchscript")
-    assert Path(result.path) == trained_run / f"{MODEL}.torchscript.pt"  # beside best/ and last/
+def test_torchscript_export_round_trip(checkpoint_run, tmp_path):
+    result = classicnets.export(checkpoint_run, "torchscript")
+    assert Path(result.path) == checkpoint_run / f"{MODEL}.torchscript.pt"  # beside best/ and last/
     assert result.max_abs_diff <= 1e-4 and result.bytes == Path(result.path).stat().st_size > 100_000
 
     extra = {"classicnets.json": ""}
     scripted = torch.jit.load(result.path, _extra_files=extra)
     assert json.loads(json.loads(extra["classicnets.json"])["classes"]) == FASHION_CLASSES
-    x = prepare_batch(fashion_test[0][:50], Preprocessing(1, 28, MEAN, STD))
+    x = prepare_batch(_images(50), Preprocessing(1, 28, MEAN, STD))
     with torch.inference_mode():
-        assert torch.allclose(scripted(x), load_checkpoint(trained_run).model(x), atol=1e-5)
+        assert torch.allclose(scripted(x), load_checkpoint(checkpoint_run).model(x), atol=1e-5)
 
 
-def test_export_fails_above_tolerance(trained_run, tmp_path):
+def test_export_fails_above_tolerance(checkpoint_run, tmp_path):
     with pytest.raises(ExportVerificationError, match="differs from PyTorch by up to"):
-        classicnets.export(trained_run, "onnx", tmp_path / "m.onnx", tolerance=1e-12)
+        classicnets.export(checkpoint_run, "onnx", tmp_path / "m.onnx", tolerance=1e-12)
 
 
-def test_export_without_onnxruntime_says_what_to_install(trained_run, tmp_path, monkeypatch, capsys):
+def test_export_without_onnxruntime_says_what_to_install(checkpoint_run, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
     with pytest.raises(MissingDependencyError, match=r"onnxruntime.*pip install 'classicnets\[export\]'"):
-        classicnets.export(trained_run, "onnx", tmp_path / "m.onnx")
-    assert main(["export", str(trained_run), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 2
+        classicnets.export(checkpoint_run, "onnx", tmp_path / "m.onnx")
+    assert main(["export", str(checkpoint_run), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 2
     assert "classicnets[export]" in capsys.readouterr().err
 
 
-def test_bad_settings_are_clear_errors(trained_run):
+def test_bad_settings_are_clear_errors(checkpoint_run):
     with pytest.raises(ConfigError, match="unknown TTA mode 'five-crop'"):
-        classicnets.evaluate(trained_run, tta="five-crop")
+        classicnets.evaluate(checkpoint_run, tta="five-crop")
     with pytest.raises(ConfigError, match="unknown export format 'tflite'"):
-        classicnets.export(trained_run, "tflite")
+        classicnets.export(checkpoint_run, "tflite")
     with pytest.raises(ClassicnetsError, match="no images given"):
-        classicnets.predict(trained_run, [])
+        classicnets.predict(checkpoint_run, [])
 
 
 # ----------------------------------------------------------------------------------- image-folder runs
