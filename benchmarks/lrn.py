@@ -25,7 +25,7 @@ import torch.nn.functional as F
 import classicnets
 import common
 from classicnets.models.lrn import PaperLRN
-from classicnets.training.host_memory import reused_host_memory
+from classicnets.runtime import reused_host_memory
 from train_step import StepConfig, StepRunner
 
 

@@ -40,6 +40,8 @@ def train(config: TrainConfig | Mapping[str, Any] | str | Path | None = None, **
     file; keyword arguments override it, e.g. ``train(recipe="quick", epochs=2, out="runs/try")``.
     Raises :class:`~classicnets.training.loop.TrainingInterrupted` after saving when Ctrl-C or SIGTERM
     stops the run, and :class:`~classicnets.training.loop.NonFiniteLossError` when the loss diverges.
+    On the CPU the run keeps freed host memory for the next step and releases it at the end: the
+    host-memory policy of :mod:`classicnets.runtime`.
     """
     config = as_config(config, overrides)
     if restart_count() > 0 and not config.resume:

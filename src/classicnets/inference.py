@@ -34,8 +34,8 @@ import torch
 import torch.nn as nn
 
 from .errors import CheckpointError, ClassicnetsError, ConfigError
+from .runtime import autocast, resolve_device, reused_host_memory
 from .training.checkpoint import FORMAT_VERSION, load_model_weights, parse_metadata
-from .training.host_memory import reused_host_memory
 from .training.metrics import topk_correct
 
 TTA_MODES = ("none", "flip", "ten-crop")
@@ -170,18 +170,6 @@ def default_output_dir(loaded: LoadedCheckpoint) -> Path:
     return directory.parent if directory.name in ("best", "last") else directory
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device} was asked for but CUDA is not available here; use --device cpu")
-    return device
-
-
 # ------------------------------------------------------------------------------------- preprocessing
 
 
@@ -307,7 +295,8 @@ def evaluate(
     centre-cropped as the trainer's test loader did. ``tta`` is ``none``,
     ``flip`` or ``ten-crop``; ``bf16`` runs under bfloat16 autocast (about 2-3x faster on CPUs with AMX).
     ``limit`` evaluates the first N images only. With ``out_dir``, writes ``metrics.json`` and
-    ``confusion.png`` there.
+    ``confusion.png`` there. On the CPU the pass keeps freed host memory for the next batch and releases it
+    at the end: the host-memory policy of :mod:`classicnets.runtime`.
     """
     _check_tta(tta)
     for name, value in (("batch_size", batch_size), ("limit", limit)):
@@ -317,13 +306,13 @@ def evaluate(
     dataset = dataset or loaded.metadata.get("dataset")
     if not dataset:
         raise ConfigError(f"{loaded.source} does not name its dataset; pass --dataset")
-    run_device = _resolve_device(device)
+    run_device = resolve_device(device)
     model = _inference_model(loaded.model, run_device, channels_last)
     batches = _eval_batches(loaded, dataset, split, data_dir, download, limit, tta=tta,
                             batch_size=batch_size, device=run_device, channels_last=channels_last)
 
     start = time.perf_counter()
-    # every batch frees and asks for the same large blocks: keep them mapped (see training.host_memory)
+    # every batch frees and asks for the same large blocks: keep them mapped (runtime.py's policy)
     with reused_host_memory(enabled=run_device.type == "cpu"):
         confusion, top_k_hits = _accumulate(model, batches, num_classes=len(loaded.classes), tta=tta,
                                             image_size=loaded.preprocessing.image_size, device=run_device,
@@ -402,19 +391,13 @@ def _accumulate(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Te
     top_k = min(5, num_classes)
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
     top_k_hits = torch.zeros((), dtype=torch.int64, device=device)
-    with torch.inference_mode(), _autocast(device, bf16):
+    with torch.inference_mode(), autocast(device, bf16):
         for x, y in batches:
             scores = _scores(model, x, tta, image_size)
             cells = y * num_classes + scores.argmax(dim=1)
             confusion.scatter_add_(0, cells, torch.ones_like(cells))
             top_k_hits += topk_correct(scores, y, (top_k,))[0]
     return confusion.view(num_classes, num_classes), top_k_hits
-
-
-def _autocast(device: torch.device, bf16: bool):
-    if not bf16:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def _result(confusion: torch.Tensor, top_k_hits: int, classes: list[str], settings: dict[str, Any],
@@ -514,7 +497,7 @@ def predict(
         raise ConfigError("no images given; pass one or more image files")
     loaded = load_checkpoint(checkpoint)
     prep = loaded.preprocessing
-    run_device = _resolve_device(device)
+    run_device = resolve_device(device)
     model = loaded.model.to(run_device)
     prepare = eval_transform(prep, uncropped=tta == "ten-crop")
     with torch.inference_mode():

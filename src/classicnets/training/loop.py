@@ -32,10 +32,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ClassicnetsError, ConfigError
+from ..runtime import autocast, reused_host_memory
 from . import checkpoint as ckpt
 from .config import TrainConfig, config_from_dict
 from .distributed import DistContext, all_gather_objects, all_reduce_, barrier, wrap_model
-from .host_memory import reused_host_memory
 from .logging import CONFIG_JSON, epoch_line, plot_curves, write_logs, write_text_atomic
 from .metrics import RunningSums
 from .speed import resolve_speed
@@ -116,11 +116,6 @@ def torch_settings(config: TrainConfig, device: torch.device) -> Iterator[None]:
         torch.set_float32_matmul_precision(saved[1])
         torch.backends.cudnn.benchmark = saved[2]
         torch.set_num_threads(saved[3])
-
-
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast on CPU or CUDA when asked; weights and optimizer state stay in fp32."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -223,7 +218,7 @@ def evaluate(model: nn.Module, loader, *, device: torch.device, precision: str =
     sums = RunningSums(device, ks=(1, 5))
     for x, y in loader:
         x, y = _to_device(x, y, device, channels_last)
-        with autocast(device, precision):
+        with autocast(device, precision == "bf16"):
             logits = _logits(model, x, tta)
         sums.add(F.cross_entropy(logits, y), logits, y)
     if ctx is not None:
@@ -432,7 +427,7 @@ class Trainer:
         # DDP all-reduces gradients on every backward; skip that for all but the last micro-batch
         skip_sync = self.ctx.distributed and not boundary
         with self.ddp_model.no_sync() if skip_sync else contextlib.nullcontext():
-            with autocast(self.device, config.precision):
+            with autocast(self.device, config.precision == "bf16"):
                 logits = self.train_model(x)
                 loss = self.loss_fn(logits, y)
             (loss / in_step if in_step > 1 else loss).backward()  # the step's mean over its images
