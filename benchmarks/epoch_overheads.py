@@ -22,8 +22,8 @@ import torch
 
 import classicnets
 import common
+from classicnets import checkpoint as ckpt
 from classicnets import runtime as host_memory
-from classicnets.training import checkpoint as ckpt
 from classicnets.training.logging import plot_curves
 
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",

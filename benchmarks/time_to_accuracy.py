@@ -28,12 +28,12 @@ import torch
 
 import classicnets
 import common
+from classicnets.checkpoint import model_metadata
 from classicnets.data import ArrayDataset, build_loaders, flip_tta, load_dataset
 
 # classicnets.train() itself: the package classicnets.train shadows the name once it is imported
 from classicnets.experiment import train as train_classicnets
 from classicnets.models.base import init_xavier
-from classicnets.training.checkpoint import model_metadata
 from classicnets.training.config import TrainConfig, resolve_config
 from classicnets.training.distributed import init_distributed
 from classicnets.training.loop import Trainer, seed_everything

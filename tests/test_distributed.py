@@ -21,13 +21,13 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from classicnets.checkpoint import load_trainer_state
 from classicnets.errors import ConfigError
 from classicnets.launch import strip_flag, torchrun_args
 from classicnets.models.alexnet_towers import split_towers
 from classicnets.models.lrn import paper_lrn
 from classicnets.registry import create_model
 from classicnets.training import distributed as D
-from classicnets.training.checkpoint import load_trainer_state
 from classicnets.training.loop import seed_everything
 
 # ----------------------------------------------------------------------------------------------------

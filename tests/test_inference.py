@@ -22,17 +22,15 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import classicnets
+from classicnets.checkpoint import Preprocessing, load_model, model_metadata, save_checkpoint
 from classicnets.cli import main
 from classicnets.errors import CheckpointError, ClassicnetsError, ConfigError
 from classicnets.inference import (
     ExportVerificationError,
     MissingDependencyError,
-    Preprocessing,
-    load_checkpoint,
     prepare_batch,
     tta_views,
 )
-from classicnets.training.checkpoint import model_metadata, save_checkpoint
 
 MODEL, OPTIONS = "alexnet_28", {"width_mult": 0.0625}
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
@@ -144,7 +142,7 @@ def test_evaluate_matches_a_plain_loop(trained_run, fashion_test, fashion_mnist_
     result = classicnets.evaluate(trained_run, data_dir=fashion_mnist_dir, limit=1500, batch_size=400)
 
     images, labels = fashion_test[0][:1500], fashion_test[1][:1500]
-    model = load_checkpoint(trained_run).model
+    model = load_model(trained_run).model
     with torch.inference_mode():
         logits = model(prepare_batch(images, Preprocessing(1, 28, MEAN, STD)))
     predicted = logits.argmax(1).numpy()
@@ -205,7 +203,7 @@ def test_eval_command_end_to_end(trained_run, fashion_mnist_dir, tmp_path, capsy
 
 def test_eval_refuses_a_dataset_with_other_classes(trained_run, fashion_mnist_dir, tmp_path, capsys):
     renamed = tmp_path / "renamed.safetensors"
-    state = load_checkpoint(trained_run).model.state_dict()
+    state = load_model(trained_run).model.state_dict()
     save_file(state, str(renamed), metadata=_metadata(classes=[f"digit {i}" for i in range(10)]))
     assert main(["eval", str(renamed), "--data-dir", str(fashion_mnist_dir), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
@@ -220,7 +218,7 @@ def _clear_example(run: Path, fashion_test, label: int) -> np.ndarray:
     images, labels = fashion_test
     candidates = images[labels == label][:100]
     with torch.inference_mode():
-        logits = load_checkpoint(run).model(prepare_batch(candidates, Preprocessing(1, 28, MEAN, STD)))
+        logits = load_model(run).model(prepare_batch(candidates, Preprocessing(1, 28, MEAN, STD)))
     return candidates[int(logits.softmax(1)[:, label].argmax())][0].numpy()
 
 
@@ -300,7 +298,7 @@ def test_pickle_payload_checkpoints_never_execute(protocol, tmp_path, capsys):
 
     for path in (disguised.parent.parent, disguised, as_pt, zipped):
         with pytest.raises(CheckpointError):
-            load_checkpoint(path)
+            load_model(path)
         assert main(["predict", str(path), str(tmp_path / "any.png")]) == 2
         assert main(["export", str(path), "--format", "torchscript", "--out", str(tmp_path / "x.pt")]) == 2
     err = capsys.readouterr().err
@@ -311,43 +309,43 @@ def test_pickle_payload_checkpoints_never_execute(protocol, tmp_path, capsys):
 def test_a_header_length_that_starts_like_a_pickle_still_loads(checkpoint_run, tmp_path):
     # safetensors begins with its header length (8 bytes, little-endian): a length of 0x..80 puts the
     # pickle PROTO byte first, yet the file is a valid safetensors file and must load.
-    state = load_checkpoint(checkpoint_run).model.state_dict()
+    state = load_model(checkpoint_run).model.state_dict()
     path = tmp_path / "model.safetensors"
     for pad in range(0, 256, 8):
         save_file(state, str(path), metadata={**_metadata(), "comment": "x" * pad})
         if path.read_bytes()[0] == 0x80:
             break
     assert path.read_bytes()[0] == 0x80 and path.read_bytes()[8:9] == b"{"
-    assert load_checkpoint(path).metadata["model"] == MODEL
+    assert load_model(path).metadata["model"] == MODEL
 
 
 def test_checkpoint_of_another_model_is_refused(checkpoint_run, tmp_path):
-    state = load_checkpoint(checkpoint_run).model.state_dict()
+    state = load_model(checkpoint_run).model.state_dict()
     relabelled = tmp_path / "relabelled.safetensors"
     save_file(state, str(relabelled), metadata=_metadata(model="alexnet_d2l"))
     mismatch = r"alexnet_d2l.*features\.conv1\.weight \(6, 1, 5, 5\) vs \(6, 1, 11, 11\)"
     with pytest.raises(CheckpointError, match=mismatch):
-        load_checkpoint(relabelled)
+        load_model(relabelled)
 
     resnet = tmp_path / "resnet.safetensors"
     save_file(state, str(resnet), metadata=_metadata(model="resnet18", options={}))
     with pytest.raises(CheckpointError, match=r"do not fit model 'resnet18'.*missing.*unexpected"):
-        load_checkpoint(resnet)
+        load_model(resnet)
 
     wider = tmp_path / "wider.safetensors"
     save_file(state, str(wider), metadata=_metadata(options={"width_mult": 0.25}))
     with pytest.raises(CheckpointError, match="shape mismatch"):
-        load_checkpoint(wider)
+        load_model(wider)
 
     unknown = tmp_path / "unknown.safetensors"
     save_file(state, str(unknown), metadata=_metadata(model="alexnet_29"))
     with pytest.raises(CheckpointError, match="alexnet_29.*cannot be built"):
-        load_checkpoint(unknown)
+        load_model(unknown)
 
     foreign = tmp_path / "foreign.safetensors"  # a safetensors file from another library: no header
     save_file(state, str(foreign))
     with pytest.raises(CheckpointError, match="not a classicnets checkpoint"):
-        load_checkpoint(foreign)
+        load_model(foreign)
 
 
 # ------------------------------------------------------------------------------------------- export
@@ -370,7 +368,7 @@ def test_onnx_export_round_trip(checkpoint_run, tmp_path, capsys):
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     exported = session.run(None, {"images": x.numpy()})[0]
     with torch.inference_mode():
-        reference = load_checkpoint(checkpoint_run).model(x).numpy()
+        reference = load_model(checkpoint_run).model(x).numpy()
     assert exported.shape == (64, 10) and np.abs(exported - reference).max() < 1e-4
     assert (exported.argmax(1) == reference.argmax(1)).all()
 
@@ -386,7 +384,7 @@ def test_torchscript_export_round_trip(checkpoint_run, tmp_path):
     assert json.loads(json.loads(extra["classicnets.json"])["classes"]) == FASHION_CLASSES
     x = prepare_batch(_images(50), Preprocessing(1, 28, MEAN, STD))
     with torch.inference_mode():
-        assert torch.allclose(scripted(x), load_checkpoint(checkpoint_run).model(x), atol=1e-5)
+        assert torch.allclose(scripted(x), load_model(checkpoint_run).model(x), atol=1e-5)
 
 
 def test_export_fails_above_tolerance(checkpoint_run, tmp_path):

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import classicnets
+from classicnets import checkpoint as ckpt
 from classicnets.errors import CheckpointError, ConfigError
-from classicnets.training import checkpoint as ckpt
 from classicnets.training import loop, speed
 from classicnets.training.config import (
     FIELD_NAMES,

@@ -18,9 +18,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .checkpoint import model_metadata
 from .errors import ConfigError
 from .models.base import init_xavier
-from .training.checkpoint import model_metadata
 from .training.config import TrainConfig, config_from_dict, format_config, load_config_file, resolve_config
 from .training.distributed import (
     DistContext,

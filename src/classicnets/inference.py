@@ -1,6 +1,6 @@
 """Evaluate, predict with and export a trained checkpoint.
 
-A checkpoint (:mod:`classicnets.training.checkpoint`) is safetensors weights whose header says which model
+A checkpoint (:mod:`classicnets.checkpoint`) is safetensors weights whose header says which model
 they belong to and how its inputs were prepared: model name and options, classes, input channels, image size,
 mean/std and dataset. Everything here reads that header, so a checkpoint path is all the three commands need:
 
@@ -33,16 +33,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .errors import CheckpointError, ClassicnetsError, ConfigError
+from .checkpoint import LoadedCheckpoint, Preprocessing, load_model
+from .errors import ClassicnetsError, ConfigError
 from .runtime import autocast, resolve_device, reused_host_memory
-from .training.checkpoint import FORMAT_VERSION, load_model_weights, parse_metadata
 from .training.metrics import topk_correct
 
 TTA_MODES = ("none", "flip", "ten-crop")
 EXPORT_FORMATS = ("onnx", "torchscript")
 # ITU-R 601 luma, the weights PIL's convert("L") uses, to feed colour images to a grey model.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
-REQUIRED_METADATA = ("model", "num_classes", "in_channels", "classes", "image_size")
 
 
 class MissingDependencyError(ClassicnetsError, ImportError):
@@ -55,119 +54,6 @@ class ExportVerificationError(ClassicnetsError):
 
 class ImageInputError(ClassicnetsError, ValueError):
     """An image file that is missing or cannot be decoded."""
-
-
-# ------------------------------------------------------------------------------------ loading a model
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How the training inputs were made: channels, square size, mean/std (None: pixels in [0, 1])."""
-
-    in_channels: int
-    image_size: int
-    mean: tuple[float, ...] | None
-    std: tuple[float, ...] | None
-
-
-@dataclass
-class LoadedCheckpoint:
-    """A model rebuilt from a checkpoint, in eval mode on the CPU, with its decoded metadata."""
-
-    model: nn.Module
-    metadata: dict[str, Any]
-    source: Path  # the model.safetensors file
-
-    @property
-    def classes(self) -> list[str]:
-        return list(self.metadata["classes"])
-
-    @property
-    def preprocessing(self) -> Preprocessing:
-        m = self.metadata
-        mean, std = m.get("mean"), m.get("std")
-        return Preprocessing(int(m["in_channels"]), int(m["image_size"]),
-                             None if mean is None else tuple(mean), None if std is None else tuple(std))
-
-
-def load_checkpoint(checkpoint: str | Path) -> LoadedCheckpoint:
-    """Rebuild the model a checkpoint was saved from and load its weights (``strict``: every key and shape).
-
-    ``checkpoint`` is a run directory (best/ then last/), a checkpoint directory or a ``model.safetensors``.
-    Pickles are refused unread; weights of another model are refused with the first mismatches.
-    """
-    from .registry import create_model
-
-    state, raw_metadata = load_model_weights(checkpoint)
-    source = _model_file_of(Path(checkpoint))
-    metadata = _decoded_metadata(raw_metadata, source)
-    name, options = metadata["model"], metadata.get("model_options") or {}
-    try:
-        model = create_model(name, num_classes=metadata["num_classes"], in_channels=metadata["in_channels"],
-                             **options)
-    except (ClassicnetsError, TypeError, ValueError) as error:  # unknown name or option, bad option value
-        raise CheckpointError(f"{source}: its header names model {name!r} with options {options}, "
-                              f"which cannot be built here: {error}") from None
-    _check_weights_fit(model, state, name, source)
-    model.load_state_dict(state, strict=True)
-    return LoadedCheckpoint(model.eval(), metadata, source)
-
-
-def _model_file_of(path: Path) -> Path:
-    if path.is_file():
-        return path
-    from .training.checkpoint import MODEL_FILE, resolve_checkpoint_dir
-
-    return resolve_checkpoint_dir(path) / MODEL_FILE
-
-
-def _decoded_metadata(raw: dict[str, str], source: Path) -> dict[str, Any]:
-    missing = [key for key in REQUIRED_METADATA if key not in raw]
-    if missing:
-        raise CheckpointError(
-            f"{source} is a safetensors file but not a classicnets checkpoint: its header lacks "
-            f"{', '.join(missing)} (found keys: {sorted(raw) or 'none'}). Save weights with "
-            "`classicnets train`, or write the header with classicnets.training.checkpoint.model_metadata()"
-        )
-    try:
-        metadata = parse_metadata(raw)
-    except (ValueError, TypeError) as error:
-        raise CheckpointError(f"{source}: its header is malformed ({error}); the file may be corrupt"
-                              ) from None
-    if metadata.get("format", FORMAT_VERSION) > FORMAT_VERSION:
-        raise CheckpointError(f"{source} uses checkpoint format {metadata['format']}, newer than this "
-                              f"classicnets reads ({FORMAT_VERSION}); upgrade classicnets")
-    if len(metadata["classes"]) != metadata["num_classes"]:
-        raise CheckpointError(f"{source}: its header lists {len(metadata['classes'])} class names for "
-                              f"num_classes={metadata['num_classes']}; the file is inconsistent")
-    return metadata
-
-
-def _check_weights_fit(model: nn.Module, state: dict[str, torch.Tensor], name: str, source: Path) -> None:
-    """Refuse weights whose names or shapes differ from the model's, listing the first differences."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    reshaped = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-                for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    if not (missing or unexpected or reshaped):
-        return
-    problems = []
-    kinds = (("missing", missing), ("unexpected", unexpected), ("shape mismatch (file vs model)", reshaped))
-    for label, items in kinds:
-        if items:
-            more = f" and {len(items) - 3} more" if len(items) > 3 else ""
-            problems.append(f"{len(items)} {label}: {', '.join(items[:3])}{more}")
-    raise CheckpointError(
-        f"{source}: the weights do not fit model {name!r} that its header names ({'; '.join(problems)}). "
-        "The file was saved from another model or its header was edited; use it with the model it came from"
-    )
-
-
-def default_output_dir(loaded: LoadedCheckpoint) -> Path:
-    """Where results go unless told: the run directory (not best/ or last/, which each save replaces)."""
-    directory = loaded.source.parent
-    return directory.parent if directory.name in ("best", "last") else directory
 
 
 # ------------------------------------------------------------------------------------- preprocessing
@@ -302,7 +188,7 @@ def evaluate(
     for name, value in (("batch_size", batch_size), ("limit", limit)):
         if value is not None and value < 1:
             raise ConfigError(f"{name} must be >= 1; got {value}")
-    loaded = load_checkpoint(checkpoint)
+    loaded = load_model(checkpoint)
     dataset = dataset or loaded.metadata.get("dataset")
     if not dataset:
         raise ConfigError(f"{loaded.source} does not name its dataset; pass --dataset")
@@ -495,7 +381,7 @@ def predict(
     _check_tta(tta)
     if not images:
         raise ConfigError("no images given; pass one or more image files")
-    loaded = load_checkpoint(checkpoint)
+    loaded = load_model(checkpoint)
     prep = loaded.preprocessing
     run_device = resolve_device(device)
     model = loaded.model.to(run_device)
@@ -575,7 +461,7 @@ def export(
     and run on a batch size other than the one exported; a max abs difference of the logits above
     ``tolerance`` (times the largest logit when that exceeds 1: float32 rounding grows with the values, and
     untrained deep nets reach logits of 1e5) raises :class:`ExportVerificationError`. ``out`` defaults to
-    ``MODEL.onnx`` or ``MODEL.torchscript.pt`` in the run directory (:func:`default_output_dir`).
+    ``MODEL.onnx`` or ``MODEL.torchscript.pt`` in the run directory (the checkpoint's ``run_dir``).
     """
     if format not in EXPORT_FORMATS:
         raise ConfigError(f"unknown export format {format!r}; expected one of {', '.join(EXPORT_FORMATS)}")
@@ -583,11 +469,11 @@ def export(
         raise ConfigError(f"tolerance must be >= 0; got {tolerance}")
     if format == "onnx":
         _require_export_packages()
-    loaded = load_checkpoint(checkpoint)
+    loaded = load_model(checkpoint)
     prep = loaded.preprocessing
     suffix = ".onnx" if format == "onnx" else ".torchscript.pt"
     name = f"{loaded.metadata['model']}{suffix}"
-    path = Path(out) if out is not None else default_output_dir(loaded) / name
+    path = Path(out) if out is not None else loaded.run_dir / name
     path.parent.mkdir(parents=True, exist_ok=True)
     model = loaded.model.float().eval()
     shape = (prep.in_channels, prep.image_size, prep.image_size)

@@ -42,12 +42,13 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..inference import default_output_dir, evaluate, load_checkpoint
+    from ..checkpoint import load_model
+    from ..inference import evaluate
 
     out = args.out
     if out is None:
         suffix = "" if args.tta == "none" else f"-{args.tta}"
-        out = default_output_dir(load_checkpoint(args.checkpoint)) / f"eval-{args.split}{suffix}"
+        out = load_model(args.checkpoint).run_dir / f"eval-{args.split}{suffix}"
     result = evaluate(
         args.checkpoint, dataset=args.dataset, data_dir=args.data_dir, split=args.split, tta=args.tta,
         batch_size=args.batch_size, device=args.device, bf16=args.bf16, channels_last=args.channels_last,

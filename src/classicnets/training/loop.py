@@ -31,9 +31,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import checkpoint as ckpt
 from ..errors import ClassicnetsError, ConfigError
 from ..runtime import autocast, reused_host_memory
-from . import checkpoint as ckpt
 from .config import TrainConfig, config_from_dict
 from .distributed import DistContext, all_gather_objects, all_reduce_, barrier, wrap_model
 from .logging import CONFIG_JSON, epoch_line, plot_curves, write_logs, write_text_atomic

@@ -1,4 +1,5 @@
-"""Checkpoints: atomic saves, loads that never execute code, and the state for an exact resume.
+"""Checkpoints: the format, atomic saves, loads that never execute code, the state for an exact resume,
+and :func:`load_model` (a checkpoint path in, the model it was saved from out).
 
 A run directory holds two checkpoint directories, ``last/`` (after every epoch) and ``best/``
 (the epoch with the best test accuracy so far)::
@@ -10,6 +11,11 @@ A run directory holds two checkpoint directories, ``last/`` (after every epoch) 
       best/  (the same three files)
 
 Everything is safetensors + JSON: a checkpoint is data, never a pickle, so loading one cannot run code.
+
+The header of ``model.safetensors`` (:func:`model_metadata`) says which model the weights belong to and how
+its inputs were prepared: model name and options, classes, input channels, image size, mean/std, dataset.
+:func:`load_model` reads it, rebuilds that model and refuses weights that do not fit it, listing the first
+mismatches, so a checkpoint of another model can never run silently.
 
 Saving is atomic: the files are written into a fresh temporary directory next to the target, fsynced,
 then renamed into place. A process killed at any moment leaves the previous checkpoint loadable; the
@@ -25,6 +31,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +39,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ..errors import CheckpointError
+from .errors import CheckpointError, ClassicnetsError
 
 MODEL_FILE = "model.safetensors"
 TRAINER_TENSORS_FILE = "trainer.safetensors"
@@ -45,6 +52,7 @@ FORMAT_VERSION = 1
 _after_file_written: Callable[[Path], None] | None = None
 
 _PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt", ".tar"}
+REQUIRED_METADATA = ("model", "num_classes", "in_channels", "classes", "image_size")
 
 
 # ----------------------------------------------------------------------------------------- metadata
@@ -66,7 +74,7 @@ def model_metadata(
 
     ``mean``/``std`` are None when the run did not normalise its inputs (the d2l recipe).
     """
-    from .. import __version__
+    from . import __version__
 
     return {
         "format": str(FORMAT_VERSION),
@@ -448,10 +456,110 @@ def load_trainer_state(checkpoint_dir: str | Path) -> dict[str, Any]:
     return _join_tensors(skeleton, tensors)
 
 
-def load_into_model(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: Path | str) -> None:
-    """``model.load_state_dict(state, strict=True)``, with a mismatch reported as a CheckpointError."""
+def load_into_model(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: Path | str,
+                    name: str | None = None) -> None:
+    """``model.load_state_dict(state, strict=True)``, after refusing weights whose names or shapes differ
+    from the model's with a :class:`CheckpointError` that lists the first differences. ``name``: the model
+    the checkpoint's header names, for the message."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+                for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or reshaped:
+        problems = []
+        kinds = (("missing", missing), ("unexpected", unexpected),
+                 ("shape mismatch (file vs model)", reshaped))
+        for label, items in kinds:
+            if items:
+                more = f" and {len(items) - 3} more" if len(items) > 3 else ""
+                problems.append(f"{len(items)} {label}: {', '.join(items[:3])}{more}")
+        which = f"model {name!r} that its header names" if name else "this model"
+        raise CheckpointError(
+            f"{source}: the weights do not fit {which} ({'; '.join(problems)}). The file was saved from "
+            "another model or its header was edited; use it with the model it came from"
+        )
+    model.load_state_dict(state, strict=True)
+
+
+# -------------------------------------------------------------------------------- load_model(path)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How the training inputs were made: channels, square size, mean/std (None: pixels in [0, 1])."""
+
+    in_channels: int
+    image_size: int
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A model rebuilt from a checkpoint, in eval mode on the CPU, with its decoded metadata."""
+
+    model: torch.nn.Module
+    metadata: dict[str, Any]
+    source: Path  # the model.safetensors file
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.metadata["classes"])
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        m = self.metadata
+        mean, std = m.get("mean"), m.get("std")
+        return Preprocessing(int(m["in_channels"]), int(m["image_size"]),
+                             None if mean is None else tuple(mean), None if std is None else tuple(std))
+
+    @property
+    def run_dir(self) -> Path:
+        """Where results go unless told: the run directory (not best/ or last/, which each save replaces)."""
+        directory = self.source.parent
+        return directory.parent if directory.name in (BEST, LAST) else directory
+
+
+def load_model(checkpoint: str | Path) -> LoadedCheckpoint:
+    """Rebuild the model a checkpoint was saved from and load its weights (``strict``: every key and shape).
+
+    ``checkpoint`` is a run directory (best/ then last/), a checkpoint directory or a ``model.safetensors``.
+    Pickles are refused unread; weights of another model are refused with the first mismatches.
+    """
+    from .registry import create_model
+
+    source = _model_file(Path(checkpoint))
+    state, raw_metadata = load_model_weights(source)
+    metadata = _decoded_metadata(raw_metadata, source)
+    name, options = metadata["model"], metadata.get("model_options") or {}
     try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        first_lines = "; ".join(str(error).splitlines()[:4])
-        raise CheckpointError(f"weights in {source} do not fit this model: {first_lines}") from None
+        model = create_model(name, num_classes=metadata["num_classes"], in_channels=metadata["in_channels"],
+                             **options)
+    except (ClassicnetsError, TypeError, ValueError) as error:  # unknown name or option, bad option value
+        raise CheckpointError(f"{source}: its header names model {name!r} with options {options}, "
+                              f"which cannot be built here: {error}") from None
+    load_into_model(model, state, source, name)
+    return LoadedCheckpoint(model.eval(), metadata, source)
+
+
+def _decoded_metadata(raw: dict[str, str], source: Path) -> dict[str, Any]:
+    missing = [key for key in REQUIRED_METADATA if key not in raw]
+    if missing:
+        raise CheckpointError(
+            f"{source} is a safetensors file but not a classicnets checkpoint: its header lacks "
+            f"{', '.join(missing)} (found keys: {sorted(raw) or 'none'}). Save weights with "
+            "`classicnets train`, or write the header with classicnets.checkpoint.model_metadata()"
+        )
+    try:
+        metadata = parse_metadata(raw)
+    except (ValueError, TypeError) as error:
+        raise CheckpointError(f"{source}: its header is malformed ({error}); the file may be corrupt"
+                              ) from None
+    if metadata.get("format", FORMAT_VERSION) > FORMAT_VERSION:
+        raise CheckpointError(f"{source} uses checkpoint format {metadata['format']}, newer than this "
+                              f"classicnets reads ({FORMAT_VERSION}); upgrade classicnets")
+    if len(metadata["classes"]) != metadata["num_classes"]:
+        raise CheckpointError(f"{source}: its header lists {len(metadata['classes'])} class names for "
+                              f"num_classes={metadata['num_classes']}; the file is inconsistent")
+    return metadata
