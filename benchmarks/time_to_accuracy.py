@@ -29,7 +29,8 @@ import torch
 import classicnets
 import common
 from classicnets.checkpoint import model_metadata
-from classicnets.data import ArrayDataset, build_loaders, flip_tta, load_dataset
+from classicnets.data import ArrayDataset, build_loaders, load_dataset
+from classicnets.evaluation import EvalViews
 
 # classicnets.train() itself: the package classicnets.train shadows the name once it is imported
 from classicnets.experiment import train as train_classicnets
@@ -118,9 +119,9 @@ def recipe_trainer(config, train: ArrayDataset, test: ArrayDataset, device: torc
         mean=loaders.mean if config.normalize else None, std=loaders.std if config.normalize else None,
         dataset=loaders.dataset,
     )  # fmt: skip
-    tta = {"none": None, "flip": flip_tta}[config.tta]
-    return Trainer(model, loaders.train, loaders.test, config, ctx=init_distributed(str(device)),
-                   metadata=metadata, tta=tta, print_fn=lambda *_: None)  # fmt: skip
+    test = loaders.test_uncropped if config.tta == "ten-crop" else loaders.test
+    return Trainer(model, loaders.train, test, config, ctx=init_distributed(str(device)), metadata=metadata,
+                   views=EvalViews(config.tta, image_size), print_fn=lambda *_: None)  # fmt: skip
 
 
 def test_slice(test: ArrayDataset, count: int | None) -> ArrayDataset:

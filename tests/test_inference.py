@@ -29,7 +29,6 @@ from classicnets.inference import (
     ExportVerificationError,
     MissingDependencyError,
     prepare_batch,
-    tta_views,
 )
 
 MODEL, OPTIONS = "alexnet_28", {"width_mult": 0.0625}
@@ -165,15 +164,6 @@ def test_tta_flip_and_ten_crop_keep_shapes_and_accuracy(trained_run, fashion_mni
     # never saw) cost a little. Both stay close to the plain score.
     assert abs(flip.top1 - plain.top1) < 0.03
     assert crops.top1 > plain.top1 - 0.08 and crops.top1 > 0.6
-
-
-def test_tta_views_are_the_papers_crops_and_mirrors():
-    x = torch.arange(2 * 1 * 32 * 32, dtype=torch.float32).view(2, 1, 32, 32)
-    assert [v.shape for v in tta_views(x, "flip", 32)] == [(2, 1, 32, 32)] * 2
-    views = list(tta_views(x, "ten-crop", 28))
-    assert len(views) == 10 and all(v.shape == (2, 1, 28, 28) for v in views)
-    assert torch.equal(views[0], x[..., :28, :28]) and torch.equal(views[6], x[..., 4:, 4:])
-    assert torch.equal(views[8], x[..., 2:30, 2:30]) and torch.equal(views[9], x[..., 2:30, 2:30].flip(-1))
 
 
 def test_bf16_evaluation_agrees_with_float32(trained_run, fashion_mnist_dir):

@@ -159,14 +159,6 @@ def test_schedules():
     assert sorted(set(plateau), reverse=True) == pytest.approx([0.01, 1e-3, 1e-4, 1e-5])
 
 
-def test_topk_correct_counts():
-    from classicnets.training.metrics import topk_correct
-
-    logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.15, 0.05], [0.2, 0.3, 0.5]])
-    target = torch.tensor([1, 1, 0])
-    assert topk_correct(logits, target, (1, 2, 5)).tolist() == [1, 2, 3]
-
-
 # ---------------------------------------------------------------------- real runs on Fashion-MNIST
 
 

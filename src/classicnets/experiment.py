@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from .checkpoint import model_metadata
 from .errors import ConfigError
+from .evaluation import EvalViews
 from .models.base import init_xavier
 from .training.config import TrainConfig, config_from_dict, format_config, load_config_file, resolve_config
 from .training.distributed import (
@@ -29,7 +30,7 @@ from .training.distributed import (
     restart_count,
     shutdown_distributed,
 )
-from .training.loop import TTA, StopSignals, Trainer, seed_everything
+from .training.loop import StopSignals, Trainer, seed_everything
 from .training.speed import resolve_speed
 
 
@@ -100,7 +101,7 @@ def run(config: TrainConfig, ctx: DistContext, stop: StopSignals | None = None) 
     # the paper's 10-crop test cuts its crops out of larger views (256 for 224 crops)
     test_loader = loaders.test_uncropped if config.tta == "ten-crop" else loaders.test
     trainer = Trainer(model, loaders.train, test_loader, config, ctx=ctx, metadata=metadata,
-                      tta=_tta(config, image_size), stop=stop)
+                      views=EvalViews(config.tta, image_size), stop=stop)
     return trainer.fit()
 
 
@@ -124,16 +125,6 @@ def _eval_batch(config: TrainConfig, ctx: DistContext) -> int:
     # no activations are kept for backward, so evaluation affords twice the batch
     total = config.eval_batch_size or 2 * config.batch_size
     return max(1, total // ctx.world_size)
-
-
-def _tta(config: TrainConfig, image_size: int) -> TTA | None:
-    from .data import augment
-
-    if config.tta == "flip":
-        return augment.flip_tta
-    if config.tta == "ten-crop":
-        return lambda images: augment.ten_crop(images, image_size)
-    return None
 
 
 def _print_start(config: TrainConfig, model: nn.Module, ctx: DistContext, image_size: int, loaders) -> None:

@@ -35,10 +35,9 @@ import torch.nn as nn
 
 from .checkpoint import LoadedCheckpoint, Preprocessing, load_model
 from .errors import ClassicnetsError, ConfigError
-from .runtime import autocast, resolve_device, reused_host_memory
-from .training.metrics import topk_correct
+from .evaluation import EvalViews, check_tta, evaluate_batches, scores
+from .runtime import resolve_device, reused_host_memory
 
-TTA_MODES = ("none", "flip", "ten-crop")
 EXPORT_FORMATS = ("onnx", "torchscript")
 # ITU-R 601 luma, the weights PIL's convert("L") uses, to feed colour images to a grey model.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
@@ -95,46 +94,6 @@ def _match_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
                       "conversions are defined")
 
 
-def tta_views(x: torch.Tensor, tta: str, size: int) -> Iterator[torch.Tensor]:
-    """The model inputs whose softmax outputs TTA averages.
-
-    ``none``: ``x``. ``flip``: ``x`` and its mirror. ``ten-crop`` (the paper's test): the four corner and the
-    centre ``size`` crops of ``x`` (prepared with ``uncropped=True``) and their mirrors. The same views as
-    ``data.augment.flip_tta``/``ten_crop``, yielded one at a time as slices: those stack all views into one
-    new tensor, ten times the batch (a GB for 500 images at 256 px), where a slice costs nothing.
-    """
-    if tta == "none":
-        yield x
-    elif tta == "flip":
-        yield x
-        yield x.flip(-1)
-    elif tta == "ten-crop":
-        far_h, far_w = x.shape[-2] - size, x.shape[-1] - size
-        for top, left in ((0, 0), (0, far_w), (far_h, 0), (far_h, far_w), (far_h // 2, far_w // 2)):
-            crop = x[..., top:top + size, left:left + size]
-            yield crop
-            yield crop.flip(-1)
-    else:
-        raise ConfigError(f"unknown TTA mode {tta!r}; expected one of {', '.join(TTA_MODES)}")
-
-
-def _check_tta(tta: str) -> None:
-    if tta not in TTA_MODES:
-        raise ConfigError(f"unknown TTA mode {tta!r}; expected one of {', '.join(TTA_MODES)}")
-
-
-def _scores(model: nn.Module, x: torch.Tensor, tta: str, size: int) -> torch.Tensor:
-    """Logits without TTA; with TTA, the softmax averaged over the views (the paper averages softmax)."""
-    if tta == "none":
-        return model(x).float()
-    total, count = None, 0
-    for view in tta_views(x, tta, size):
-        probabilities = model(view).float().softmax(dim=1)
-        total = probabilities if total is None else total.add_(probabilities)
-        count += 1
-    return total.div_(count)
-
-
 # ---------------------------------------------------------------------------------------- evaluation
 
 
@@ -184,7 +143,7 @@ def evaluate(
     ``confusion.png`` there. On the CPU the pass keeps freed host memory for the next batch and releases it
     at the end: the host-memory policy of :mod:`classicnets.runtime`.
     """
-    _check_tta(tta)
+    check_tta(tta)
     for name, value in (("batch_size", batch_size), ("limit", limit)):
         if value is not None and value < 1:
             raise ConfigError(f"{name} must be >= 1; got {value}")
@@ -200,10 +159,11 @@ def evaluate(
     start = time.perf_counter()
     # every batch frees and asks for the same large blocks: keep them mapped (runtime.py's policy)
     with reused_host_memory(enabled=run_device.type == "cpu"):
-        confusion, top_k_hits = _accumulate(model, batches, num_classes=len(loaded.classes), tta=tta,
-                                            image_size=loaded.preprocessing.image_size, device=run_device,
-                                            bf16=bf16)
-    confusion, top_k_hits = confusion.cpu(), int(top_k_hits.cpu())  # the one host sync
+        with torch.inference_mode():
+            sums = evaluate_batches(model, batches, device=run_device, bf16=bf16, with_loss=False,
+                                    views=EvalViews(tta, loaded.preprocessing.image_size),
+                                    num_classes=len(loaded.classes))
+        confusion, top_k_hits = sums.confusion_matrix(), sums.hits(5)  # the host reads
     seconds = time.perf_counter() - start
 
     settings = {"checkpoint": str(loaded.source), "model": loaded.metadata["model"], "dataset": dataset,
@@ -264,26 +224,6 @@ def _inference_model(model: nn.Module, device: torch.device, channels_last: bool
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
-
-
-def _accumulate(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], *,
-                num_classes: int, tta: str, image_size: int, device: torch.device,
-                bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """The confusion matrix and top-k hit count, accumulated on the device without a host sync.
-
-    Counting uses scatter_add_, not bincount: CUDA's bincount reads the largest index back to the host to
-    size its output, a sync per batch.
-    """
-    top_k = min(5, num_classes)
-    confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
-    top_k_hits = torch.zeros((), dtype=torch.int64, device=device)
-    with torch.inference_mode(), autocast(device, bf16):
-        for x, y in batches:
-            scores = _scores(model, x, tta, image_size)
-            cells = y * num_classes + scores.argmax(dim=1)
-            confusion.scatter_add_(0, cells, torch.ones_like(cells))
-            top_k_hits += topk_correct(scores, y, (top_k,))[0]
-    return confusion.view(num_classes, num_classes), top_k_hits
 
 
 def _result(confusion: torch.Tensor, top_k_hits: int, classes: list[str], settings: dict[str, Any],
@@ -378,7 +318,7 @@ def predict(
     (the paper's test crop; training images are square) and resized and normalised as in training.
     ``invert`` turns dark-on-light photos into the light-on-dark look of Fashion-MNIST and MNIST.
     """
-    _check_tta(tta)
+    check_tta(tta)
     if not images:
         raise ConfigError("no images given; pass one or more image files")
     loaded = load_model(checkpoint)
@@ -389,7 +329,7 @@ def predict(
     with torch.inference_mode():
         x = torch.cat([prepare(_square_image(image, prep.in_channels, invert)[None].to(run_device))
                        for image in images])
-        probabilities = _scores(model, x, tta, prep.image_size)
+        probabilities = scores(model, x, tta, prep.image_size)
         if tta == "none":
             probabilities = probabilities.softmax(dim=1)
         values, indices = probabilities.topk(min(top_k, len(loaded.classes)), dim=1)

@@ -6,8 +6,7 @@ from its seed. Images are (B, C, H, W); uint8 where noted, float in [0, 1] other
 The paper's training views (Krizhevsky et al. 2012, section 4.1): shorter side 256, random 224x224 crops,
 horizontal flips, and PCA colour augmentation, adding sum_i alpha_i lambda_i p_i to every pixel with
 alpha_i ~ N(0, 0.1) drawn once per image per use. Its test view: ten 224 crops (four corners and the centre,
-and their mirrors) with the softmax averaged. ``flip_tta`` and ``ten_crop`` build those views for the
-evaluator.
+and their mirrors) with the softmax averaged: :mod:`classicnets.evaluation` cuts those views.
 """
 
 from __future__ import annotations
@@ -250,25 +249,6 @@ def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
     return (images - mean) / std
 
 
-# ------------------------------------------------------------------------------- test-time views
-
-
-def flip_tta(images: torch.Tensor) -> torch.Tensor:
-    """(2, B, C, H, W): each image and its mirror; average the model's softmax over dim 0."""
-    return torch.stack((images, images.flip(-1)))
-
-
-def ten_crop(images: torch.Tensor, size: int) -> torch.Tensor:
-    """(10, B, C, size, size): the paper's test views, four corner crops and the centre crop, then their
-    mirrors. Feed it images at ``pre_crop_size(size)`` (the loaders' ``test_uncropped``)."""
-    height, width = images.shape[-2:]
-    if size > min(height, width):
-        raise ConfigError(f"ten_crop size {size} is larger than the images ({height}x{width})")
-    corners = [(0, 0), (0, width - size), (height - size, 0), (height - size, width - size)]
-    crops = [images[..., t : t + size, s : s + size] for t, s in corners] + [center_crop(images, size)]
-    return torch.stack(crops + [crop.flip(-1) for crop in crops])
-
-
 # -------------------------------------------------------------------------------- the pipeline
 
 
@@ -315,7 +295,7 @@ class BatchTransform:
     pca: ColourPCA | None = None
     dtype: torch.dtype = torch.float32
     channels_last: bool = False
-    uncropped: bool = False  # test views at pre_crop_size, for ten_crop
+    uncropped: bool = False  # test views at pre_crop_size, for ten-crop TTA (classicnets.evaluation)
     _device_constants: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):

@@ -311,7 +311,7 @@ class Loaders:
     dataset: str  # the name, or the image folder's path (either can be passed back to build_loaders)
     train_size: int  # images in the training split used (after ``subset``), all ranks together
     test_size: int
-    test_uncropped: DeviceLoader | StreamingLoader | None = None  # at pre_crop_size, for augment.ten_crop
+    test_uncropped: DeviceLoader | StreamingLoader | None = None  # at pre_crop_size, for ten-crop TTA
     pca: aug.ColourPCA | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)  # files left out while scanning folders
 

@@ -36,15 +36,15 @@ from typing import Any
 
 from ..data.augment import AUGMENTS
 from ..errors import ConfigError
+from ..evaluation import TTA_MODES
 from ..registry import parse_model_options
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "plateau", "cosine", "onecycle")
 PRECISIONS = ("auto", "fp32", "bf16")
-TTAS = ("none", "flip", "ten-crop")
 INITS = ("model", "xavier")
 CHOICES = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "precision": PRECISIONS, "augment": AUGMENTS,
-           "tta": TTAS, "init": INITS}
+           "tta": TTA_MODES, "init": INITS}
 
 
 def _f(default: Any, help: str, **kwargs) -> Any:
@@ -70,7 +70,7 @@ class TrainConfig:
     normalize: bool = _f(False, "subtract the dataset mean and divide by its std; off as in d2l, "
                                 "which feeds pixels in [0, 1]")
     augment: str = _f("none", f"training augmentation: {', '.join(AUGMENTS)}")
-    tta: str = _f("none", f"test-time augmentation: {', '.join(TTAS)} (ten-crop is the paper's test)")
+    tta: str = _f("none", f"test-time augmentation: {', '.join(TTA_MODES)} (ten-crop is the paper's test)")
     init: str = _f("model", "weight init: 'model' keeps the builder's own (the paper's N(0, 0.01) for "
                             "alexnet, xavier for the d2l nets); 'xavier' re-initialises every conv and "
                             "linear layer with xavier-uniform as d2l's train_ch6 does")

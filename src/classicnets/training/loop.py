@@ -1,6 +1,6 @@
 """The training loop for any ``nn.Module``: optimizer, schedule, steps, evaluation, checkpoints, resume.
 
-The hot loop never waits for the device: loss and hits accumulate as device tensors (metrics.RunningSums)
+The hot loop never waits for the device: loss and hits accumulate as device tensors (evaluation.RunningSums)
 and are read only every ``log_every`` steps and at the end of an epoch. The same reads check that the loss
 is finite, so a diverging run stops within ``log_every`` steps and never saves a non-finite state.
 
@@ -29,15 +29,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .. import checkpoint as ckpt
 from ..errors import ClassicnetsError, ConfigError
+from ..evaluation import NO_TTA, EvalViews, RunningSums, evaluate_batches, to_device
 from ..runtime import autocast, reused_host_memory
 from .config import TrainConfig, config_from_dict
 from .distributed import DistContext, all_gather_objects, all_reduce_, barrier, wrap_model
 from .logging import CONFIG_JSON, epoch_line, plot_curves, write_logs, write_text_atomic
-from .metrics import RunningSums
 from .speed import resolve_speed
 
 # Settings that may change when a run resumes; any other difference is refused.
@@ -46,10 +45,6 @@ RESUMABLE_CHANGES = {"epochs", "progress", "log_every", "num_workers", "out", "r
                      # the global batch stays batch_size when a run resumes on another number of processes
                      # with more or fewer accumulation steps per process
                      "grad_accum_steps", "sync_batchnorm"}
-
-# Test-time augmentation: a batch -> the views to average (each a batch the model accepts).
-TTA = Callable[[torch.Tensor], list[torch.Tensor]]
-
 
 class NonFiniteLossError(ClassicnetsError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
@@ -209,38 +204,17 @@ class StopSignals:
 # ------------------------------------------------------------------------------------- evaluation
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, loader, *, device: torch.device, precision: str = "fp32",
-             channels_last: bool = False, tta: TTA | None = None,
+             channels_last: bool = False, views: EvalViews = NO_TTA,
              ctx: DistContext | None = None) -> dict[str, float]:
-    """Mean loss, top-1 and top-5 accuracy over ``loader`` (summed over all ranks)."""
-    model.eval()
-    sums = RunningSums(device, ks=(1, 5))
-    for x, y in loader:
-        x, y = _to_device(x, y, device, channels_last)
-        with autocast(device, precision == "bf16"):
-            logits = _logits(model, x, tta)
-        sums.add(F.cross_entropy(logits, y), logits, y)
+    """Mean loss, top-1 and top-5 accuracy over ``loader`` (summed over all ranks): the evaluation of
+    :mod:`classicnets.evaluation`, as ``classicnets eval`` runs it."""
+    sums = evaluate_batches(model, loader, device=device, views=views, bf16=precision == "bf16",
+                            channels_last=channels_last)
     if ctx is not None:
         all_reduce_(sums.sums, ctx)
     values = sums.values()
     return {"loss": values["loss"], "acc": values["top1"], "top5": values["top5"], "count": values["count"]}
-
-
-def _logits(model: nn.Module, x: torch.Tensor, tta: TTA | None) -> torch.Tensor:
-    if tta is None:
-        return model(x).float()
-    # average the softmax over the views (the paper's 10-crop test); log turns it back into logits
-    probs = torch.stack([model(view).float().softmax(dim=1) for view in tta(x)]).mean(dim=0)
-    return probs.clamp_min(1e-12).log()
-
-
-def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device,
-               channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    memory_format = torch.channels_last if channels_last and x.dim() == 4 else torch.preserve_format
-    # no-ops when the loader already delivers device tensors in the right layout
-    x = x.to(device, non_blocking=True, memory_format=memory_format)
-    return x, y.to(device, non_blocking=True)
 
 
 # ---------------------------------------------------------------------------------------- trainer
@@ -249,15 +223,16 @@ def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device,
 class Trainer:
     """Trains ``model`` on ``train_loader`` and evaluates on ``test_loader`` after every epoch.
 
-    ``metadata`` is the header for ``model.safetensors`` (checkpoint.model_metadata); ``tta`` maps a test
-    batch to the views whose softmax is averaged. Only rank 0 prints, plots and writes files.
+    ``metadata`` is the header for ``model.safetensors`` (checkpoint.model_metadata); ``views`` is the
+    test-time augmentation of the per-epoch test (:class:`~classicnets.evaluation.EvalViews`). Only rank 0
+    prints, plots and writes files.
     """
 
     def __init__(self, model: nn.Module, train_loader, test_loader, config: TrainConfig, *,
-                 ctx: DistContext, metadata: dict[str, str], tta: TTA | None = None,
+                 ctx: DistContext, metadata: dict[str, str], views: EvalViews = NO_TTA,
                  print_fn: Callable[[str], None] = print, stop: StopSignals | None = None) -> None:
         config = resolve_speed(config, ctx.device)  # auto precision, channels_last, compile
-        self.config, self.ctx, self.metadata, self.tta = config, ctx, metadata, tta
+        self.config, self.ctx, self.metadata, self.views = config, ctx, metadata, views
         self.stop = stop  # installed by the caller to cover its setup too; else fit installs its own
         self.train_loader, self.test_loader = train_loader, test_loader
         self.device = ctx.device
@@ -377,7 +352,7 @@ class Trainer:
         eval_start = time.perf_counter()
         test = evaluate(self.eval_model, self.test_loader, device=self.device,
                         precision=self.config.precision, channels_last=self.config.channels_last,
-                        tta=self.tta, ctx=self.ctx)
+                        views=self.views, ctx=self.ctx)
         record = {
             "epoch": epoch + 1, "train_loss": values["loss"], "train_acc": values["top1"],
             "test_loss": test["loss"], "test_acc": test["acc"], "test_top5": test["top5"],
@@ -420,7 +395,7 @@ class Trainer:
     def _train_step(self, x: torch.Tensor, y: torch.Tensor, step: int, total: int,
                     sums: RunningSums) -> None:
         config = self.config
-        x, y = _to_device(x, y, self.device, config.channels_last)
+        x, y = to_device(x, y, self.device, config.channels_last)
         accum = config.grad_accum_steps
         boundary = (step + 1) % accum == 0 or step + 1 == total
         in_step = micro_batches_in_step(step, total, accum)
@@ -600,8 +575,3 @@ def _set_rng_states(states: dict[str, Any]) -> None:
         if cuda is not None:
             torch.cuda.set_rng_state(cuda)
 
-
-def fit(model: nn.Module, train_loader, test_loader, config: TrainConfig, *, ctx: DistContext,
-        metadata: dict[str, str], tta: TTA | None = None) -> list[dict[str, Any]]:
-    """Train ``model`` as ``config`` says and return the per-epoch history (see :class:`Trainer`)."""
-    return Trainer(model, train_loader, test_loader, config, ctx=ctx, metadata=metadata, tta=tta).fit()
