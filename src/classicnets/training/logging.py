@@ -1,4 +1,5 @@
-"""What a run records: the per-epoch line the seeds print, JSONL and CSV logs, and d2l-style curves.
+"""What a run records: the per-epoch line the seeds print and the JSONL and CSV logs (the curves are drawn
+by :mod:`classicnets.inference.plots`).
 
 Every file is rewritten from the whole history at the end of each epoch (they are a few kilobytes), so a
 resumed run's logs hold exactly the epochs its checkpoint holds, with no duplicates from a killed attempt.
@@ -15,7 +16,6 @@ from typing import Any
 
 METRICS_JSONL = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
-CURVES_PNG = "curves.png"
 CONFIG_JSON = "config.json"
 
 
@@ -42,33 +42,3 @@ def write_logs(run_dir: Path, history: list[dict[str, Any]]) -> None:
         writer.writeheader()
         writer.writerows(history)
         write_text_atomic(run_dir / METRICS_CSV, buffer.getvalue())
-
-
-def plot_curves(run_dir: Path, history: list[dict[str, Any]], title: str = "") -> Path:
-    """curves.png: train loss, train and test accuracy against epoch on one axis, as d2l draws them.
-
-    Drawn on a bare Figure with the Agg canvas (no pyplot state), so any thread may call it; the trainer
-    draws on its checkpoint thread.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    epochs = [r["epoch"] for r in history]
-    fig = Figure(figsize=(5, 3.5), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.plot(epochs, [r["train_loss"] for r in history], "-", label="train loss")
-    ax.plot(epochs, [r["train_acc"] for r in history], "m--", label="train acc")
-    ax.plot(epochs, [r["test_acc"] for r in history], "g-.", label="test acc")
-    ax.set_xlabel("epoch")
-    ax.set_xlim(0.5, max(epochs[-1], 1) + 0.5)
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="best")
-    if title:
-        ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    path = run_dir / CURVES_PNG
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
-    os.replace(tmp, path)
-    return path

@@ -33,10 +33,11 @@ import torch.nn as nn
 from .. import checkpoint as ckpt
 from ..errors import ClassicnetsError, ConfigError
 from ..evaluation import NO_TTA, EvalViews, RunningSums, evaluate_batches, to_device
+from ..inference.plots import plot_curves
 from ..runtime import autocast, reused_host_memory
 from .config import TrainConfig, config_from_dict
 from .distributed import DistContext, all_gather_objects, all_reduce_, barrier, wrap_model
-from .logging import CONFIG_JSON, epoch_line, plot_curves, write_logs, write_text_atomic
+from .logging import CONFIG_JSON, epoch_line, write_logs, write_text_atomic
 from .speed import resolve_speed
 
 # Settings that may change when a run resumes; any other difference is refused.
