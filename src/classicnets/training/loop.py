@@ -13,12 +13,10 @@ partial sums, and on resume replays the epoch's data order up to the step where 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import random
 import re
-import shutil
 import signal
 import threading
 import time
@@ -35,17 +33,12 @@ from ..errors import ClassicnetsError, ConfigError
 from ..evaluation import NO_TTA, EvalViews, RunningSums, evaluate_batches, to_device
 from ..inference.plots import plot_curves
 from ..runtime import autocast, reused_host_memory
-from .config import TrainConfig, config_from_dict
-from .distributed import DistContext, all_gather_objects, all_reduce_, barrier, wrap_model
-from .logging import CONFIG_JSON, epoch_line, write_logs, write_text_atomic
+from .config import TrainConfig
+from .distributed import DistContext, all_reduce_, barrier, wrap_model
+from .logging import epoch_line, write_logs
+from .rundir import PartialEpoch, ResumePoint, prepare_run_dir
 from .speed import resolve_speed
 
-# Settings that may change when a run resumes; any other difference is refused.
-RESUMABLE_CHANGES = {"epochs", "progress", "log_every", "num_workers", "out", "resume", "overwrite",
-                     "device", "data_dir", "eval_batch_size", "compile", "cpu_threads",
-                     # the global batch stays batch_size when a run resumes on another number of processes
-                     # with more or fewer accumulation steps per process
-                     "grad_accum_steps", "sync_batchnorm"}
 
 class NonFiniteLossError(ClassicnetsError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
@@ -247,16 +240,20 @@ class Trainer:
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         self.history: list[dict[str, Any]] = []
         self.best_acc, self.best_epoch = -1.0, 0
-        self.start_epoch, self.start_step = 0, 0
-        self.partial: dict[str, Any] | None = None
-        self.train_model = self.eval_model = self.model
+        self.start_epoch = 0
+        self.partial = PartialEpoch()  # of the epoch a resumed run starts in
+        self.images_before = 0  # images of the current epoch trained before a resume
+        # the model as trained (DDP, torch.compile) and as evaluated; wrapped once the weights are loaded
+        self.ddp_model = self.train_model = self.eval_model = self.model
         self.saver = ckpt.BackgroundSaver()
 
     # ----------------------------------------------------------------------------------- public
 
     def fit(self) -> list[dict[str, Any]]:
         """Train for the configured epochs (continuing a checkpoint with ``resume``); return the history."""
-        self._prepare_run_dir()
+        point = prepare_run_dir(self.run_dir, self.config, self.ctx, self.metadata, self.print)
+        if point is not None:
+            self._resume(point)
         self._wrap_model()
         stop_signals = contextlib.nullcontext(self.stop) if self.stop else StopSignals()
         try:
@@ -276,61 +273,14 @@ class Trainer:
         barrier(self.ctx)
         return self.history
 
-    # ------------------------------------------------------------------------------ run directory
-
-    def _prepare_run_dir(self) -> None:
-        last = self.run_dir / ckpt.LAST
-        has_run = last.exists() or any(self.run_dir.glob(f".{ckpt.LAST}.old-*"))
-        if self.config.resume and has_run:
-            self._resume()
-        elif self.config.resume:
-            self.print(f"no checkpoint in {self.run_dir}; starting a new run there")
-        elif has_run and not self.config.overwrite:
-            raise ConfigError(f"{self.run_dir} already holds a run; continue it with --resume, "
-                              "replace it with --overwrite, or choose another --out")
-        if self.ctx.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            if self.config.overwrite and not self.config.resume:
-                for name in (ckpt.LAST, ckpt.BEST):
-                    shutil.rmtree(self.run_dir / name, ignore_errors=True)
-            write_text_atomic(self.run_dir / CONFIG_JSON, json.dumps(self.config.to_dict(), indent=1) + "\n")
-        barrier(self.ctx)
-
-    def _resume(self) -> None:
-        source = self.run_dir / ckpt.LAST
-        state = ckpt.load_trainer_state(self.run_dir)
-        weights, metadata = ckpt.load_model_weights(ckpt.resolve_checkpoint_dir(self.run_dir, (ckpt.LAST,)))
-        identity = ckpt.parse_metadata(self.metadata)
-        ckpt.check_same_model(metadata, model=identity["model"], model_options=identity["model_options"],
-                              num_classes=identity["num_classes"], in_channels=identity["in_channels"],
-                              source=source)
-        self._check_config_matches(state["config"], source)
-        ckpt.load_into_model(self.model, weights, source)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["scheduler"])
-        self.history = list(state["history"])
-        self.best_acc, self.best_epoch = state["best_acc"], state["best_epoch"]
-        self.start_epoch, self.start_step = state["epoch"], state["step_in_epoch"]
-        # The step counts micro-batches, and a stop comes only after a whole optimizer step. With other
-        # accumulation steps the same optimizer steps (the same images: every micro-batch of a step comes
-        # from that step's slice of the epoch's order) are other micro-batches.
-        saved_accum = state["config"].get("grad_accum_steps", 1)
-        self.start_step = self.start_step // saved_accum * self.config.grad_accum_steps
-        self.partial = state.get("partial")
-        self.print(f"resuming {source} at epoch {self.start_epoch + 1}"
-                   + (f", step {self.start_step}" if self.start_step else ""))
-
-    def _check_config_matches(self, saved: dict[str, Any], source: Path) -> None:
-        before = config_from_dict(saved, f"{source}/trainer.json").to_dict()
-        now = self.config.to_dict()
-        changed = {k for k in now if now[k] != before.get(k)} - RESUMABLE_CHANGES
-        if "epochs" in {k for k in now if now[k] != before.get(k)} and self.config.schedule in (
-                "onecycle", "cosine"):
-            changed.add("epochs")  # these schedules are laid out over the whole run
-        if changed:
-            diffs = "; ".join(f"{k}: saved {before.get(k)!r}, now {now[k]!r}" for k in sorted(changed))
-            raise ConfigError(f"--resume with other settings than {source} was trained with ({diffs}); "
-                              "use the saved settings (see config.json) or start a new run")
+    def _resume(self, point: ResumePoint) -> None:
+        ckpt.load_into_model(self.model, point.weights, point.source)
+        self.optimizer.load_state_dict(point.optimizer)
+        self.schedule.load_state_dict(point.scheduler)
+        self.history, self.best_acc, self.best_epoch = point.history, point.best_acc, point.best_epoch
+        self.start_epoch, self.partial = point.epoch, point.partial
+        self.print(f"resuming {point.source} at epoch {self.start_epoch + 1}"
+                   + (f", step {point.partial.step}" if point.partial.step else ""))
 
     def _wrap_model(self) -> None:
         self.ddp_model = self.train_model = wrap_model(self.model, self.ctx, self.config.sync_batchnorm)
@@ -379,8 +329,8 @@ class Trainer:
             loader.set_epoch(epoch)
         seed_everything(config.seed, epoch, self.ctx.rank)
         sums = RunningSums(self.device, ks=(1,))
-        self.images_before = 0
-        skip = self._restore_partial(sums) if epoch == self.start_epoch else 0
+        resumed = epoch == self.start_epoch
+        skip, self.images_before = self.partial.restore(sums, self.ctx) if resumed else (0, 0)
         total = len(loader)
         with self._progress(epoch, total) as advance:
             for step, (x, y) in enumerate(loader):
@@ -430,26 +380,6 @@ class Trainer:
         if signum and stop.signum is None:
             stop.signum = signum
         return bool(signum)
-
-    def _restore_partial(self, sums: RunningSums) -> int:
-        """Sums and RNG states of an epoch stopped part-way; returns the steps already done.
-
-        Each rank takes back its own share. On another number of processes the shards differ anyway (the
-        run goes on, not bit for bit): rank 0 takes the epoch's totals so far and its old RNG states.
-        """
-        self.images_before = 0
-        if not self.start_step or self.partial is None:
-            return 0
-        # checkpoints written before the ranks' shares were gathered hold rank 0's alone
-        ranks = self.partial.get("ranks", [self.partial])
-        self.images_before = int(sum(int(share["sums"][1]) for share in ranks))  # all-reduced counts
-        if len(ranks) == self.ctx.world_size:
-            sums.load_state(ranks[self.ctx.rank]["sums"])
-            _set_rng_states(ranks[self.ctx.rank]["rng"])
-        elif self.ctx.is_main:
-            sums.load_state(torch.stack([share["sums"] for share in ranks]).sum(0))
-            _set_rng_states(ranks[0]["rng"])
-        return self.start_step
 
     @contextlib.contextmanager
     def _progress(self, epoch: int, total: int) -> Iterator[Callable[[int, RunningSums], None]]:
@@ -513,8 +443,7 @@ class Trainer:
         partial = None
         if partial_sums is not None:
             # a mid-epoch stop: every rank's sums and RNG states, for an exact resume on each of them
-            mine = {"sums": partial_sums.state().cpu(), "rng": _rng_states()}
-            partial = {"ranks": all_gather_objects(mine, self.ctx)}
+            partial = PartialEpoch.capture(partial_sums, self.ctx)
         if not self.ctx.is_main:
             return
         state = {
@@ -552,27 +481,4 @@ def _is_terminal() -> bool:
     from rich.console import Console
 
     return Console().is_terminal  # no live bar in logs and pipes: only the epoch lines
-
-
-def _rng_states() -> dict[str, Any]:
-    states: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                              "python": random.getstate()}
-    if torch.cuda.is_available():
-        # this process's GPU only: a resume may see fewer GPUs (another node, one GPU per task under SLURM)
-        states["cuda"] = torch.cuda.get_rng_state()
-    return states
-
-
-def _set_rng_states(states: dict[str, Any]) -> None:
-    torch.set_rng_state(states["torch"])
-    name, keys, pos, has_gauss, cached = states["numpy"]
-    np.random.set_state((name, keys.numpy() if hasattr(keys, "numpy") else keys, pos, has_gauss, cached))
-    version, internal, gauss = states["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in states and torch.cuda.is_available():
-        cuda = states["cuda"]
-        if isinstance(cuda, (list, tuple)):  # checkpoints that saved every visible GPU's state
-            cuda = cuda[torch.cuda.current_device()] if torch.cuda.current_device() < len(cuda) else None
-        if cuda is not None:
-            torch.cuda.set_rng_state(cuda)
 
