@@ -55,8 +55,8 @@ def test_the_package_was_read():
     assert {"classicnets.registry", "classicnets.models.alexnet", "classicnets.training.loop"} <= set(MODULES)
 
 
-def test_checkpoint_evaluation_inspect_and_data_never_import_training():
-    bad = _violations(lambda m: _under(m, "checkpoint", "evaluation", "inspect", "data"),
+def test_checkpoint_evaluation_inspect_data_and_inference_never_import_training():
+    bad = _violations(lambda m: _under(m, "checkpoint", "evaluation", "inspect", "data", "inference"),
                       lambda i: _under(i, "training"))
     assert not bad, bad
 
