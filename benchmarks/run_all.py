@@ -45,6 +45,7 @@ def steps(args) -> dict[str, list[str]]:
         "train_step_zoo": ["train_step.py", "--models", *zoo, "--configs", "fp32", fast,
                            "--out", "train_step_zoo", *zoo_size, *dev],
         "loader_throughput": ["loader_throughput.py", *dev],
+        "store_throughput": ["store_throughput.py", *dev],  # a prepared store against its JPEG folder
         "epoch_overheads": ["epoch_overheads.py"],  # checkpoint, curves and eval costs (CPU)
         "lrn": ["lrn.py", *dev],  # the paper AlexNet's LRN: classicnets' against torch's composite
         # where the time of a step goes (torch.profiler tables in results/profile_*.txt)
@@ -129,6 +130,20 @@ def loader_section(lt: dict) -> str:
     )
 
 
+def store_section(st: dict) -> str:
+    rows = [[r["what"], common.fmt(r["images_per_s"], 0)] for r in st["rows"]]
+    summary = st["summary"]
+    return (
+        f"**Prepared store against its JPEG folder** (`classicnets prepare`; the paper's batches at 224, "
+        f"batch {st['settings']['batch_size']}, {_where(st['machine'])}, shared: 1-min load average "
+        f"{st['machine']['load_average_1m']:.0f}): store / folder "
+        f"{summary['store_vs_folder']:.1f}x with the transform on the CPU, "
+        f"{summary['host_side_store_vs_folder']:.0f}x on the host side alone (what a GPU waits for; one P100 "
+        f"trained AlexNet at 2,987 img/s in TensorFlow's 2017 benchmarks):\n\n"
+        + common.markdown_table(["what", "img/s"], rows)
+    )
+
+
 def tta_section(tta: dict, what: str = "reduced runs on the CPU") -> str:
     rows = []
     for recipe, run in tta["runs"].items():
@@ -176,6 +191,7 @@ def readme_table(results: Path = common.RESULTS_DIR) -> str:
         ("train_step_zoo", lambda d: step_section(d, "Training step, the zoo at each recipe's input size")),
         ("lrn", lrn_section),
         ("loader_throughput", loader_section),
+        ("store_throughput", store_section),
         ("time_to_accuracy_quick", lambda d: tta_section(d, "the quick recipe in full, on all 10,000 "
                                                              "test images")),
         ("time_to_accuracy", tta_section),

@@ -95,6 +95,8 @@ TINY_RUNS = {
     "loader_throughput": ["--batches", "2", "--batch-size", "16", "--folder-images", "32", "--num-workers",
                           "0", "--image-size", "64", "--skip-model"],
     "epoch_overheads": ["--reps", "1", "--eval-images", "64"],
+    "store_throughput": ["--images", "16", "--classes", "2", "--batch-size", "4", "--timed-images", "8",
+                         "--num-workers", "0"],
     "lrn": ["--batch-size", "2", "--steps", "1", "--reps", "1"],
     "eval_memory": ["--batch-sizes", "2"],
     "distributed_scaling": ["--nproc", "1", "2", "--", "--model", "alexnet_28", "--model-options",

@@ -57,7 +57,8 @@ def test_a_threshold_never_crossed_counts_the_run_length_as_a_bound():
 
 
 def test_diff_and_ratio_pair_runs_by_seed():
-    runs = {("a", 0): record([0.8]), ("b", 0): record([0.6]), ("a", 1): record([0.9]), ("b", 1): record([0.3])}
+    runs = {("a", 0): record([0.8]), ("b", 0): record([0.6]),
+            ("a", 1): record([0.9]), ("b", 1): record([0.3])}
     diff = {"read": "diff", "a": {"read": "at", "run": "a", "key": "test_acc"},
             "b": {"read": "at", "run": "b", "key": "test_acc"}}
     m = cl.measure(diff, runs, [0, 1])
@@ -143,10 +144,12 @@ def test_a_scale_reduces_every_run_and_model_options_merge():
     experiment = load_experiment("paper-relu-tanh")
     tanh = experiment.settings("tanh", "cpu")
     assert tanh["model_options"] == {"activation": "tanh"}
-    assert tanh["epochs"] == 12 and tanh["subset"] == 10000
+    assert tanh["epochs"] == 15 and tanh["subset"] == 10000
     ablations = load_experiment("paper-ablations")
     one_tower = ablations.settings("one-tower-half", "cpu")["model_options"]
-    assert one_tower == {"towers": 1, "conv_widths": [12, 32, 48, 48, 64], "stem": "small", "width_mult": 0.25}
+    assert one_tower == {"towers": 1, "conv_widths": [12, 32, 48, 48, 64], "stem": "small",
+                         "width_mult": 0.25, "unit_bias": 0.1}
+    assert ablations.settings("bias-1", "cpu")["model_options"]["unit_bias"] == 1.0
 
 
 def test_unknown_experiment_and_scale_name_the_close_matches():
@@ -241,10 +244,20 @@ def test_runner_refuses_a_folder_that_holds_another_experiment(tmp_path):
         reproduce(parse_experiment(tiny_spec()), scale="smoke", out=out)
 
 
-def test_a_diverged_run_is_recorded_and_reported(tmp_path):
-    spec = tiny_spec(epochs=1)
-    spec["runs"]["tanh"]["lr"] = 1e6  # diverges at once
-    results = reproduce(parse_experiment(spec), scale="smoke", out=tmp_path / "o", seeds=1, print_fn=lambda _: None)
+def test_a_diverged_run_is_recorded_and_reported(tmp_path, monkeypatch):
+    import classicnets.experiment as wiring
+    from classicnets.training.loop import NonFiniteLossError
+
+    train = wiring.train
+
+    def diverging_tanh(config):
+        if config["model_options"]["activation"] == "tanh":
+            raise NonFiniteLossError("the loss became nan at epoch 1, step 3")
+        return train(config)
+
+    monkeypatch.setattr(wiring, "train", diverging_tanh)
+    results = reproduce(parse_experiment(tiny_spec(epochs=1)), scale="smoke", out=tmp_path / "o", seeds=1,
+                        print_fn=lambda _: None)
     statuses = {r["run"]: r["status"] for r in results["runs"]}
     assert statuses == {"relu": "done", "tanh": "diverged"}
     assert results["claims"][0]["verdict"] == cl.NO_DATA

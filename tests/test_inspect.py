@@ -459,7 +459,7 @@ def test_bad_arguments():
     with pytest.raises(ConfigError, match="real weights"):
         summarize(meta_model("nin"), measure=True)
     if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="no CUDA GPU"):
+        with pytest.raises(ConfigError, match="sees no GPU here"):  # runtime.resolve_device's message
             summarize(model, input_size=(2,), measure=True, device="cuda")
 
 

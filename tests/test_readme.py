@@ -30,22 +30,24 @@ def test_readme_commands_are_makefile_targets():
 
 
 def readme_commands() -> list[tuple[list[str], bool]]:
-    """Every `classicnets ...` line of the README's shell blocks, in order, with whether it is GPU-sized
-    (its comment says so: those are skipped here, a CPU would take hours)."""
+    """Every `classicnets ...` line of the README's shell blocks, in order, with whether it is skipped here:
+    GPU-sized (a CPU would take hours) or run on the reader's own files (its comment says which)."""
     import re
     import shlex
 
     commands = []
     for block in re.findall(r"```sh\n(.*?)```", README.read_text(), flags=re.DOTALL):
-        for line in block.splitlines():
+        for line in block.replace("\\\n", " ").splitlines():  # a continued line is one command
             command, _, comment = line.partition("#")
             if command.strip().startswith("classicnets "):
-                commands.append((shlex.split(command)[1:], "GPU-sized" in comment))
+                skipped = "GPU-sized" in comment or "your files" in comment
+                commands.append((shlex.split(command)[1:], skipped))
     return commands
 
 
 # What makes each command small enough for a test: the same command on less data.
-SHRINK = {"train": ["--subset", "2048", "--epochs", "1"], "eval": ["--limit", "500"]}
+SHRINK = {"train": ["--subset", "2048", "--epochs", "1"], "eval": ["--limit", "500"],
+          "show neighbours": ["--limit", "2000"], "reproduce": ["--scale", "smoke"]}
 
 
 @pytest.mark.slow
@@ -62,7 +64,8 @@ def test_the_readme_commands_work_in_order_in_a_fresh_folder(tmp_path, monkeypat
     for args, gpu_sized in commands:
         if gpu_sized:
             continue
-        shrink = [] if "--resume" in args else SHRINK.get(args[0], [])  # a resumed run keeps its settings
+        shrink = SHRINK.get(" ".join(args[:2]), SHRINK.get(args[0], []))
+        shrink = [] if "--resume" in args else shrink  # a resumed run keeps its settings
         code = main([*args, *shrink])
         captured = capsys.readouterr()
         assert code == 0, f"`classicnets {' '.join(args)}` failed: {captured.err}"
@@ -81,3 +84,15 @@ def test_every_readme_command_that_needs_a_gpu_says_so():
         recipe = args[args.index("--recipe") + 1] if "--recipe" in args else None
         if recipe in ("d2l", "fast", "paper") or "--nproc" in args:
             assert gpu_sized, f"`classicnets {' '.join(args)}` takes hours on a CPU: mark it GPU-sized"
+
+
+def test_every_test_docs_reliability_names_exists():
+    """docs/reliability.md says which test guards each guarantee: each must exist, or the page lies."""
+    import re
+
+    page = (README.parent / "docs" / "reliability.md").read_text()
+    cited = re.findall(r"`(tests/test_\w+\.py)::(test_\w+)", page)
+    assert len(cited) >= 30
+    missing = [f"{path}::{name}" for path, name in cited
+               if not re.search(rf"^def {name}\(", (README.parent / path).read_text(), flags=re.M)]
+    assert not missing, f"docs/reliability.md cites tests that do not exist: {missing}"

@@ -31,6 +31,7 @@ _EXPORTS = {
     "load_dataset": "data",
     "build_loaders": "data",
     "load_weights": "weights",
+    "prepare": "data.prepare",
 }
 
 # subpackages reachable as attributes without their own import: classicnets.show.kernels(...)

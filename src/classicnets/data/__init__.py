@@ -11,12 +11,15 @@ from .formats import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
 from .loaders import (
     DeviceLoader,
     Loaders,
+    StoreLoader,
     StreamingLoader,
     build_loaders,
     folder_eval_loader,
     image_folder_root,
 )
+from .prepare import prepare
 from .sources import DATASETS, ArrayDataset, load_dataset, make_synthetic
+from .store import is_store, open_store
 
 __all__ = [
     "AUGMENTS",
@@ -27,11 +30,15 @@ __all__ = [
     "ColourPCA",
     "DeviceLoader",
     "Loaders",
+    "StoreLoader",
     "StreamingLoader",
     "build_loaders",
     "folder_eval_loader",
     "image_folder_root",
+    "is_store",
     "load_dataset",
     "make_synthetic",
+    "open_store",
     "pre_crop_size",
+    "prepare",
 ]

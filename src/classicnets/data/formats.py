@@ -277,6 +277,41 @@ def _scan(root: Path, on_bad: str) -> FolderScan:
     return scan
 
 
+TEST_SPLIT_NAMES = ("val", "test")  # the held-out split's folder, first found wins
+
+
+def split_dir(root: Path, names: tuple[str, ...]) -> Path:
+    """``root/<name>`` for the first of ``names`` that exists; a clear error when none does."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise DatasetError(f"image folder {root} is a file, not a folder; pass the folder that holds "
+                           "train/ and val/ (or test/)")
+    for name in names:
+        if (root / name).is_dir():
+            return root / name
+    if not root.exists():
+        raise DatasetError(f"image folder {root} does not exist; pass --dataset with a folder that holds "
+                           f"train/<class>/<images> and val/<class>/<images>, or a named dataset "
+                           f"(fashion-mnist, mnist, cifar10, ...)")
+    raise DatasetError(
+        f"image folder {root} has no {' or '.join(f'{n}/' for n in names)} sub-folder; expected "
+        f"{root}/train/<class>/<images> and {root}/val/<class>/<images> (or test/)."
+    )
+
+
+def scan_splits(root: Path, *, on_bad: str = "skip") -> tuple[FolderScan, FolderScan]:
+    """The train/ and val/ (or test/) scans of an image folder, which must hold the same class folders."""
+    train = scan_image_folder(split_dir(root, ("train",)), on_bad=on_bad)
+    test = scan_image_folder(split_dir(root, TEST_SPLIT_NAMES), on_bad=on_bad)
+    if test.classes != train.classes:
+        raise DatasetError(
+            f"{root}: train/ and {test.root.name}/ have different class folders "
+            f"(only in train: {sorted(set(train.classes) - set(test.classes))}, "
+            f"only in {test.root.name}: {sorted(set(test.classes) - set(train.classes))})"
+        )
+    return train, test
+
+
 # Pillow's modes for more than 8 bits a pixel: 16-bit grey PNG and TIFF open as I;16*, 16-bit PGM as I.
 # Pillow's own convert("L"/"RGB") clips them at 255 (every value above 255 white: a black-and-white image).
 HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -342,3 +377,19 @@ def _to_8bit(image, mode: str):
         values = np.asarray(image).astype(np.int64, copy=False)  # uint16 (either byte order) or int32
         image = Image.fromarray((values.clip(0, 65535) >> 8).astype(np.uint8))  # mode L
     return image if image.mode == mode else image.convert(mode)
+
+
+def decode_square(path: Path, size: int, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """The paper's preparation of one image as uint8 (size, size, 3): shorter side to ``size``, centre square,
+    in one bilinear resample (JPEGs first decoded at reduced scale where both sides stay >= ``size``).
+
+    The one home of this step: the streaming folder loader and ``classicnets prepare`` both call it, so a
+    prepared store holds bit for bit what the folder path decodes."""
+    from PIL import Image
+
+    image = decode_image(path, max_pixels=max_pixels, draft=(size, size))
+    width, height = image.size
+    side = min(width, height)
+    box = ((width - side) / 2, (height - side) / 2, (width + side) / 2, (height + side) / 2)
+    square = image.resize((size, size), Image.Resampling.BILINEAR, box=box)
+    return np.asarray(square)

@@ -1,6 +1,6 @@
 """Loaders that hand the trainer ready batches: (x float (B, C, S, S) on the device, y int64 on the device).
 
-Two kinds, one interface (``len``, iteration, ``set_epoch``):
+Three kinds, one interface (``len``, iteration, ``set_epoch``):
 
 - :class:`DeviceLoader` for sets that fit in memory (Fashion-MNIST, MNIST, CIFAR, synthetic): the whole set
   is one uint8 tensor on the training device; a batch is an index into it, then whole-batch transforms there
@@ -8,6 +8,9 @@ Two kinds, one interface (``len``, iteration, ``set_epoch``):
 - :class:`StreamingLoader` for image folders: worker processes decode with Pillow to uint8 at the paper's
   256 (``torch.utils.data.DataLoader``, ``DistributedSampler`` across ranks), the crops, flips, PCA colour and
   normalisation then run batched on the device like the in-memory sets.
+- :class:`StoreLoader` for image folders decoded once by ``classicnets prepare`` (``store.py``): batches are
+  gathered from memory-mapped uint8 shards by a background thread, then transformed on the device as a
+  folder's are.
 
 Order and augmentation are seeded from (seed, epoch, rank): same seed, same batches. A loader advances its
 epoch after each full pass; ``set_epoch(e)`` sets it explicitly (as DistributedSampler does).
@@ -28,6 +31,7 @@ import torch
 from ..errors import ConfigError, DatasetError, refuse_url
 from . import augment as aug
 from . import formats
+from . import store as store_format
 from .sources import ArrayDataset, canonical_name, check_data_dir, load_dataset
 
 
@@ -196,18 +200,12 @@ class FolderDataset(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int):
-        from PIL import Image
-
         path = self.paths[index]
         try:
-            image = formats.decode_image(path, max_pixels=self.max_pixels, draft=(self.size, self.size))
+            square = formats.decode_square(path, self.size, max_pixels=self.max_pixels)
         except DatasetError as error:
             return None, self.labels[index], (str(path), str(error))
-        width, height = image.size
-        side = min(width, height)
-        box = ((width - side) / 2, (height - side) / 2, (width + side) / 2, (height + side) / 2)
-        square = image.resize((self.size, self.size), Image.Resampling.BILINEAR, box=box)
-        return torch.from_numpy(np.asarray(square).copy()), self.labels[index], None
+        return torch.from_numpy(square.copy()), self.labels[index], None
 
 
 def _collate(items):
@@ -315,6 +313,129 @@ class StreamingLoader:
         self.skipped.extend(failures)
 
 
+# ---------------------------------------------------------------------------------------- from a store
+
+
+class StoreLoader:
+    """Batches from a prepared store (``classicnets prepare``): each batch's images are gathered from the
+    memory-mapped shards into a reused (pinned, on CUDA) buffer by a background thread while the previous
+    batch trains, copied to the device, and transformed there like an image folder's.
+
+    Order: ``DistributedSampler``'s, exactly (a permutation seeded by seed + epoch, ``drop_last``, rank r
+    takes every world_size-th index from r), so a store and its folder give the same batches, in the same
+    order when the store has one shard; with several shards a batch's images come grouped by shard.
+    ``resize_to``: resize on the device first (when the store's side does not suit the image size)."""
+
+    def __init__(
+        self,
+        split,
+        *,
+        batch_size: int,
+        transform: aug.BatchTransform,
+        device: torch.device | str = "cpu",
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        indices: np.ndarray | None = None,
+        limit: int | None = None,
+        resize_to: int | None = None,
+        prefetch: int = 2,
+    ):
+        if not 0 <= rank < world_size:
+            raise ConfigError(f"rank must lie in 0..world_size-1, found rank {rank}, world_size {world_size}")
+        self.split, self.transform, self.device = split, transform, torch.device(device)
+        self.batch_size, self.shuffle, self.seed, self.rank, self.world_size = (
+            batch_size, shuffle, seed, rank, world_size)  # fmt: skip
+        self.indices = np.arange(len(split)) if indices is None else np.asarray(indices, dtype=np.int64)
+        self.indices = self.indices[:limit]
+        self.resize_to, self.prefetch, self.epoch = resize_to, max(1, prefetch), 0
+        self._buffers: list[torch.Tensor] | None = None
+        if shuffle:
+            self.batch_size = training_batch_size(batch_size, self.num_samples, len(self.indices), world_size)
+
+    @property
+    def num_samples(self) -> int:
+        if self.shuffle:
+            return len(self.indices) // self.world_size
+        return len(range(self.rank, len(self.indices), self.world_size))
+
+    def __len__(self) -> int:
+        if self.shuffle:
+            return self.num_samples // self.batch_size
+        return -(-self.num_samples // self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def epoch_indices(self, epoch: int) -> np.ndarray:
+        """The store indices this rank visits in ``epoch``: DistributedSampler(shuffle, drop_last)'s order."""
+        total = len(self.indices)
+        if not self.shuffle:
+            return self.indices[self.rank :: self.world_size]
+        order = torch.randperm(total, generator=torch.Generator().manual_seed(self.seed + epoch)).numpy()
+        return self.indices[order[: self.num_samples * self.world_size][self.rank :: self.world_size]]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        epoch = self.epoch
+        indices = self.epoch_indices(epoch)
+        batches = [indices[i : i + self.batch_size] for i in range(0, len(indices), self.batch_size)]
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(stream_seed(self.seed, epoch, self.rank, 1))
+        # one buffer more than batches in flight: the one being consumed is never written; kept across
+        # epochs (pinning memory is slow), unless another pass over this loader is still using them
+        buffers, self._buffers = self._buffers, None
+        if buffers is None:
+            side, pinned = self.split.image_size, self.device.type == "cuda"
+            buffers = [torch.empty((self.batch_size, side, side, 3), dtype=torch.uint8, pin_memory=pinned)
+                       for _ in range(self.prefetch + 1)]  # fmt: skip
+        try:
+            yield from self._batches(batches[: len(self)], buffers, generator)
+        finally:
+            self._buffers = buffers  # the gathering threads have finished with them
+        self.epoch = epoch + 1
+
+    def _batches(self, batches: list[np.ndarray], buffers: list[torch.Tensor], generator: torch.Generator):
+        from concurrent.futures import ThreadPoolExecutor
+
+        slots, cuda = len(buffers), self.device.type == "cuda"
+        copied: list = [None] * slots  # CUDA events: a buffer is refilled only after its copy is done
+        with ThreadPoolExecutor(self.prefetch, thread_name_prefix="store-gather") as pool:
+            pending = [pool.submit(self._fill, batches[i], buffers[i % slots], copied, i % slots)
+                       for i in range(min(self.prefetch, len(batches)))]  # fmt: skip
+            try:
+                for i in range(len(batches)):
+                    images, labels = pending.pop(0).result()
+                    images = images.to(self.device, non_blocking=True)
+                    if cuda:
+                        copied[i % slots] = torch.cuda.Event()
+                        copied[i % slots].record()
+                    x = self._transformed(images, generator)  # on the CPU the buffer is read here
+                    ahead = i + self.prefetch
+                    if ahead < len(batches):
+                        task = (batches[ahead], buffers[ahead % slots], copied, ahead % slots)
+                        pending.append(pool.submit(self._fill, *task))
+                    yield x, labels.to(self.device, non_blocking=True)
+            finally:
+                for task in pending:
+                    task.cancel()
+
+    def _fill(self, indices: np.ndarray, buffer: torch.Tensor, copied: list, slot: int):
+        if copied[slot] is not None:
+            copied[slot].synchronize()
+        order = self.split.gather(indices, buffer)
+        labels = self.split.labels[torch.from_numpy(indices[order])]
+        if self.device.type == "cuda":  # an asynchronous copy needs pinned memory (torch caches the blocks)
+            labels = labels.pin_memory()
+        return buffer[: len(indices)], labels
+
+    def _transformed(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        images = images.permute(0, 3, 1, 2)  # NHWC bytes -> NCHW view
+        if self.resize_to is not None and self.resize_to != images.shape[-1]:
+            images = aug.resize(aug.to_float(images), self.resize_to)
+        return self.transform(images, generator)
+
+
 # -------------------------------------------------------------------------------------- the builder
 
 
@@ -360,8 +481,8 @@ class LoaderSpec:
 class Loaders:
     """What ``build_loaders`` returns: the two loaders and what a model and a checkpoint need to know."""
 
-    train: DeviceLoader | StreamingLoader
-    test: DeviceLoader | StreamingLoader
+    train: DeviceLoader | StreamingLoader | StoreLoader
+    test: DeviceLoader | StreamingLoader | StoreLoader
     classes: list[str]
     in_channels: int
     num_classes: int
@@ -372,7 +493,8 @@ class Loaders:
     dataset: str  # the name, or the image folder's path (either can be passed back to build_loaders)
     train_size: int  # images in the training split used (after ``subset``), all ranks together
     test_size: int
-    test_uncropped: DeviceLoader | StreamingLoader | None = None  # at pre_crop_size, for ten-crop TTA
+    # at pre_crop_size, for ten-crop TTA
+    test_uncropped: DeviceLoader | StreamingLoader | StoreLoader | None = None
     pca: aug.ColourPCA | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)  # files left out while scanning folders
 
@@ -420,6 +542,8 @@ def build_loaders(
         num_workers=num_workers, on_bad=on_bad, max_pixels=max_pixels, stats=stats,
     )
     folder = image_folder_root(dataset, data_dir)
+    if folder is not None and store_format.is_store(folder):
+        return _assemble(spec, _StoreParts.open(folder, spec))
     if folder is not None:
         return _assemble(spec, _FolderParts.scan(folder, spec))
     if isinstance(dataset, str):
@@ -562,23 +686,6 @@ class _ArrayParts(_Parts):
         return loader
 
 
-def _split_dir(root: Path, names: tuple[str, ...]) -> Path:
-    if root.exists() and not root.is_dir():
-        raise DatasetError(f"image folder {root} is a file, not a folder; pass the folder that holds "
-                           "train/ and val/ (or test/)")
-    for name in names:
-        if (root / name).is_dir():
-            return root / name
-    if not root.exists():
-        raise DatasetError(f"image folder {root} does not exist; pass --dataset with a folder that holds "
-                           f"train/<class>/<images> and val/<class>/<images>, or a named dataset "
-                           f"(fashion-mnist, mnist, cifar10, ...)")
-    raise DatasetError(
-        f"image folder {root} has no {' or '.join(f'{n}/' for n in names)} sub-folder; expected "
-        f"{root}/train/<class>/<images> and {root}/val/<class>/<images> (or test/)."
-    )
-
-
 @dataclass
 class _FolderParts(_Parts):
     """An image folder: worker processes decode each split at the pre-crop size (:class:`StreamingLoader`)."""
@@ -588,14 +695,7 @@ class _FolderParts(_Parts):
 
     @classmethod
     def scan(cls, root: Path, spec: LoaderSpec) -> _FolderParts:
-        train_scan = formats.scan_image_folder(_split_dir(root, ("train",)), on_bad=spec.on_bad)
-        test_scan = formats.scan_image_folder(_split_dir(root, ("val", "test")), on_bad=spec.on_bad)
-        if test_scan.classes != train_scan.classes:
-            raise DatasetError(
-                f"{root}: train/ and {test_scan.root.name}/ have different class folders "
-                f"(only in train: {sorted(set(train_scan.classes) - set(test_scan.classes))}, "
-                f"only in {test_scan.root.name}: {sorted(set(test_scan.classes) - set(train_scan.classes))})"
-            )
+        train_scan, test_scan = formats.scan_splits(root, on_bad=spec.on_bad)
         paths, labels = train_scan.paths, train_scan.labels
         keep = training_subset(torch.tensor(labels), spec.subset, spec.seed, train_scan.classes,
                                str(train_scan.root))
@@ -631,6 +731,62 @@ class _FolderParts(_Parts):
         )
 
 
+@dataclass
+class _StoreParts(_Parts):
+    """A store prepared by ``classicnets prepare``: NHWC uint8 shards gathered by :class:`StoreLoader`."""
+
+    spec: LoaderSpec | None = None
+    splits: dict = field(default_factory=dict)  # split -> (store split, indices or None: all)
+    resize_to: int | None = None
+
+    @classmethod
+    def open(cls, root: Path, spec: LoaderSpec) -> _StoreParts:
+        train_split = store_format.open_store(root, "train")
+        test_split = store_format.open_store(root, "val")
+        keep = training_subset(train_split.labels, spec.subset, spec.seed, train_split.classes, str(root))
+        indices = None if keep is None else keep.numpy()
+        test_indices = None
+        if spec.test_subset is not None:
+            test_indices = balanced_subset(test_split.labels, spec.test_subset, TEST_SUBSET_SEED).numpy()
+        mean, std, pca = _store_stats(train_split, spec.seed)
+        classes = train_split.classes
+        return cls(
+            source="folder", classes=classes, channels=3, name=str(root),
+            train_size=len(train_split) if indices is None else len(indices),
+            test_size=len(test_split) if test_indices is None else len(test_indices),
+            mean=mean, std=std, pca=pca if spec.needs_pca else None, spec=spec,
+            splits={"train": (train_split, indices), "test": (test_split, test_indices)},
+            resize_to=_store_resize(train_split, spec.image_size),
+        )
+
+    def loader(self, split, transform, batch_size, shuffle):
+        data, indices = self.splits[split]
+        spec = self.spec
+        return StoreLoader(data, batch_size=batch_size, transform=transform, shuffle=shuffle, indices=indices,
+                           device=spec.device, seed=spec.seed, rank=spec.rank, world_size=spec.world_size,
+                           resize_to=self.resize_to)
+
+
+def _store_resize(split, image_size: int) -> int | None:
+    """None when the store's images can be cropped as they are: the store's side is the paper's pre-crop
+    size for ``image_size`` within 5 % (a 256 store serves 224 and the paper net's 227); else the side to
+    resize to on the device (a 256 store training at 32 px is resized to 37 first)."""
+    want = aug.pre_crop_size(image_size)
+    side = split.image_size
+    return None if image_size <= side and abs(side - want) <= 0.05 * side else want
+
+
+def _store_stats(split, seed: int, sample: int = 512):
+    """Mean, std and colour PCA from a class-balanced sample of the store's training images, every 4th pixel
+    (the folder path's 512 images at 64 px, without decoding)."""
+    keep = balanced_subset(split.labels, sample, seed).numpy()
+    images = torch.empty((len(keep), split.image_size, split.image_size, 3), dtype=torch.uint8)
+    split.gather(keep, images)
+    images = images[:, ::4, ::4].permute(0, 3, 1, 2).contiguous()
+    mean, std = aug.channel_stats(images)
+    return mean, std, aug.colour_pca(images)
+
+
 def folder_eval_loader(
     root: str | Path,
     split: str,
@@ -646,24 +802,33 @@ def folder_eval_loader(
     num_workers: int = 2,
     limit: int | None = None,
     max_pixels: int | None = formats.DEFAULT_MAX_PIXELS,
-) -> StreamingLoader:
-    """Batches of one split of an image folder as a trained model saw its test images: decoded at the
-    pre-crop size, centre-cropped to ``image_size`` (or kept whole with ``uncropped``, for ten-crop) and
-    normalised with the checkpoint's ``mean``/``std``. ``split`` "test" reads val/ (or test/), "train"
-    train/; the class folders must be ``classes``, in that order."""
-    names = ("train",) if split == "train" else ("val", "test")
-    scan = formats.scan_image_folder(_split_dir(Path(root), names), on_bad="skip")
-    if scan.classes != list(classes):
-        raise DatasetError(
-            f"{scan.root} has class folders {scan.classes[:5]}... ({len(scan.classes)}), but the model was "
-            f"trained on {list(classes)[:5]}... ({len(classes)}); evaluate on a folder with the same classes"
-        )
-    paths, labels = scan.paths[:limit], scan.labels[:limit]
+) -> StreamingLoader | StoreLoader:
+    """Batches of one split of an image folder (or of a store prepared from one) as a trained model saw its
+    test images: decoded at the pre-crop size, centre-cropped to ``image_size`` (or kept whole with
+    ``uncropped``, for ten-crop) and normalised with the checkpoint's ``mean``/``std``. ``split`` "test" reads
+    val/ (or test/), "train" train/; the class folders must be ``classes``, in that order."""
     transform = aug.BatchTransform(image_size=image_size, train=False, source="folder", mean=mean, std=std,
                                    channels_last=channels_last, uncropped=uncropped)
+    if store_format.is_store(root):
+        data = store_format.open_store(root, "train" if split == "train" else "val")
+        _check_classes(data.root, data.classes, classes, "classes")
+        return StoreLoader(data, batch_size=batch_size, transform=transform, device=device, shuffle=False,
+                           limit=limit, resize_to=_store_resize(data, image_size))
+    names = ("train",) if split == "train" else formats.TEST_SPLIT_NAMES
+    scan = formats.scan_image_folder(formats.split_dir(Path(root), names), on_bad="skip")
+    _check_classes(scan.root, scan.classes, classes)
+    paths, labels = scan.paths[:limit], scan.labels[:limit]
     data = FolderDataset(paths, labels, aug.pre_crop_size(image_size), max_pixels)
     return StreamingLoader(data, batch_size=batch_size, transform=transform, device=device, shuffle=False,
                            num_workers=num_workers, on_bad="skip")
+
+
+def _check_classes(where: Path, found: list[str], classes: list[str], what: str = "class folders") -> None:
+    if found != list(classes):
+        raise DatasetError(
+            f"{where} has {what} {found[:5]}... ({len(found)}), but the model was trained on "
+            f"{list(classes)[:5]}... ({len(classes)}); evaluate on a folder or store with the same classes"
+        )
 
 
 def _folder_stats(paths, labels, max_pixels, num_workers, seed, *, classes: list[str], sample: int = 512,

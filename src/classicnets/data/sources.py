@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DatasetError, refuse_url
-from . import formats
+from . import formats, store
 
 ENV_DATA = "CLASSICNETS_DATA"  # a directory holding data sets (searched, and where downloads go)
 ENV_CACHE = "CLASSICNETS_CACHE"  # where parsed arrays and downloads are cached (default: platformdirs)
@@ -158,7 +158,8 @@ def canonical_name(name: str) -> str:
     if key not in DATASETS:
         raise ConfigError(
             f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}, "
-            "or 'imagefolder' with --data-dir."
+            "or 'imagefolder' with --data-dir, or the path of an image folder or of a store made by "
+            "`classicnets prepare`."
         )
     return key
 
@@ -200,7 +201,11 @@ def load_dataset(
     """Read a named data set's split as uint8 tensors, finding (or downloading) and verifying its files.
 
     ``verify=False`` skips the checksum and count checks (for modified copies); the format checks remain.
+    ``name`` may also be the path of a store made by ``classicnets prepare``: its split is read into memory
+    (training from a store streams from its shards instead: ``build_loaders``).
     """
+    if store.is_store(name):
+        return _store_dataset(Path(name), split)
     name = canonical_name(name)
     if split not in ("train", "test"):
         raise ConfigError(f"split must be 'train' or 'test', found {split!r}")
@@ -221,6 +226,12 @@ def load_dataset(
         images, labels, classes = _parse(spec, split, where, verify)
         _write_cache(cache, (images, labels, np.asarray(classes, dtype=str)))
     return _to_dataset(images, labels, [str(c) for c in classes], spec.name, split, where, key)
+
+
+def _store_dataset(root: Path, split: str) -> ArrayDataset:
+    data = store.open_store(root, split)
+    images = torch.from_numpy(np.concatenate(data.shards)).permute(0, 3, 1, 2)  # N x 3 x S x S
+    return ArrayDataset(images, data.labels, data.classes, str(root), split, str(root))
 
 
 def _to_dataset(images, labels, classes, name, split, where, key) -> ArrayDataset:

@@ -92,7 +92,8 @@ def column(history: list[Mapping[str, Any]], key: str) -> list[float]:
 
 def _epoch_index(epoch: int | str, history: list) -> int:
     n = len(history)
-    index = {"last": n - 1, "first": 0, "half": n // 2 - 1}.get(epoch) if isinstance(epoch, str) else epoch - 1
+    named = {"last": n - 1, "first": 0, "half": n // 2 - 1}
+    index = named.get(epoch) if isinstance(epoch, str) else epoch - 1
     if index is None or not 0 <= index < n:
         raise MissingRun(f"epoch {epoch} of a run with {n} epochs")
     return index
@@ -106,7 +107,7 @@ def _time_to(metric: Mapping[str, Any], history: list[Mapping[str, Any]], kind: 
     ends = list(range(1, len(history) + 1)) if kind == "epochs_to" else _cumulative(history)
     starts = [0.0, *ends[:-1]]
     previous = None
-    for start, end, value in zip(starts, ends, values):
+    for start, end, value in zip(starts, ends, values, strict=True):
         crossed = value <= threshold if below else value >= threshold
         if crossed:
             if previous is None:  # crossed within the first epoch: no earlier point to interpolate from
@@ -150,7 +151,8 @@ class Measurement:
         return 2 * self.std / math.sqrt(self.n) if self.n > 1 else 0.0
 
 
-def measure(metric: Mapping[str, Any], runs: Mapping[RunKey, Mapping[str, Any]], seeds: list[int]) -> Measurement:
+def measure(metric: Mapping[str, Any], runs: Mapping[RunKey, Mapping[str, Any]],
+            seeds: list[int]) -> Measurement:
     """The metric over every seed whose runs finished."""
     m = Measurement([], [], set(), {})
     for seed in seeds:
@@ -192,8 +194,8 @@ def rule_text(rule: Mapping[str, Any], reference: float | None) -> str:
     kind = rule["kind"]
     if kind == "within":
         t = rule["tolerance"]
-        return (f"reproduced if the mean is within {t:g} of {reference:g}; not reproduced if off by more than {t:g} + u; "
-                "else inconclusive")
+        return (f"reproduced if the mean is within {t:g} of {reference:g}; not reproduced if off by more "
+                f"than {t:g} + u; else inconclusive")
     if kind in ("positive", "negative"):
         sign = ">" if kind == "positive" else "<"
         return (f"reproduced if mean {sign} 0 beyond u (>= 2 seeds); not reproduced if the opposite sign is "

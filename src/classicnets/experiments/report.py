@@ -22,8 +22,8 @@ def render_report(results: dict[str, Any], figures: list[str]) -> str:
     lines = [
         f"# {results['experiment']}: {results['title']}",
         "",
-        f"Scale **{results['scale']}**, {results['seeds']} seed(s) per run; measured on {results['machine']} with "
-        f"torch {results['torch']}, {results['date']}. Source: {results['source']}.",
+        f"Scale **{results['scale']}**, {results['seeds']} seed(s) per run; measured on {results['machine']} "
+        f"with torch {results['torch']}, {results['date']}. Source: {results['source']}.",
         "",
         f"Reproduce with `{results['command']}` (finished runs are kept, so a second call only rewrites this "
         "report).",
@@ -63,7 +63,8 @@ def _claim_row(c: dict[str, Any]) -> str:
     if c["n"]:
         measured = f"{_fmt(c['mean'])} ± {_fmt(c['std'])} (n={c['n']})"
     else:
-        measured = "-" if c["verdict"] != "not tested at this scale" else f"(judged at {', '.join(c['judged_at'])})"
+        judged_at = c.get("judged_at")
+        measured = f"(judged at {', '.join(judged_at)})" if judged_at else "-"
     return (f"| {c['claim']} | {c['source']} | {reference} | {measured} | **{c['verdict']}** | "
             f"{c['rule_text']} |")
 
@@ -88,6 +89,20 @@ def _run_row(record: dict[str, Any], base: dict[str, Any]) -> str:
             if speed else
             f"| {record['run']} | {record['seed']} | {record['status']} | 0 | - | - | - | - | "
             f"`{json.dumps(differs, sort_keys=True)}` |")
+
+
+def verdict_table(reports: list[tuple[str, dict[str, Any]]]) -> str:
+    """One row per claim of several experiments' results, each linked to its report: the README's
+    Reproductions table. ``reports`` pairs a link to each report.md with its results.json contents."""
+    lines = ["| experiment (scale) | claim | reference | measured | verdict |", "|---|---|---|---|---|"]
+    for link, results in reports:
+        name = f"[{results['experiment']}]({link}) ({results['scale']})"
+        for c in results["claims"]:
+            reference = "-" if c["reference"] is None else f"{c['reference']:g}"
+            measured = f"{_fmt(c['mean'])} ± {_fmt(c['std'])} (n={c['n']})" if c["n"] else "-"
+            lines.append(f"| {name} | {c['claim']} | {reference} | {measured} | {c['verdict']} |")
+    machines = sorted({f"{r['machine']}, torch {r['torch']}, {r['date'][:10]}" for _, r in reports})
+    return "\n".join(lines) + f"\n\nMeasured on {'; '.join(machines)}."
 
 
 # ------------------------------------------------------------------------------------------------ plots
@@ -121,7 +136,7 @@ def _plot(figure: Figure, results: dict[str, Any], path: Path) -> bool:
         drawn = True
         length = min(len(c) for c in curves)
         epochs = list(range(1, length + 1))
-        columns = list(zip(*(c[:length] for c in curves)))
+        columns = list(zip(*(c[:length] for c in curves), strict=True))
         mean = [sum(col) / len(col) for col in columns]
         color = f"C{index % 10}"
         label = run + (f" ({len(curves)} seeds)" if len(curves) > 1 else "")

@@ -190,19 +190,22 @@ def _results(experiment: Experiment, scale: str, n_seeds: int, out: Path,
         else:
             m = claimlib.measure(scaled.metric, records, seeds)
             entry.update(verdict=claimlib.verdict(scaled.rule, scaled.reference, m), mean=_num(m.mean),
-                         std=_num(m.std), n=m.n, values=m.values, seeds=m.seeds, lower_bounds=sorted(m.bounds),
+                         std=_num(m.std), n=m.n, values=m.values, seeds=m.seeds,
+                         lower_bounds=sorted(m.bounds),
                          missing={str(k): v for k, v in m.missing.items()})
         judged.append(entry)
     chosen = experiment.scale(scale)
+    order = list(experiment.runs)
     return {
         "experiment": experiment.name, "title": experiment.title, "source": experiment.source,
         "scale": scale, "scale_note": chosen.note, "seeds": n_seeds, "machine": machine(),
         "torch": torch.__version__, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec="seconds"),
-        "command": f"classicnets reproduce {experiment.name} --scale {scale} --out {out}"
+        "command": f"classicnets reproduce {experiment.name} --scale {scale}"
+                   + ("" if out == default_out(experiment.name, scale) else f" --out {out}")
                    + (f" --seeds {n_seeds}" if n_seeds != chosen.seeds else ""),
         "base": {**experiment.base, **chosen.base},
-        "runs": [records[key] for key in sorted(records, key=lambda k: (list(experiment.runs).index(k[0]), k[1]))],
+        "runs": [records[key] for key in sorted(records, key=lambda k: (order.index(k[0]), k[1]))],
         "claims": judged,
     }
 

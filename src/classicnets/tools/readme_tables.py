@@ -17,6 +17,7 @@ from ..zoo_table import zoo_rows, zoo_table_markdown
 
 RESULTS = Path(__file__).resolve().parents[3] / "benchmarks" / "results"
 BENCHMARK_TABLE = RESULTS / "README-table.md"
+EXPERIMENTS = Path(__file__).resolve().parents[3] / "docs" / "experiments"  # committed reports
 PAGE_BYTES = 4096  # a minor page fault maps one 4 KiB page
 
 
@@ -72,11 +73,21 @@ def vs_d2l_result() -> str:
     )
 
 
+def experiment_verdicts() -> str:
+    """Every claim of the committed experiment reports (docs/experiments/*/results.json) with its verdict."""
+    from ..experiments.report import verdict_table
+
+    reports = [(f"docs/experiments/{path.parent.name}/report.md", json.loads(path.read_text()))
+               for path in sorted(EXPERIMENTS.glob("*/results.json"))]
+    return verdict_table(reports)
+
+
 GENERATORS = {
     "models": lambda: zoo_table_markdown(zoo_rows()),
     "benchmarks": benchmark_tables,
     "demo": demo_result,
     "vs-d2l": vs_d2l_result,
+    "experiments": experiment_verdicts,
 }
 
 

@@ -76,7 +76,7 @@ class TrainConfig:
     model: str = _f("alexnet_d2l", "registered model name (`classicnets models` lists them)")
     model_options: dict = _f({}, "options for the model's builder, e.g. {\"width_mult\": 0.5} "
                                  "(JSON or key=value,key=value)")
-    dataset: str = _f("fashion-mnist", "dataset name, or a path to an image folder")
+    dataset: str = _f("fashion-mnist", "dataset name, or a path to an image folder or a prepared store")
     data_dir: str | None = _f(None, "where the dataset lives; None: the usual places, downloading if needed")
     image_size: int | None = _f(None, "side of the square input; None: the model's default input "
                                       "(224 for alexnet_d2l, 28 for alexnet_28)")
