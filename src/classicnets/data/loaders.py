@@ -442,8 +442,8 @@ class StoreLoader:
 @dataclass(frozen=True)
 class LoaderSpec:
     """How to batch a data set, whatever its kind: every setting of :func:`build_loaders` but where the
-    data are. Each data set kind (arrays in memory, an image folder) is a :class:`_Parts` that
-    :func:`_assemble` turns into loaders; a new kind adds a ``_Parts`` subclass and one branch there."""
+    data are. Each data set kind (arrays in memory, an image folder, a prepared store) is a :class:`_Parts`
+    that :func:`_assemble` turns into loaders; a new kind adds a ``_Parts`` subclass and one branch there."""
 
     image_size: int
     batch_size: int
