@@ -23,7 +23,9 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from classicnets import runtime
 from classicnets.data.sources import DEBIAN_ROOT
+from classicnets.errors import ConfigError
 
 # where results land: benchmarks/results/, or elsewhere for a trial run (the tests use a temporary folder)
 RESULTS_DIR = Path(os.environ.get("CLASSICNETS_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
@@ -35,13 +37,11 @@ FASHION_MNIST_DIR = DEBIAN_ROOT / "fashion-mnist"  # where Debian's dataset-fash
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' picks CUDA when present, else the CPU; anything else is passed to torch.device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        sys.exit(f"error: --device {name} asked for, but torch {torch.__version__} sees no CUDA device")
-    return device
+    """classicnets.runtime.resolve_device, its error as the script's exit message."""
+    try:
+        return runtime.resolve_device(name)
+    except ConfigError as error:
+        sys.exit(f"error: --device: {error}")
 
 
 def cpu_model() -> str:

@@ -22,9 +22,9 @@ import torch
 
 import classicnets
 import common
-from classicnets.training import checkpoint as ckpt
-from classicnets.training import host_memory
-from classicnets.training.logging import plot_curves
+from classicnets import checkpoint as ckpt
+from classicnets import runtime as host_memory
+from classicnets.inference.plots import plot_curves
 
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle boot"]  # fmt: skip

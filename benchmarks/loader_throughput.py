@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 import classicnets
 import common
 from classicnets.data import build_loaders, load_dataset
-from classicnets.training.host_memory import reused_host_memory
+from classicnets.runtime import reused_host_memory
 
 
 class D2LFashionMNIST(Dataset):

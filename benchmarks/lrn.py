@@ -1,4 +1,4 @@
-"""What the written-out LRN buys: classicnets.layers.PaperLRN against torch's composite LRN.
+"""What the written-out LRN buys: classicnets.models.lrn.PaperLRN against torch's composite LRN.
 
 torch.nn.functional.local_response_norm sums each window with avg_pool3d; PaperLRN sums it with slice
 additions and has its gradient written out (see its docstring). Both run in float32 whatever the autocast
@@ -24,8 +24,8 @@ import torch.nn.functional as F
 
 import classicnets
 import common
-from classicnets.layers import PaperLRN
-from classicnets.training.host_memory import reused_host_memory
+from classicnets.models.lrn import PaperLRN
+from classicnets.runtime import reused_host_memory
 from train_step import StepConfig, StepRunner
 
 

@@ -28,12 +28,13 @@ import torch
 
 import classicnets
 import common
-from classicnets.data import ArrayDataset, build_loaders, flip_tta, load_dataset
+from classicnets.checkpoint import model_metadata
+from classicnets.data import ArrayDataset, build_loaders, load_dataset
+from classicnets.evaluation import EvalViews
 
 # classicnets.train() itself: the package classicnets.train shadows the name once it is imported
 from classicnets.experiment import train as train_classicnets
-from classicnets.experiment import xavier_init
-from classicnets.training.checkpoint import model_metadata
+from classicnets.models.base import init_xavier
 from classicnets.training.config import TrainConfig, resolve_config
 from classicnets.training.distributed import init_distributed
 from classicnets.training.loop import Trainer, seed_everything
@@ -111,16 +112,16 @@ def recipe_trainer(config, train: ArrayDataset, test: ArrayDataset, device: torc
     model = classicnets.create_model(config.model, num_classes=loaders.num_classes,
                                      in_channels=loaders.in_channels, **config.model_options)  # fmt: skip
     if config.init == "xavier":
-        xavier_init(model)
+        init_xavier(model)
     metadata = model_metadata(
         model=config.model, model_options=config.model_options, num_classes=loaders.num_classes,
         in_channels=loaders.in_channels, classes=loaders.classes, image_size=image_size,
         mean=loaders.mean if config.normalize else None, std=loaders.std if config.normalize else None,
         dataset=loaders.dataset,
     )  # fmt: skip
-    tta = {"none": None, "flip": flip_tta}[config.tta]
-    return Trainer(model, loaders.train, loaders.test, config, ctx=init_distributed(str(device)),
-                   metadata=metadata, tta=tta, print_fn=lambda *_: None)  # fmt: skip
+    test = loaders.test_uncropped if config.tta == "ten-crop" else loaders.test
+    return Trainer(model, loaders.train, test, config, ctx=init_distributed(str(device)), metadata=metadata,
+                   views=EvalViews(config.tta, image_size), print_fn=lambda *_: None)  # fmt: skip
 
 
 def test_slice(test: ArrayDataset, count: int | None) -> ArrayDataset:

@@ -6,7 +6,7 @@ runs at its recipe's input size (Fashion-MNIST: 1 channel, 10 classes) under eve
 
     fp32 / bf16 (torch.autocast)  x  channels_last off / on  x  torch.compile off / on
 
-and, on the CPU, ``+reuse``: freed host memory kept for the next step (training.host_memory, what the
+and, on the CPU, ``+reuse``: freed host memory kept for the next step (classicnets.runtime's policy, what the
 Trainer does on the CPU) instead of glibc's default of unmapping large blocks and faulting them in again.
 It is a process-wide allocator setting, switched at the start of each timed repetition.
 
@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 import classicnets
 import common
-from classicnets.training.host_memory import keep_host_memory, release_host_memory
+from classicnets.runtime import keep_host_memory, release_host_memory
 
 # Input side of each model under its Fashion-MNIST recipe: d2l chapter 8 trains AlexNet, VGG and NiN at 224,
 # GoogLeNet and ResNet at 96; the other models run at their own default size.

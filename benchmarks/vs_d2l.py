@@ -29,8 +29,8 @@ import torch
 import common
 import d2l_baseline
 from classicnets.data import ArrayDataset, load_dataset
+from classicnets.runtime import release_host_memory
 from classicnets.training.config import resolve_config
-from classicnets.training.host_memory import release_host_memory
 from time_to_accuracy import recipe_trainer, speed_settings, test_slice
 
 

@@ -16,31 +16,35 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import classicnets  # noqa: E402
 import common  # noqa: E402
 import d2l_baseline  # noqa: E402
-from classicnets.data import build_loaders, load_dataset  # noqa: E402
+from classicnets.data import build_loaders, load_dataset, make_synthetic  # noqa: E402
 
 
-def test_d2l_transforms_match_torchvision_semantics():
-    """Resize(224) resizes the shorter side (a non-square image keeps its aspect); ToTensor gives CHW /255."""
-    pixels = (np.arange(28 * 56) % 256).astype(np.uint8).reshape(28, 56)
-    image = d2l_baseline.Image.fromarray(pixels, mode="L")
-    resized = d2l_baseline.Resize(224)(image)
-    assert resized.size == (448, 224)  # PIL sizes are (width, height)
-    tensor = d2l_baseline.ToTensor()(resized)
-    assert tensor.shape == (1, 224, 448) and tensor.dtype == torch.float32
-    assert float(tensor.min()) >= 0.0 and float(tensor.max()) <= 1.0
-    assert torch.equal(tensor[0], torch.from_numpy(np.array(resized)).float() / 255)
+@pytest.mark.parametrize(("height", "width"), [(28, 56), (28, 28), (300, 450)])
+def test_d2l_transforms_match_torchvision_semantics(height, width):
+    """Resize(224) takes the shorter side to 224 keeping the aspect, with PIL's antialiased bilinear filter;
+    ToTensor gives CHW float in [0, 1]. Checked against torch's own antialiased bilinear resize (what
+    torchvision's tensor Resize runs): equal up to PIL's rounding to whole grey levels."""
+    pixels = np.random.default_rng(0).integers(0, 256, (height, width), dtype=np.uint8)
+    ours = d2l_baseline.ToTensor()(d2l_baseline.Resize(224)(d2l_baseline.Image.fromarray(pixels, mode="L")))
+    size = (224, 224 * width // height) if height <= width else (224 * height // width, 224)
+    expected = torch.nn.functional.interpolate(
+        torch.from_numpy(pixels).float()[None, None] / 255, size=size, mode="bilinear", align_corners=False,
+        antialias=True,
+    )[0]
+    assert ours.shape == expected.shape == (1, *size) and ours.dtype == torch.float32
+    assert float((ours - expected).abs().max()) <= 1.001 / 255
 
 
-def test_d2l_batch_equals_classicnets_batch(fashion_mnist_dir):
+def test_d2l_batch_equals_classicnets_batch():
     """The same 8 training images through PIL (d2l) and through the device loader: the same pixels up to
-    the two bilinear implementations' rounding, so the speed comparison is of equal inputs."""
-    images, labels = d2l_baseline.fashion_mnist_arrays(fashion_mnist_dir, train=True)
+    the two bilinear implementations' rounding, so the speed comparison is of equal inputs. (Generated
+    28x28 images: what is compared is the two pipelines, not the data.)"""
+    train = make_synthetic("train")
+    images, labels = train.images[:8, 0], train.labels[:8]
     transform = d2l_baseline.Compose([d2l_baseline.Resize(224), d2l_baseline.ToTensor()])
-    d2l_set = d2l_baseline.FashionMNISTPIL(images[:8], labels[:8], transform)
+    d2l_set = d2l_baseline.FashionMNISTPIL(images, labels, transform)
     d2l_batch = torch.stack([d2l_set[i][0] for i in range(8)])
 
-    train = load_dataset("fashion-mnist", "train", data_dir=fashion_mnist_dir)
-    assert torch.equal(train.images[:8, 0], images[:8]) and torch.equal(train.labels[:8], labels[:8])
     loaders = build_loaders((train, train), image_size=224, batch_size=8, normalize=False, augment="none")
     ours = next(iter(loaders.test))[0]  # the test loader keeps the order: images 0..7
     assert ours.shape == d2l_batch.shape == (8, 1, 224, 224)
@@ -48,16 +52,20 @@ def test_d2l_batch_equals_classicnets_batch(fashion_mnist_dir):
     assert float(difference.mean()) < 0.01 and float(difference.max()) < 0.1
 
 
-def test_d2l_subset_is_the_trainers_subset(fashion_mnist_dir):
-    """--train-subset picks the same class-balanced images as classicnets' --subset."""
-    _, labels = d2l_baseline.fashion_mnist_arrays(fashion_mnist_dir, train=True)
-    keep = d2l_baseline.train_subset_indices(labels, 1000, seed=0)
-    assert len(keep) == 1000 and torch.bincount(labels[keep], minlength=10).tolist() == [100] * 10
+def test_d2l_fashion_mnist_reader_reads_what_classicnets_reads(fashion_mnist_dir):
+    """d2l's reader of the real files gives the images and labels load_dataset gives."""
+    images, labels = d2l_baseline.fashion_mnist_arrays(fashion_mnist_dir, train=True)
     train = load_dataset("fashion-mnist", "train", data_dir=fashion_mnist_dir)
-    loaders = build_loaders(
-        train.name, data_dir=fashion_mnist_dir, image_size=224, batch_size=100, subset=1000
-    )
-    assert torch.equal(loaders.train.labels, labels[keep])
+    assert torch.equal(train.images[:, 0], images) and torch.equal(train.labels, labels)
+
+
+def test_d2l_subset_is_the_trainers_subset():
+    """--train-subset picks the same class-balanced images as classicnets' --subset."""
+    train = make_synthetic("train")
+    keep = d2l_baseline.train_subset_indices(train.labels, 1000, seed=0)
+    assert len(keep) == 1000 and torch.bincount(train.labels[keep], minlength=10).tolist() == [100] * 10
+    loaders = build_loaders("synthetic", image_size=28, batch_size=100, subset=1000)
+    assert torch.equal(loaders.train.labels, train.labels[keep])
 
 
 def test_train_flops_of_d2l_alexnet_match_the_reference():
@@ -90,6 +98,7 @@ TINY_RUNS = {
     "store_throughput": ["--images", "16", "--classes", "2", "--batch-size", "4", "--timed-images", "8",
                          "--num-workers", "0"],
     "lrn": ["--batch-size", "2", "--steps", "1", "--reps", "1"],
+    "eval_memory": ["--batch-sizes", "2"],
     "distributed_scaling": ["--nproc", "1", "2", "--", "--model", "alexnet_28", "--model-options",
                             "width_mult=0.0625", "--dataset", "synthetic", "--subset", "128", "--epochs", "1",
                             "--batch-size", "32"],
@@ -106,7 +115,7 @@ def test_benchmark_runs_end_to_end_and_records_its_machine(script, tmp_path, req
     if script in ("vs_d2l", "loader_throughput", "time_to_accuracy", "epoch_overheads"):  # real data
         fashion_mnist_dir = request.getfixturevalue("fashion_mnist_dir")
     data = ["--data-dir", str(fashion_mnist_dir)] if script in ("vs_d2l", "loader_throughput") else []
-    device = [] if script == "epoch_overheads" else ["--device", "cpu"]  # it measures the host's costs
+    device = [] if script in ("epoch_overheads", "eval_memory") else ["--device", "cpu"]  # the host's costs
     env = {**os.environ, "CLASSICNETS_BENCH_RESULTS": str(tmp_path), "OMP_NUM_THREADS": "1",
            "PYTHONPATH": str(benchmarks.parent / "src")}
     argv = TINY_RUNS[script]

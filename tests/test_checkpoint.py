@@ -15,8 +15,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from classicnets import checkpoint as ckpt
 from classicnets.errors import CheckpointError
-from classicnets.training import checkpoint as ckpt
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -137,7 +137,7 @@ def test_kill_during_save_leaves_previous_checkpoint_loadable(tmp_path):
     script = textwrap.dedent(f"""
         import sys, time, torch
         from pathlib import Path
-        from classicnets.training import checkpoint as ckpt
+        from classicnets import checkpoint as ckpt
 
         def pause(path):
             print("WROTE", path.name, flush=True)

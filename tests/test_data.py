@@ -24,12 +24,10 @@ from PIL import Image
 from classicnets.data import (
     ArrayDataset,
     build_loaders,
-    flip_tta,
     formats,
     load_dataset,
     make_synthetic,
     sources,
-    ten_crop,
 )
 from classicnets.data import augment as aug
 from classicnets.data.loaders import DeviceLoader
@@ -651,15 +649,6 @@ def test_colour_pca_recovers_covariance_and_jitters_along_eigenvectors():
     alphas = (shift @ pca.eigenvectors) / pca.eigenvalues  # back to alpha_i along each eigenvector p_i
     assert alphas.mean(0).abs().max() < 0.005
     assert alphas.std(0).numpy() == pytest.approx([0.1, 0.1, 0.1], rel=0.03)
-
-
-def test_test_time_views():
-    x = torch.arange(2 * 3 * 6 * 6, dtype=torch.float32).reshape(2, 3, 6, 6)
-    views = ten_crop(x, 4)
-    assert views.shape == (10, 2, 3, 4, 4)
-    assert torch.equal(views[0], x[..., :4, :4]) and torch.equal(views[3], x[..., 2:, 2:])
-    assert torch.equal(views[4], x[..., 1:5, 1:5]) and torch.equal(views[5], views[0].flip(-1))
-    assert torch.equal(flip_tta(x)[1], x.flip(-1))
 
 
 def test_a_batch_larger_than_the_data_shrinks_to_it_and_says_so():

@@ -21,13 +21,13 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from classicnets.checkpoint import load_trainer_state
 from classicnets.errors import ConfigError
-from classicnets.launch import strip_flag, torchrun_args, under_launcher
-from classicnets.layers import paper_lrn
+from classicnets.launch import strip_flag, torchrun_args
 from classicnets.models.alexnet_towers import split_towers
+from classicnets.models.lrn import paper_lrn
 from classicnets.registry import create_model
 from classicnets.training import distributed as D
-from classicnets.training.checkpoint import load_trainer_state
 from classicnets.training.loop import seed_everything
 
 # ----------------------------------------------------------------------------------------------------
@@ -117,8 +117,8 @@ def test_nproc_shortcut_relaunches_the_same_command_under_torchrun():
     parsed = get_args_parser().parse_args(torchrun_args(command, 2))
     assert (parsed.nproc_per_node, parsed.standalone, parsed.module) == ("2", True, True)
     assert [parsed.training_script, *parsed.training_script_args] == ["classicnets", *command]
-    assert not under_launcher({})
-    assert under_launcher({"TORCHELASTIC_RUN_ID": "x"}) and under_launcher({"SLURM_NTASKS": "4"})
+    assert not D.under_launcher({})
+    assert D.under_launcher({"TORCHELASTIC_RUN_ID": "x"}) and D.under_launcher({"SLURM_NTASKS": "4"})
 
 
 def test_nproc_refuses_a_taken_run_folder_once_before_starting_processes(tmp_path, monkeypatch, capsys):

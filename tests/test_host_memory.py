@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallo
 # all but the smallest are above glibc's largest mmap threshold (32 MiB).
 PRELUDE = textwrap.dedent("""
     import json, resource, sys, torch
-    from classicnets.training import host_memory
+    from classicnets import runtime as host_memory
 
     SIZES_MIB = (96, 40, 8, 64)
     PAGES = sum(SIZES_MIB) * 2**20 // resource.getpagesize()

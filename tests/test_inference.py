@@ -23,18 +23,15 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import classicnets
+from classicnets.checkpoint import Preprocessing, load_model, model_metadata, save_checkpoint
 from classicnets.cli import main
 from classicnets.errors import CheckpointError, ClassicnetsError, ConfigError
 from classicnets.inference import (
     ExportVerificationError,
     MissingDependencyError,
-    Preprocessing,
     TTAWarning,
-    load_checkpoint,
     prepare_batch,
-    tta_views,
 )
-from classicnets.training.checkpoint import model_metadata, save_checkpoint
 
 MODEL, OPTIONS = "alexnet_28", {"width_mult": 0.0625}
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
@@ -83,6 +80,24 @@ def trained_run(fashion_mnist_dir, tmp_path_factory) -> Path:
     return run
 
 
+@pytest.fixture(scope="module")
+def checkpoint_run(tmp_path_factory) -> Path:
+    """A run directory with an untrained tiny AlexNet: for the tests of the checkpoint and export mechanics,
+    which need a valid checkpoint but no data (they run without the Fashion-MNIST package)."""
+    torch.manual_seed(0)
+    model = classicnets.create_model(MODEL, num_classes=10, in_channels=1, **OPTIONS)
+    run = tmp_path_factory.mktemp("untrained")
+    save_checkpoint(run, model_state=model.state_dict(), metadata=_metadata(), trainer_state={"epoch": 0},
+                    is_best=True)
+    return run
+
+
+def _images(count: int) -> torch.Tensor:
+    """Generated uint8 28x28 grey images, the input of the export round trips."""
+    return torch.randint(0, 256, (count, 1, 28, 28), generator=torch.Generator().manual_seed(1),
+                         dtype=torch.uint8)
+
+
 # ------------------------------------------------------------------------------------------ evaluate
 
 
@@ -128,7 +143,7 @@ def test_evaluate_matches_a_plain_loop(trained_run, fashion_test, fashion_mnist_
     result = classicnets.evaluate(trained_run, data_dir=fashion_mnist_dir, limit=1500, batch_size=400)
 
     images, labels = fashion_test[0][:1500], fashion_test[1][:1500]
-    model = load_checkpoint(trained_run).model
+    model = load_model(trained_run).model
     with torch.inference_mode():
         logits = model(prepare_batch(images, Preprocessing(1, 28, MEAN, STD)))
     predicted = logits.argmax(1).numpy()
@@ -151,15 +166,6 @@ def test_tta_flip_and_ten_crop_keep_shapes_and_accuracy(trained_run, fashion_mni
     # never saw) cost a little. Both stay close to the plain score.
     assert abs(flip.top1 - plain.top1) < 0.03
     assert crops.top1 > plain.top1 - 0.08 and crops.top1 > 0.6
-
-
-def test_tta_views_are_the_papers_crops_and_mirrors():
-    x = torch.arange(2 * 1 * 32 * 32, dtype=torch.float32).view(2, 1, 32, 32)
-    assert [v.shape for v in tta_views(x, "flip", 32)] == [(2, 1, 32, 32)] * 2
-    views = list(tta_views(x, "ten-crop", 28))
-    assert len(views) == 10 and all(v.shape == (2, 1, 28, 28) for v in views)
-    assert torch.equal(views[0], x[..., :28, :28]) and torch.equal(views[6], x[..., 4:, 4:])
-    assert torch.equal(views[8], x[..., 2:30, 2:30]) and torch.equal(views[9], x[..., 2:30, 2:30].flip(-1))
 
 
 def test_bf16_evaluation_agrees_with_float32(trained_run, fashion_mnist_dir):
@@ -189,7 +195,7 @@ def test_eval_command_end_to_end(trained_run, fashion_mnist_dir, tmp_path, capsy
 
 def test_eval_refuses_a_dataset_with_other_classes(trained_run, fashion_mnist_dir, tmp_path, capsys):
     renamed = tmp_path / "renamed.safetensors"
-    state = load_checkpoint(trained_run).model.state_dict()
+    state = load_model(trained_run).model.state_dict()
     save_file(state, str(renamed), metadata=_metadata(classes=[f"digit {i}" for i in range(10)]))
     assert main(["eval", str(renamed), "--data-dir", str(fashion_mnist_dir), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
@@ -204,7 +210,7 @@ def _clear_example(run: Path, fashion_test, label: int) -> np.ndarray:
     images, labels = fashion_test
     candidates = images[labels == label][:100]
     with torch.inference_mode():
-        logits = load_checkpoint(run).model(prepare_batch(candidates, Preprocessing(1, 28, MEAN, STD)))
+        logits = load_model(run).model(prepare_batch(candidates, Preprocessing(1, 28, MEAN, STD)))
     return candidates[int(logits.softmax(1)[:, label].argmax())][0].numpy()
 
 
@@ -234,11 +240,11 @@ def test_predict_grey_png_and_colour_jpeg_of_odd_sizes(trained_run, fashion_test
     assert all(len(p["top"]) == 3 for p in printed)
 
 
-def test_predict_reports_missing_and_broken_images(trained_run, tmp_path, capsys):
+def test_predict_reports_missing_and_broken_images(checkpoint_run, tmp_path, capsys):
     (tmp_path / "notes.png").write_text("not an image")
-    assert main(["predict", str(trained_run), str(tmp_path / "missing.png")]) == 2
+    assert main(["predict", str(checkpoint_run), str(tmp_path / "missing.png")]) == 2
     assert "missing.png does not exist" in capsys.readouterr().err
-    assert main(["predict", str(trained_run), str(tmp_path / "notes.png")]) == 2
+    assert main(["predict", str(checkpoint_run), str(tmp_path / "notes.png")]) == 2
     assert "not an image" in capsys.readouterr().err
 
 
@@ -246,7 +252,7 @@ def test_predict_reports_missing_and_broken_images(trained_run, tmp_path, capsys
 def test_predict_reads_a_16_bit_picture_as_its_8_bit_twin(tmp_path, channels):
     """predict decodes with the training folders' decode_image: a 16-bit grey PNG is no longer clipped to
     black and white (the same picture was a Bag at 16 bits and a Sneaker at 8)."""
-    from classicnets.inference import _square_image
+    from classicnets.inference.predict import _square_image
 
     picture = np.add.outer(np.arange(24) * 10, np.arange(32)).astype(np.uint8)
     Image.fromarray(picture).save(tmp_path / "8bit.png")
@@ -261,7 +267,7 @@ def test_eval_and_predict_refuse_nan_weights_and_a_zero_std(trained_run, tmp_pat
     """They reported 10% top-1 and "nan%" with exit 0; now exit 2 naming the tensor or field."""
     from safetensors.torch import save_file
 
-    from classicnets.training.checkpoint import load_model_weights
+    from classicnets.checkpoint import load_model_weights
 
     state, metadata = load_model_weights(trained_run)
     Image.new("L", (28, 28), 128).save(tmp_path / "grey.png")
@@ -318,7 +324,7 @@ def test_pickle_payload_checkpoints_never_execute(protocol, tmp_path, capsys):
 
     for path in (disguised.parent.parent, disguised, as_pt, zipped):
         with pytest.raises(CheckpointError):
-            load_checkpoint(path)
+            load_model(path)
         assert main(["predict", str(path), str(tmp_path / "any.png")]) == 2
         assert main(["export", str(path), "--format", "torchscript", "--out", str(tmp_path / "x.pt")]) == 2
     err = capsys.readouterr().err
@@ -326,57 +332,57 @@ def test_pickle_payload_checkpoints_never_execute(protocol, tmp_path, capsys):
     assert not marker.exists()
 
 
-def test_a_header_length_that_starts_like_a_pickle_still_loads(trained_run, tmp_path):
+def test_a_header_length_that_starts_like_a_pickle_still_loads(checkpoint_run, tmp_path):
     # safetensors begins with its header length (8 bytes, little-endian): a length of 0x..80 puts the
     # pickle PROTO byte first, yet the file is a valid safetensors file and must load.
-    state = load_checkpoint(trained_run).model.state_dict()
+    state = load_model(checkpoint_run).model.state_dict()
     path = tmp_path / "model.safetensors"
     for pad in range(0, 256, 8):
         save_file(state, str(path), metadata={**_metadata(), "comment": "x" * pad})
         if path.read_bytes()[0] == 0x80:
             break
     assert path.read_bytes()[0] == 0x80 and path.read_bytes()[8:9] == b"{"
-    assert load_checkpoint(path).metadata["model"] == MODEL
+    assert load_model(path).metadata["model"] == MODEL
 
 
-def test_checkpoint_of_another_model_is_refused(trained_run, tmp_path):
-    state = load_checkpoint(trained_run).model.state_dict()
+def test_checkpoint_of_another_model_is_refused(checkpoint_run, tmp_path):
+    state = load_model(checkpoint_run).model.state_dict()
     relabelled = tmp_path / "relabelled.safetensors"
     save_file(state, str(relabelled), metadata=_metadata(model="alexnet_d2l"))
     mismatch = r"alexnet_d2l.*features\.conv1\.weight \(6, 1, 5, 5\) vs \(6, 1, 11, 11\)"
     with pytest.raises(CheckpointError, match=mismatch):
-        load_checkpoint(relabelled)
+        load_model(relabelled)
 
     resnet = tmp_path / "resnet.safetensors"
     save_file(state, str(resnet), metadata=_metadata(model="resnet18", options={}))
     with pytest.raises(CheckpointError, match=r"do not fit model 'resnet18'.*missing.*unexpected"):
-        load_checkpoint(resnet)
+        load_model(resnet)
 
     wider = tmp_path / "wider.safetensors"
     save_file(state, str(wider), metadata=_metadata(options={"width_mult": 0.25}))
     with pytest.raises(CheckpointError, match="shape mismatch"):
-        load_checkpoint(wider)
+        load_model(wider)
 
     unknown = tmp_path / "unknown.safetensors"
     save_file(state, str(unknown), metadata=_metadata(model="alexnet_29"))
     with pytest.raises(CheckpointError, match="alexnet_29.*cannot be built"):
-        load_checkpoint(unknown)
+        load_model(unknown)
 
     foreign = tmp_path / "foreign.safetensors"  # a safetensors file from another library: no header
     save_file(state, str(foreign))
     with pytest.raises(CheckpointError, match="not a classicnets checkpoint"):
-        load_checkpoint(foreign)
+        load_model(foreign)
 
 
 # ------------------------------------------------------------------------------------------- export
 
 
-def test_onnx_export_round_trip(trained_run, fashion_test, tmp_path, capsys):
+def test_onnx_export_round_trip(checkpoint_run, tmp_path, capsys):
     import onnx
     import onnxruntime
 
     out = tmp_path / "tiny.onnx"
-    assert main(["export", str(trained_run), "--format", "onnx", "--out", str(out)]) == 0
+    assert main(["export", str(checkpoint_run), "--format", "onnx", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "max abs difference" in printed and str(out) in printed
 
@@ -384,49 +390,49 @@ def test_onnx_export_round_trip(trained_run, fashion_test, tmp_path, capsys):
     assert json.loads(props["classicnets.classes"]) == FASHION_CLASSES
     assert json.loads(props["classicnets.mean"]) == list(MEAN) and props["classicnets.model"] == MODEL
 
-    x = prepare_batch(fashion_test[0][:64], Preprocessing(1, 28, MEAN, STD))
+    x = prepare_batch(_images(64), Preprocessing(1, 28, MEAN, STD))
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     exported = session.run(None, {"images": x.numpy()})[0]
     with torch.inference_mode():
-        reference = load_checkpoint(trained_run).model(x).numpy()
+        reference = load_model(checkpoint_run).model(x).numpy()
     assert exported.shape == (64, 10) and np.abs(exported - reference).max() < 1e-4
     assert (exported.argmax(1) == reference.argmax(1)).all()
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
-def test_torchscript_export_round_trip(trained_run, fashion_test, tmp_path):
-    result = classicnets.export(trained_run, "torchscript")
-    assert Path(result.path) == trained_run / f"{MODEL}.torchscript.pt"  # beside best/ and last/
+def test_torchscript_export_round_trip(checkpoint_run, tmp_path):
+    result = classicnets.export(checkpoint_run, "torchscript")
+    assert Path(result.path) == checkpoint_run / f"{MODEL}.torchscript.pt"  # beside best/ and last/
     assert result.max_abs_diff <= 1e-4 and result.bytes == Path(result.path).stat().st_size > 100_000
 
     extra = {"classicnets.json": ""}
     scripted = torch.jit.load(result.path, _extra_files=extra)
     assert json.loads(json.loads(extra["classicnets.json"])["classes"]) == FASHION_CLASSES
-    x = prepare_batch(fashion_test[0][:50], Preprocessing(1, 28, MEAN, STD))
+    x = prepare_batch(_images(50), Preprocessing(1, 28, MEAN, STD))
     with torch.inference_mode():
-        assert torch.allclose(scripted(x), load_checkpoint(trained_run).model(x), atol=1e-5)
+        assert torch.allclose(scripted(x), load_model(checkpoint_run).model(x), atol=1e-5)
 
 
-def test_export_fails_above_tolerance(trained_run, tmp_path):
+def test_export_fails_above_tolerance(checkpoint_run, tmp_path):
     with pytest.raises(ExportVerificationError, match="differs from PyTorch by up to"):
-        classicnets.export(trained_run, "onnx", tmp_path / "m.onnx", tolerance=1e-12)
+        classicnets.export(checkpoint_run, "onnx", tmp_path / "m.onnx", tolerance=1e-12)
 
 
-def test_export_without_onnxruntime_says_what_to_install(trained_run, tmp_path, monkeypatch, capsys):
+def test_export_without_onnxruntime_says_what_to_install(checkpoint_run, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
     with pytest.raises(MissingDependencyError, match=r"onnxruntime.*pip install 'classicnets\[export\]'"):
-        classicnets.export(trained_run, "onnx", tmp_path / "m.onnx")
-    assert main(["export", str(trained_run), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 2
+        classicnets.export(checkpoint_run, "onnx", tmp_path / "m.onnx")
+    assert main(["export", str(checkpoint_run), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 2
     assert "classicnets[export]" in capsys.readouterr().err
 
 
-def test_bad_settings_are_clear_errors(trained_run):
+def test_bad_settings_are_clear_errors(checkpoint_run):
     with pytest.raises(ConfigError, match="unknown TTA mode 'five-crop'"):
-        classicnets.evaluate(trained_run, tta="five-crop")
+        classicnets.evaluate(checkpoint_run, tta="five-crop")
     with pytest.raises(ConfigError, match="unknown export format 'tflite'"):
-        classicnets.export(trained_run, "tflite")
+        classicnets.export(checkpoint_run, "tflite")
     with pytest.raises(ClassicnetsError, match="no images given"):
-        classicnets.predict(trained_run, [])
+        classicnets.predict(checkpoint_run, [])
 
 
 # ----------------------------------------------------------------------------------- image-folder runs

@@ -19,6 +19,7 @@ from classicnets.errors import ConfigError, InputShapeError
 from classicnets.inspect import summarize
 from classicnets.inspect.fastmeta import fast_meta_outputs
 from classicnets.inspect.summary import meta_copy
+from reference import ALEXNET_ONE_TOWER_PARAMS, ALEXNET_PAPER_PARAMS, D2L_ALEXNET_PARAMS, D2L_ALEXNET_SHAPES
 
 aten = torch.ops.aten
 
@@ -43,13 +44,11 @@ def d2l_summary():
 # Hand-computed rows
 
 
-# name: (output C, H=W, input C, kernel, params) for d2l's AlexNet at 1x224x224 (reference.md section 3)
+# name: (output C, H=W, input C, kernel) for d2l's AlexNet at 1x224x224 (output shapes: reference.py)
 D2L_CONVS = {
-    "features.conv1": (96, 54, 1, 11),
-    "features.conv2": (256, 26, 96, 5),
-    "features.conv3": (384, 12, 256, 3),
-    "features.conv4": (384, 12, 384, 3),
-    "features.conv5": (256, 12, 384, 3),
+    f"features.{name}": (*D2L_ALEXNET_SHAPES[name][:2], c_in, k)
+    for name, c_in, k in (("conv1", 1, 11), ("conv2", 96, 5), ("conv3", 256, 3), ("conv4", 384, 3),
+                          ("conv5", 384, 3))
 }
 D2L_FCS = {"classifier.fc6": (6400, 4096), "classifier.fc7": (4096, 4096), "classifier.fc8": (4096, 10)}
 
@@ -80,7 +79,7 @@ def test_alexnet_d2l_every_conv_and_fc_row(d2l_summary):
         assert row.macs == n_in * n_out
         assert row.backward_flops == 2 * row.flops
     totals = d2l_summary.totals
-    assert totals.params == 46_764_746  # reference.md section 3
+    assert totals.params == D2L_ALEXNET_PARAMS
     assert totals.flops == 2 * totals.macs == 2 * sum(r.macs for r in rows.values())
     assert totals.most_params_layer == "classifier.fc6"
     assert totals.most_flops_layer == "features.conv2"
@@ -98,7 +97,8 @@ def test_other_ops_follow_the_stated_convention(d2l_summary):
 def test_shares_add_up(d2l_summary):
     assert sum(r.flops_share for r in d2l_summary.rows) == pytest.approx(1.0)
     assert sum(r.params_share for r in d2l_summary.rows) == pytest.approx(1.0)
-    assert rows_by_name(d2l_summary)["classifier.fc6"].params_share == pytest.approx(26_218_496 / 46_764_746)
+    fc6 = rows_by_name(d2l_summary)["classifier.fc6"]
+    assert fc6.params_share == pytest.approx(26_218_496 / D2L_ALEXNET_PARAMS)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -115,8 +115,8 @@ def test_alexnet_towers_halve_grouped_conv_counts():
         assert two[name].backward_flops == 2 * two[name].flops  # exact, though FlopCounterMode says 3x
     assert two["features.conv2"].macs == 27 * 27 * 256 * 48 * 25
     assert two["features.conv3"].macs == one["features.conv3"].macs  # conv3 crosses the towers
-    assert sum(r.params for r in two.values()) == 60_965_224  # reference.md section 1
-    assert sum(r.params for r in one.values()) == 62_378_344
+    assert sum(r.params for r in two.values()) == ALEXNET_PAPER_PARAMS
+    assert sum(r.params for r in one.values()) == ALEXNET_ONE_TOWER_PARAMS
 
 
 # ------------------------------------------------------------------------------------------------
@@ -376,7 +376,7 @@ def test_fast_meta_outputs_match_the_meta_kernels(dtype, channels_last):
 def test_json_round_trip(d2l_summary):
     data = json.loads(d2l_summary.render("json"))
     assert data["model"] == "alexnet_d2l" and data["input_size"] == [1, 224, 224]
-    assert data["totals"]["params"] == 46_764_746
+    assert data["totals"]["params"] == D2L_ALEXNET_PARAMS
     assert data["totals"]["flops"] == d2l_summary.totals.flops
     assert [r["name"] for r in data["rows"]] == [r.name for r in d2l_summary.rows]
     conv1 = next(r for r in data["rows"] if r["name"] == "features.conv1")
@@ -459,7 +459,7 @@ def test_bad_arguments():
     with pytest.raises(ConfigError, match="real weights"):
         summarize(meta_model("nin"), measure=True)
     if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="no CUDA GPU"):
+        with pytest.raises(ConfigError, match="sees no GPU here"):  # runtime.resolve_device's message
             summarize(model, input_size=(2,), measure=True, device="cuda")
 
 
@@ -491,7 +491,7 @@ def test_cli_json(capsys):
     assert main(["summary", "alexnet_d2l", "--num-classes", "10", "--format", "json", "--depth", "all"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["input_size"] == [1, 224, 224]  # the model's default input, 1 channel
-    assert data["totals"]["params"] == 46_764_746
+    assert data["totals"]["params"] == D2L_ALEXNET_PARAMS
     assert data["totals"]["macs"] == 938_146_176
 
 
@@ -500,7 +500,7 @@ def test_cli_options_and_batch(capsys):
             "--batch-size", "4", "--format", "json"]
     assert main(args) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["batch_size"] == 4 and data["totals"]["params"] < 46_764_746 // 2
+    assert data["batch_size"] == 4 and data["totals"]["params"] < D2L_ALEXNET_PARAMS // 2
 
 
 def test_cli_compares_models(capsys):

@@ -20,10 +20,18 @@ import torch.nn as nn
 import classicnets
 from classicnets.errors import ConfigError, InputShapeError
 from classicnets.registry import ModelOptionError, UnknownModelError, model_info
+from reference import (
+    ALEXNET_ONE_TOWER_PARAMS,
+    ALEXNET_PAPER_PARAMS,
+    D2L_ALEXNET_28_PARAMS,
+    D2L_ALEXNET_PARAMS,
+    D2L_ALEXNET_SHAPES,
+    TORCHVISION_PARAMS,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "torchvision_keys"
 ALL_MODELS = [
-    "alexnet", "alexnet_owt", "alexnet_d2l", "alexnet_28",
+    "alexnet", "alexnet_owt", "alexnet_d2l", "alexnet_28", "cuda_convnet",
     "vgg11", "vgg11_bn", "vgg11_lrn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg16_c",
     "vgg19", "vgg19_bn",
     "nin", "googlenet", "googlenet_d2l",
@@ -64,20 +72,20 @@ def test_the_zoo_has_every_model():
 
 
 @pytest.mark.parametrize(("name", "kwargs", "expected"), [
-    ("alexnet", {}, 60_965_224),  # two towers, the paper
-    ("alexnet", {"towers": 1}, 62_378_344),
-    ("alexnet_owt", {}, 61_100_840),  # torchvision's alexnet
-    ("alexnet_d2l", {"num_classes": 10, "in_channels": 1}, 46_764_746),
-    ("alexnet_d2l", {}, 46_764_746),  # d2l's nets default to 1 channel and 10 classes
-    ("alexnet_28", {"num_classes": 10, "in_channels": 1}, 46_755_530),
-    ("vgg16", {}, 138_357_544),
+    ("alexnet", {}, ALEXNET_PAPER_PARAMS),  # two towers, the paper
+    ("alexnet", {"towers": 1}, ALEXNET_ONE_TOWER_PARAMS),
+    ("alexnet_owt", {}, TORCHVISION_PARAMS["alexnet"]),
+    ("alexnet_d2l", {"num_classes": 10, "in_channels": 1}, D2L_ALEXNET_PARAMS),
+    ("alexnet_d2l", {}, D2L_ALEXNET_PARAMS),  # d2l's nets default to 1 channel and 10 classes
+    ("alexnet_28", {"num_classes": 10, "in_channels": 1}, D2L_ALEXNET_28_PARAMS),
+    ("vgg16", {}, TORCHVISION_PARAMS["vgg16"]),
     ("vgg11_lrn", {}, 132_863_336),  # the paper's Table 2: 133 M for A and A-LRN alike (LRN has no weights)
     ("vgg16_c", {}, 133_638_952),  # Table 2: 134 M; D less three 3x3 convs made 1x1
-    ("googlenet", {}, 6_624_904),
+    ("googlenet", {}, TORCHVISION_PARAMS["googlenet"]),
     ("googlenet", {"aux_logits": True}, 13_004_888),
-    ("resnet18", {}, 11_689_512),
-    ("resnet34", {}, 21_797_672),
-    ("resnet50", {}, 25_557_032),
+    ("resnet18", {}, TORCHVISION_PARAMS["resnet18"]),
+    ("resnet34", {}, TORCHVISION_PARAMS["resnet34"]),
+    ("resnet50", {}, TORCHVISION_PARAMS["resnet50"]),
 ])
 def test_parameter_counts(name, kwargs, expected):
     assert n_params(meta_model(name, **kwargs)) == expected
@@ -88,7 +96,8 @@ def test_metadata_and_docstring_name_the_paper_and_deviations(name):
     info = model_info(name)
     assert info.name == name and info.family and 2012 <= info.year <= 2016
     assert info.deviations, f"{name} lists no deviations from its paper"
-    module_doc = " ".join(sys.modules[classicnets.models.__name__ + "." + info.family].__doc__.split())
+    module = classicnets.models.__name__ + "." + info.family.replace("-", "_")  # cuda-convnet's module
+    module_doc = " ".join(sys.modules[module].__doc__.split())
     title = info.paper.split(": ", 1)[1].split(" (")[0].split(",")[0]  # "Authors: Title (as in ...)"
     assert title in module_doc
     assert "Deviation" in module_doc or "deviation" in module_doc
@@ -292,8 +301,14 @@ def test_input_error_says_what_to_do():
         model(torch.empty(1, 224, 224, device="meta"))
 
 
-def test_input_check_is_an_error_the_cli_prints():
-    assert issubclass(InputShapeError, classicnets.ClassicnetsError)
+def test_input_check_is_an_error_the_cli_prints(capsys):
+    from classicnets.cli import main
+
+    # a wrong input size reaches the user as one message and exit status 2, not a traceback
+    assert main(["summary", "alexnet_d2l", "--input", "1,28,28"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("classicnets summary: error: alexnet_d2l") and "Traceback" not in err
+    assert "193 <= H, W <= 224" in err and "resize the images" in err
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -315,11 +330,8 @@ def layer_shapes(model: nn.Module, side: int) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-D2L_SHAPES_AFTER_POOL1 = {  # reference.md section 3, the same for both variants from conv2 on
-    "conv2": (256, 26, 26), "pool2": (256, 12, 12), "conv3": (384, 12, 12), "conv4": (384, 12, 12),
-    "conv5": (256, 12, 12), "pool5": (256, 5, 5), "flatten": (6400,), "fc6": (4096,), "fc7": (4096,),
-    "fc8": (10,),
-}
+# d2l's shapes (reference.py), the same for both variants from conv2 on
+D2L_SHAPES_AFTER_POOL1 = {k: v for k, v in D2L_ALEXNET_SHAPES.items() if k not in ("conv1", "pool1")}
 
 
 def test_alexnet_d2l_layer_shapes():
@@ -367,7 +379,7 @@ def test_alexnet_lrn_has_the_papers_constants():
 
 
 def test_lrn_module_computes_the_papers_formula():
-    from classicnets.layers import paper_lrn
+    from classicnets.models.lrn import paper_lrn
 
     a = torch.rand(1, 7, 2, 2)
     b = paper_lrn()(a)
@@ -381,7 +393,7 @@ def test_lrn_module_computes_the_papers_formula():
 def test_lrn_forward_and_gradient_equal_torchs_composite(layout):
     """The written-out LRN against torch's (avg_pool3d-based) one in float64, and gradcheck's numerical
     Jacobian; the output keeps the input's memory layout."""
-    from classicnets.layers import paper_lrn
+    from classicnets.models.lrn import paper_lrn
 
     a = (torch.randn(2, 9, 4, 3, dtype=torch.float64) * 30).contiguous(memory_format=layout)
     ours, theirs = a.clone().requires_grad_(), a.clone().requires_grad_()
@@ -400,7 +412,7 @@ def test_lrn_forward_and_gradient_equal_torchs_composite(layout):
 def test_lrn_second_derivatives_and_torch_func():
     """The written-out gradient is itself differentiable (create_graph), forward mode works, and so do
     torch.func's transforms."""
-    from classicnets.layers import paper_lrn
+    from classicnets.models.lrn import paper_lrn
 
     lrn = paper_lrn(groups=2)
     a = (torch.randn(2, 8, 2, 2, dtype=torch.float64) * 20).requires_grad_()
@@ -431,7 +443,7 @@ def test_paper_alexnet_exports_to_torchscript():
 
 
 def test_grouped_lrn_is_one_lrn_per_group_of_maps():
-    from classicnets.layers import paper_lrn
+    from classicnets.models.lrn import paper_lrn
 
     a = torch.rand(2, 12, 3, 3, dtype=torch.float64) * 40
     per_group = torch.cat([paper_lrn()(part) for part in a.chunk(3, dim=1)], dim=1)
@@ -448,7 +460,7 @@ def test_grouped_lrn_is_one_lrn_per_group_of_maps():
 def test_lrn_keeps_its_normaliser_out_of_bf16(autocast):
     """In bf16, k + alpha * sum(a^2) = 2 + ~0.1 would round to 2 + 1/64 steps; the LRN works in fp32 and
     gives the fp32 result rounded once (the sum of squares alone would lose the normalisation)."""
-    from classicnets.layers import paper_lrn
+    from classicnets.models.lrn import paper_lrn
 
     a = (torch.randn(2, 16, 5, 5, generator=torch.Generator().manual_seed(0)) * 20).bfloat16().double()
     expected = paper_lrn()(a)  # the same (bf16-representable) input, in float64
@@ -492,7 +504,7 @@ def test_d2l_alexnet_uses_xavier_uniform_init():
 def test_alexnet_ablations_change_the_net():
     no_lrn = meta_model("alexnet", lrn=False)
     assert not any(isinstance(m, nn.LocalResponseNorm) for m in no_lrn.modules())
-    assert n_params(no_lrn) == 60_965_224  # LRN has no parameters
+    assert n_params(no_lrn) == ALEXNET_PAPER_PARAMS  # LRN has no parameters
 
     plain_pools = classicnets.create_model("alexnet", overlap_pool=False, width_mult=0.125).eval()
     pools = [m for m in plain_pools.modules() if isinstance(m, nn.MaxPool2d)]
@@ -563,7 +575,7 @@ def test_vgg_a_lrn_and_c_put_the_lrn_and_the_1x1_convs_where_table_1_does():
 
 
 def test_googlenet_has_nine_inception_blocks_and_optional_aux_heads():
-    from classicnets.layers import Inception
+    from classicnets.models.googlenet import Inception
 
     model = classicnets.create_model("googlenet", num_classes=10, width_mult=0.125, aux_logits=True)
     assert sum(isinstance(m, Inception) for m in model.modules()) == 9
@@ -589,7 +601,7 @@ def test_googlenet_d2l_has_no_batchnorm_and_trains_at_96():
     ("resnet18", 3, 8), ("resnet34", 3, 16), ("resnet50", 4, 16), ("resnet101", 4, 33), ("resnet152", 4, 50),
 ])
 def test_resnet_projects_only_where_the_shape_changes(name, projections, blocks):
-    from classicnets.layers import BasicBlock, Bottleneck
+    from classicnets.models.resnet import BasicBlock, Bottleneck
 
     model = meta_model(name)
     all_blocks = [m for m in model.modules() if isinstance(m, (BasicBlock, Bottleneck))]
@@ -624,10 +636,11 @@ def test_cli_models_table_lists_the_zoo():
         assert main(["models", "--format", "json"]) == 0
     rows = {row["name"]: row for row in json.loads(out.getvalue())}
     assert sorted(rows) == sorted(ALL_MODELS)
-    assert rows["alexnet"]["parameters"] == 60_965_224 and rows["alexnet"]["default_input"] == "3x227x227"
-    assert rows["vgg16"]["parameters"] == 138_357_544
+    assert rows["alexnet"]["parameters"] == ALEXNET_PAPER_PARAMS
+    assert rows["alexnet"]["default_input"] == "3x227x227"
+    assert rows["vgg16"]["parameters"] == TORCHVISION_PARAMS["vgg16"]
     assert rows["alexnet_d2l"]["default_input"] == "1x224x224"
-    assert rows["alexnet_d2l"]["parameters"] == 46_764_746  # d2l's nets default to 1 channel, 10 classes
+    assert rows["alexnet_d2l"]["parameters"] == D2L_ALEXNET_PARAMS  # d2l's nets: 1 channel, 10 classes
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):

@@ -18,6 +18,7 @@ from PIL import Image
 
 import classicnets
 import classicnets.show as show
+from classicnets.checkpoint import model_metadata, save_checkpoint
 from classicnets.cli import main
 from classicnets.errors import ConfigError
 from classicnets.inference import ImageInputError
@@ -25,7 +26,6 @@ from classicnets.show.cam import grad_cam
 from classicnets.show.common import block_ends, run_recording
 from classicnets.show.kernels import colour_specificity, scaled_kernels, tower_count
 from classicnets.show.neighbours import embedding, nearest
-from classicnets.training.checkpoint import model_metadata, save_checkpoint
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
            "Ankle boot"]

@@ -18,9 +18,9 @@ import pytest
 import torch
 
 import classicnets
+from classicnets import checkpoint as ckpt
 from classicnets.errors import CheckpointError, ConfigError, DatasetError
-from classicnets.training import checkpoint as ckpt
-from classicnets.training import loop, speed
+from classicnets.training import loop, rundir, speed
 from classicnets.training.config import (
     FIELD_NAMES,
     RECIPES,
@@ -34,14 +34,15 @@ from classicnets.training.distributed import init_distributed
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
-# The smallest real run: a 1/16-width 28x28 AlexNet on 512 real Fashion-MNIST images, deterministic fp32.
-TINY = dict(model="alexnet_28", model_options={"width_mult": 0.0625}, subset=512, batch_size=64,
-            eval_batch_size=1000, optimizer="sgd", lr=0.05, momentum=0.9, epochs=2, deterministic=True,
-            device="cpu", progress=False, normalize=True, augment="flip", log_every=2)
+# The smallest real run: a 1/16-width 28x28 AlexNet on 512 generated 28x28 images (make_synthetic: the same
+# bytes on any machine, no download), deterministic fp32. What these runs test is mechanics, not the data.
+TINY = dict(dataset="synthetic", model="alexnet_28", model_options={"width_mult": 0.0625}, subset=512,
+            batch_size=64, eval_batch_size=1000, optimizer="sgd", lr=0.05, momentum=0.9, epochs=2,
+            deterministic=True, device="cpu", progress=False, normalize=True, augment="flip", log_every=2)
 
 
-def tiny(tmp_path: Path, data_dir: Path, **changes) -> dict:
-    return {**TINY, "data_dir": str(data_dir), "out": str(tmp_path / "run"), **changes}
+def tiny(tmp_path: Path, **changes) -> dict:
+    return {**TINY, "out": str(tmp_path / "run"), **changes}
 
 
 def weights(run_dir: Path, which: str = "last") -> dict[str, torch.Tensor]:
@@ -195,22 +196,14 @@ def test_onecycle_gives_torchs_onecycle_lrs_bit_for_bit():
         assert _lrs(TrainConfig(lr=0.1, epochs=1, schedule="onecycle", onecycle_pct=pct), total) == expected
 
 
-def test_topk_correct_counts():
-    from classicnets.training.metrics import topk_correct
-
-    logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.15, 0.05], [0.2, 0.3, 0.5]])
-    target = torch.tensor([1, 1, 0])
-    assert topk_correct(logits, target, (1, 2, 5)).tolist() == [1, 2, 3]
-
-
 # ---------------------------------------------------------------------- real runs on Fashion-MNIST
 
 
-def test_resume_is_exact_and_logs_match(tmp_path, fashion_mnist_dir):
+def test_resume_is_exact_and_logs_match(tmp_path):
     """2 epochs straight == 1 epoch, then --resume to 2: bitwise equal weights, same history."""
-    straight = classicnets.train(tiny(tmp_path / "a", fashion_mnist_dir))
-    first = classicnets.train(tiny(tmp_path / "b", fashion_mnist_dir, epochs=1))
-    resumed = classicnets.train(tiny(tmp_path / "b", fashion_mnist_dir, resume=True))
+    straight = classicnets.train(tiny(tmp_path / "a"))
+    first = classicnets.train(tiny(tmp_path / "b", epochs=1))
+    resumed = classicnets.train(tiny(tmp_path / "b", resume=True))
     assert len(first) == 1 and len(resumed) == 2
     assert_same_weights(weights(tmp_path / "a" / "run"), weights(tmp_path / "b" / "run"))
     for key in ("train_loss", "train_acc", "test_acc", "test_top5"):
@@ -224,7 +217,7 @@ def test_resume_is_exact_and_logs_match(tmp_path, fashion_mnist_dir):
     metadata = ckpt.parse_metadata(ckpt.load_model_weights(run)[1])
     assert (metadata["model"], metadata["num_classes"], metadata["in_channels"], metadata["image_size"]) == (
         "alexnet_28", 10, 1, 28)
-    assert metadata["classes"][0] == "T-shirt/top" and len(metadata["mean"]) == 1
+    assert metadata["classes"][0] == "pattern-0" and len(metadata["mean"]) == 1
     best_epoch = max(resumed, key=lambda r: r["test_acc"])["epoch"]
     assert ckpt.load_trainer_state(run / "best")["epoch"] == best_epoch
 
@@ -249,10 +242,10 @@ def interrupt_once_after_steps(steps: int, monkeypatch) -> list[int]:
 @pytest.mark.parametrize("changes", [{}, dict(optimizer="adamw", lr=3e-3, weight_decay=0.05, precision="bf16",
                                              channels_last=True, schedule="onecycle")],
                          ids=["sgd", "quick-recipe-optimizer"])
-def test_interrupt_mid_epoch_saves_and_resumes_exactly(tmp_path, fashion_mnist_dir, monkeypatch, changes):
+def test_interrupt_mid_epoch_saves_and_resumes_exactly(tmp_path, monkeypatch, changes):
     """SIGINT during step 3 of epoch 1: the step finishes, last/ is saved mid-epoch, --resume continues it
     to the same weights as a run never interrupted."""
-    settings = tiny(tmp_path, fashion_mnist_dir, epochs=1, **changes)
+    settings = tiny(tmp_path, epochs=1, **changes)
     classicnets.train({**settings, "out": str(tmp_path / "straight")})
 
     interrupt_once_after_steps(3, monkeypatch)
@@ -274,10 +267,10 @@ def test_the_last_optimizer_step_of_an_epoch_averages_over_its_own_micro_batches
 
 
 def test_mid_epoch_resume_with_other_accumulation_continues_from_the_same_optimizer_step(
-        tmp_path, fashion_mnist_dir, monkeypatch):
+        tmp_path, monkeypatch):
     """Stopped after 3 of 8 steps of 64; resumed as micro-batches of 32 (2 accumulation steps): the run
     trains the remaining 5 optimizer steps' 320 images, as 10 micro-batches, and no image twice."""
-    settings = tiny(tmp_path, fashion_mnist_dir, epochs=1, augment="none")
+    settings = tiny(tmp_path, epochs=1, augment="none")
     classicnets.train({**settings, "out": str(tmp_path / "straight")})
 
     batches = interrupt_once_after_steps(3, monkeypatch)
@@ -287,11 +280,12 @@ def test_mid_epoch_resume_with_other_accumulation_continues_from_the_same_optimi
     history = classicnets.train({**settings, "resume": True, "grad_accum_steps": 2})
     assert batches == [32] * 10
     straight = json.loads((tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()[0])
-    assert history[-1]["train_loss"] == pytest.approx(straight["train_loss"], rel=1e-3)  # over the same 512
+    # over the same 512 images; micro-batches of 32 draw other dropout masks than batches of 64
+    assert history[-1]["train_loss"] == pytest.approx(straight["train_loss"], rel=5e-3)
 
 
-def test_checkpoint_of_another_model_or_a_pickle_is_refused(tmp_path, fashion_mnist_dir):
-    settings = tiny(tmp_path, fashion_mnist_dir, epochs=1, subset=128)
+def test_checkpoint_of_another_model_or_a_pickle_is_refused(tmp_path):
+    settings = tiny(tmp_path, epochs=1, subset=128)
     classicnets.train(settings)
     with pytest.raises(ConfigError, match="already holds a run"):
         classicnets.train(settings)
@@ -415,18 +409,18 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_has_saved(tmp_path, monke
     assert_same_weights(weights(run, "best"), old)
     assert_same_weights(weights(run, "last"), old)
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == old_files  # config.json too
-    assert not (run / loop.REPLACED_RUN).exists()
+    assert not (run / rundir.REPLACED_RUN).exists()
 
     # killed before its first save (set aside, never put back): the next start puts the old run back
     killed = _toy_trainer(tmp_path, _ToyLoader(x, y, 32), epochs=1, lr=0.5, overwrite=True)
-    loop.set_aside_run(run)
+    rundir.set_aside_run(run)
     assert not (run / "last").exists()
     resumed = _toy_trainer(tmp_path, _ToyLoader(x, y, 32), epochs=2, resume=True)
     resumed.fit()
-    assert resumed.start_epoch == 1 and not (run / loop.REPLACED_RUN).exists()
+    assert resumed.start_epoch == 1 and not (run / rundir.REPLACED_RUN).exists()
 
     killed.fit()  # an overwrite that saves replaces the old run
-    assert len(ckpt.load_trainer_state(run)["history"]) == 1 and not (run / loop.REPLACED_RUN).exists()
+    assert len(ckpt.load_trainer_state(run)["history"]) == 1 and not (run / rundir.REPLACED_RUN).exists()
 
 
 def test_an_image_size_the_model_cannot_take_is_refused_before_the_data_is_read(tmp_path, monkeypatch):
@@ -506,10 +500,10 @@ def _cli(*args, **popen):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
 
 
-def test_train_cli_end_to_end(tmp_path, fashion_mnist_dir):
+def test_train_cli_end_to_end(tmp_path):
     out = tmp_path / "cli"
     process = _cli("--model", "alexnet_28", "--model-options", "width_mult=0.0625", "--subset", "256",
-                   "--epochs", "1", "--batch-size", "64", "--data-dir", str(fashion_mnist_dir),
+                   "--epochs", "1", "--batch-size", "64", "--dataset", "synthetic",
                    "--out", str(out), "--precision", "bf16", "--channels-last")
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr
@@ -543,7 +537,7 @@ def test_the_deterministic_error_names_the_whole_kernel(message, kernel):
         f"--deterministic: {kernel} has no deterministic implementation on cuda")
 
 
-def test_a_layer_without_a_deterministic_kernel_is_a_clear_error(tmp_path, fashion_mnist_dir, monkeypatch):
+def test_a_layer_without_a_deterministic_kernel_is_a_clear_error(tmp_path, monkeypatch):
     """On CUDA, adaptive pooling's backward has no deterministic kernel; put_ stands in for it on the CPU."""
     original = loop.Trainer._train_step
 
@@ -554,16 +548,16 @@ def test_a_layer_without_a_deterministic_kernel_is_a_clear_error(tmp_path, fashi
     monkeypatch.setattr(loop.Trainer, "_train_step", step_with_a_nondeterministic_kernel)
     with pytest.raises(ConfigError, match="--deterministic: put_ has no deterministic implementation on cpu.*"
                                           "without --deterministic"):
-        classicnets.train(tiny(tmp_path, fashion_mnist_dir, epochs=1, subset=128))
+        classicnets.train(tiny(tmp_path, epochs=1, subset=128))
     assert not torch.are_deterministic_algorithms_enabled()  # the global switch is restored
-    classicnets.train(tiny(tmp_path, fashion_mnist_dir, epochs=1, subset=128, deterministic=False,
+    classicnets.train(tiny(tmp_path, epochs=1, subset=128, deterministic=False,
                            overwrite=True))  # without it, the same kernel runs
 
 
-def test_sigterm_saves_and_exits_143(tmp_path, fashion_mnist_dir):
+def test_sigterm_saves_and_exits_143(tmp_path):
     out = tmp_path / "term"
     process = _cli("--model", "alexnet_28", "--model-options", "width_mult=0.0625", "--subset", "2048",
-                   "--epochs", "50", "--batch-size", "32", "--data-dir", str(fashion_mnist_dir),
+                   "--epochs", "50", "--batch-size", "32", "--dataset", "synthetic",
                    "--out", str(out), "--no-progress")
     try:
         for line in process.stdout:
@@ -627,10 +621,9 @@ def test_the_run_records_the_decided_settings(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------ first-hour behaviour
 
 
-def test_a_run_goes_to_runs_recipe_and_resumes_from_its_saved_settings(tmp_path, fashion_mnist_dir,
-                                                                      monkeypatch, capsys):
+def test_a_run_goes_to_runs_recipe_and_resumes_from_its_saved_settings(tmp_path, monkeypatch, capsys):
     assert resolve_config("d2l").out == "runs/d2l" and TrainConfig(model="nin").out == "runs/nin"
-    settings = tiny(tmp_path, fashion_mnist_dir, epochs=1, progress=True, log_every=2)
+    settings = tiny(tmp_path, epochs=1, progress=True, log_every=2)
     monkeypatch.setattr(loop, "PROGRESS_LINE_SECONDS", 0.0)  # a line at every log_every read
     classicnets.train(settings)
     printed = capsys.readouterr().out
@@ -662,8 +655,8 @@ def test_resume_refuses_another_recipe_and_a_taken_folder_is_refused_before_trai
     with pytest.raises(ConfigError, match="trained with recipe 'quick', not 'd2l'"):
         resolve_config("d2l", overrides={"resume": True, "out": str(run)})
     with pytest.raises(ConfigError, match="already holds a run"):
-        loop.check_run_dir(TrainConfig(out=str(run)))
-    assert loop.check_run_dir(TrainConfig(out=str(run), resume=True))
+        rundir.check_run_dir(TrainConfig(out=str(run)))
+    assert rundir.check_run_dir(TrainConfig(out=str(run), resume=True))
 
 
 def test_show_settings_and_recipes_print_without_training(capsys):

@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 
 import classicnets
+from classicnets import checkpoint as ckpt
 from classicnets.cli import main
 from classicnets.errors import CheckpointError, ConfigError
-from classicnets.training import checkpoint as ckpt
 from classicnets.weights import (
     classifier_keys,
     head_parameter_names,

@@ -23,6 +23,7 @@ _EXPORTS = {
     "summarize": "inspect",
     "TrainConfig": "training.config",
     "train": "experiment",
+    "load_model": "checkpoint",
     "evaluate": "inference",
     "predict": "inference",
     "export": "inference",

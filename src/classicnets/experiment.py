@@ -4,7 +4,8 @@
     >>> history[-1]["test_acc"]
     0.87...
 
-This module and the CLI are the only places that join models, data and training (see docs/design.md).
+This module, experiments/ and the CLI are the only places that join models, data and training
+(docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .checkpoint import model_metadata
 from .errors import ConfigError
-from .training.checkpoint import model_metadata
+from .evaluation import EvalViews
+from .models.base import init_xavier
 from .training.config import (
     DEFAULT_RECIPE,
     TrainConfig,
@@ -35,7 +38,7 @@ from .training.distributed import (
     shutdown_distributed,
 )
 from .training.logging import require_tensorboard
-from .training.loop import TTA, StopSignals, Trainer, seed_everything
+from .training.loop import StopSignals, Trainer, seed_everything
 from .training.speed import resolve_speed
 from .weights import WeightsFile, head_parameter_names, load_weights, read_weights
 
@@ -47,6 +50,8 @@ def train(config: TrainConfig | Mapping[str, Any] | str | Path | None = None, **
     file; keyword arguments override it, e.g. ``train(recipe="quick", epochs=2, out="runs/try")``.
     Raises :class:`~classicnets.training.loop.TrainingInterrupted` after saving when Ctrl-C or SIGTERM
     stops the run, and :class:`~classicnets.training.loop.NonFiniteLossError` when the loss diverges.
+    On the CPU the run keeps freed host memory for the next step and releases it at the end: the
+    host-memory policy of :mod:`classicnets.runtime`.
     """
     config = as_config(config, overrides)
     if restart_count() > 0 and not config.resume:
@@ -98,7 +103,7 @@ def run(config: TrainConfig, ctx: DistContext, stop: StopSignals | None = None) 
     model = registry.create_model(config.model, num_classes=loaders.num_classes,
                                   in_channels=loaders.in_channels, **config.model_options)
     if config.init == "xavier":
-        xavier_init(model)
+        init_xavier(model)
     if start is not None:
         report = load_weights(model, start, name=config.model, options=config.model_options)
         if ctx.is_main:
@@ -118,14 +123,14 @@ def run(config: TrainConfig, ctx: DistContext, stop: StopSignals | None = None) 
     # the paper's 10-crop test cuts its crops out of larger views (256 for 224 crops)
     test_loader = loaders.test_uncropped if config.tta == "ten-crop" else loaders.test
     trainer = Trainer(model, loaders.train, test_loader, config, ctx=ctx, metadata=metadata,
-                      tta=_tta(config, image_size), stop=stop, head=head)
+                      views=EvalViews(config.tta, image_size), stop=stop, head=head)
     return trainer.fit()
 
 
 def _starting_weights(config: TrainConfig, ctx: DistContext) -> WeightsFile | None:
     """The --weights file, read (so that a bad one fails before the data loads); None without one, and when
     resuming a run, which continues from its own checkpoint."""
-    from .training.checkpoint import LAST
+    from .checkpoint import LAST
 
     if config.weights is None:
         if config.recipe == "finetune" and ctx.is_main:
@@ -143,13 +148,6 @@ def _weights_stats(start: WeightsFile, info) -> tuple[tuple[float, ...], tuple[f
     if meta.get("mean") is not None and meta.get("std") is not None:
         return tuple(meta["mean"]), tuple(meta["std"])
     return tuple(info.mean), tuple(info.std)
-
-
-def xavier_init(model: nn.Module) -> None:
-    """d2l's train_ch6 init: xavier-uniform weights for every Linear and Conv2d (biases untouched)."""
-    for module in model.modules():
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
-            nn.init.xavier_uniform_(module.weight)
 
 
 def _check_image_size(config: TrainConfig, size: int) -> None:
@@ -183,16 +181,6 @@ def _eval_batch(config: TrainConfig, ctx: DistContext) -> int:
     # no activations are kept for backward, so evaluation affords twice the batch
     total = config.eval_batch_size or 2 * config.batch_size
     return max(1, total // ctx.world_size)
-
-
-def _tta(config: TrainConfig, image_size: int) -> TTA | None:
-    from .data import augment
-
-    if config.tta == "flip":
-        return augment.flip_tta
-    if config.tta == "ten-crop":
-        return lambda images: augment.ten_crop(images, image_size)
-    return None
 
 
 def _print_start(config: TrainConfig, requested: TrainConfig, model: nn.Module, ctx: DistContext,

@@ -17,14 +17,6 @@ from .errors import ConfigError
 NPROC_FLAG = "--nproc"
 
 
-def under_launcher(env: dict[str, str] | None = None) -> bool:
-    """True inside a process started by torchrun (or by SLURM as one of several tasks)."""
-    env = os.environ if env is None else env
-    if "TORCHELASTIC_RUN_ID" in env or ("RANK" in env and "WORLD_SIZE" in env):
-        return True
-    return int(env.get("SLURM_NTASKS", "1") or 1) > 1
-
-
 def strip_flag(argv: list[str], flag: str = NPROC_FLAG) -> list[str]:
     """``argv`` without ``flag VALUE`` / ``flag=VALUE`` (the relaunched command must not relaunch again)."""
     kept: list[str] = []

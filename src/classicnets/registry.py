@@ -10,13 +10,15 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch.nn as nn
 
-from .errors import ClassicnetsError
+from .errors import ClassicnetsError, ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -139,8 +141,6 @@ def check_model_options(name: str, options: dict) -> None:
     """Refuse options the builder does not take, and values of another type than its default's (a number
     for width_mult, true/false for a switch), with a :class:`ModelOptionError` naming the option; the
     builders check the ranges (width_mult in (0, 8], dropout in [0, 1)...)."""
-    from .layers import check_width_mult
-
     entry = _entry(name)
     unknown = sorted(set(options) - entry.options)
     if unknown:
@@ -164,6 +164,25 @@ def check_model_options(name: str, options: dict) -> None:
         check_width_mult(options["width_mult"])
 
 
+# Bounds that keep a typo from allocating the machine (a training setting, a checkpoint's header): a side of
+# 4,096 px is 18x the 224 of the classic nets (one float32 batch of 128 such 3-channel images is 25 GB).
+MAX_IMAGE_SIZE = 4096
+
+# 8x the channels is 64x the weights of most layers (AlexNet: 3.7 billion parameters, 15 GB): any wider
+# is a typo, and a checkpoint header asking for more would make a reader allocate before any check.
+MAX_WIDTH_MULT = 8.0
+
+
+def check_width_mult(width_mult: object) -> float:
+    """A width multiplier in (0, MAX_WIDTH_MULT], or :class:`ConfigError`."""
+    if isinstance(width_mult, bool) or not isinstance(width_mult, (int, float)) or not (
+            0 < width_mult <= MAX_WIDTH_MULT):
+        raise ConfigError(f"width_mult must be a number in (0, {MAX_WIDTH_MULT:g}]; got {width_mult!r}: "
+                          "use e.g. 0.25 (quarter width) or 1 (the paper's width)")
+    return float(width_mult)
+
+
+
 def _kind_words(default: object) -> str:
     if isinstance(default, bool):
         return "true or false"
@@ -177,6 +196,30 @@ def _kind_words(default: object) -> str:
 def model_defaults(name: str) -> dict:
     """The builder's default options, e.g. ``{"num_classes": 10, "in_channels": 1, ...}``."""
     return dict(_entry(name).defaults)
+
+
+def parse_model_options(text: str) -> dict[str, Any]:
+    """``"width_mult=0.5,towers=1"`` -> ``{"width_mult": 0.5, "towers": 1}``: the one KEY=VALUE syntax of
+    model options (train's ``--model-options``, summary's ``--option``). Values: true/false (any case),
+    JSON numbers and null, anything else the text itself."""
+    options = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ModelOptionError("model options are KEY=VALUE[,KEY=VALUE...], e.g. "
+                                   f"width_mult=0.5,towers=1; got {text!r}")
+        options[key] = _option_value(raw.strip())
+    return options
+
+
+def _option_value(raw: str) -> Any:
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
 
 
 def _entry(name: str) -> _Entry:

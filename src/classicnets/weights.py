@@ -99,7 +99,7 @@ def read_weights(path: str | Path) -> WeightsFile:
         raise CheckpointError(f"weights file {path} does not exist; pass a .pth/.pt state_dict, a "
                               ".safetensors file or a classicnets run directory")
     if path.is_dir() or path.suffix == ".safetensors":
-        from .training.checkpoint import load_model_weights, parse_metadata
+        from .checkpoint import load_model_weights, parse_metadata
 
         state, header = load_model_weights(path)
         metadata = parse_metadata(header) if "model" in header else None

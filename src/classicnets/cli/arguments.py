@@ -20,9 +20,9 @@ def add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
 def load_for_command(args: argparse.Namespace, quiet: bool = False):
     """The checkpoint (or the model and --weights) a command names, with the weights' load report printed
     (on stderr when ``quiet``: the command's stdout is JSON)."""
-    from ..inference import load_checkpoint
+    from ..checkpoint import load_model
 
-    loaded = load_checkpoint(args.checkpoint, weights=args.weights)
+    loaded = load_model(args.checkpoint, weights=args.weights)
     if loaded.report is not None:
         print(loaded.report, file=sys.stderr if quiet else sys.stdout)
     return loaded

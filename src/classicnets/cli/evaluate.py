@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..evaluation import TTA_MODES
 from .arguments import add_checkpoint_argument, load_for_command
 
 
@@ -21,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
                         "search); for a run trained on an image folder, the folder holding val/ (or test/) "
                         "when it has moved")
     parser.add_argument("--split", choices=["test", "train"], default="test", help="default: test")
-    parser.add_argument("--tta", choices=["none", "flip", "ten-crop"], default="none",
+    parser.add_argument("--tta", choices=TTA_MODES, default="none",
                         help="test-time augmentation: average the softmax over the image and its mirror "
                              "(flip) or the paper's 4 corner + centre crops and their mirrors (ten-crop); "
                              "default: none")

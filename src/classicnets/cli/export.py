@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..inference import EXPORT_FORMATS
 from .arguments import add_checkpoint_argument, load_for_command
 
 
@@ -16,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
                     "difference than --tolerance fails.",
     )
     add_checkpoint_argument(parser)
-    parser.add_argument("--format", choices=["onnx", "torchscript"], required=True,
+    parser.add_argument("--format", choices=EXPORT_FORMATS, required=True,
                         help="onnx needs: pip install 'classicnets[export]'")
     parser.add_argument("--out", help="output file "
                                       "(default: RUN_DIR/MODEL.onnx or RUN_DIR/MODEL.torchscript.pt)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..evaluation import TTA_MODES
 from .arguments import add_checkpoint_argument, load_for_command
 
 
@@ -17,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     add_checkpoint_argument(parser)
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG, BMP, GIF or TIFF files")
     parser.add_argument("--top-k", type=int, default=5, help="how many classes to show (default: 5)")
-    parser.add_argument("--tta", choices=["none", "flip", "ten-crop"], default="none", help="default: none")
+    parser.add_argument("--tta", choices=TTA_MODES, default="none", help="default: none")
     parser.add_argument("--invert", action="store_true",
                         help="invert the images first: Fashion-MNIST and MNIST draw light items on black, "
                              "photos are usually dark on light")

@@ -14,7 +14,10 @@ import argparse
 import sys
 from functools import partial
 
-FORMATS = ("table", "markdown", "json", "csv")
+from ..inspect.measure import OPTIMIZERS
+from ..inspect.render import FORMATS
+from ..inspect.summary import DTYPES
+from ..registry import ModelOptionError, parse_model_options
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -37,8 +40,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     parser.add_argument("--in-channels", type=int, metavar="C",
                         help="input channels (default: C of --input, else the model's default)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", type=_option,
-                        help="a model option, e.g. width_mult=0.5 or towers=1 (repeatable)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"],
+                        help="model options, e.g. width_mult=0.5 or width_mult=0.5,towers=1 (repeatable)")
+    parser.add_argument("--dtype", default="float32", choices=list(DTYPES),
                         help="dtype of weights and activations; byte counts follow it (default: float32)")
     parser.add_argument("--eval", action="store_true",
                         help="count in eval mode (no dropout, BN running stats; default: training mode)")
@@ -47,7 +50,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     parser.add_argument("--device", default="cpu", help="device for --measure (default: cpu)")
     parser.add_argument("--repeats", type=int, default=5, metavar="N",
                         help="timed steps for --measure; medians are reported (default: 5)")
-    parser.add_argument("--optimizer", choices=["sgd", "sgd_momentum", "adam"], default="sgd_momentum",
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd_momentum",
                         help="optimizer of the measured steps (default: sgd_momentum)")
     parser.add_argument("--weights", metavar="FILE",
                         help="load these weights into the model first (one MODEL): a .pth/.pt state_dict, a "
@@ -117,7 +120,7 @@ def _build(name: str, args: argparse.Namespace):
     from ..registry import create_model, model_info
 
     info = model_info(name)
-    kwargs = dict(args.option)
+    kwargs = {key: value for options in args.option for key, value in options.items()}
     if args.weights:
         return _build_with_weights(name, args, kwargs)
     in_channels = args.in_channels or (args.input[0] if args.input else info.default_input[0])
@@ -164,21 +167,9 @@ def _depth(text: str) -> int | None:
     return int(text)
 
 
-def _option(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep or not key.isidentifier():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, e.g. width_mult=0.5; got {text!r}")
-    return key, _option_value(value)
-
-
-def _option_value(value: str):
-    """'0.5' -> 0.5, '2' -> 2, 'true'/'false' -> bool, anything else stays a string."""
-    if value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    for convert in (int, float):
-        try:
-            return convert(value)
-        except ValueError:
-            pass
-    return value
+def _option(text: str) -> dict:
+    try:
+        return parse_model_options(text)
+    except ModelOptionError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 

@@ -46,9 +46,10 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..experiment import train
-    from ..launch import relaunch_with_torchrun, under_launcher
-    from ..training.distributed import launcher_rank
-    from ..training.loop import TrainingInterrupted, check_run_dir
+    from ..launch import relaunch_with_torchrun
+    from ..training.distributed import launcher_rank, under_launcher
+    from ..training.loop import TrainingInterrupted
+    from ..training.rundir import check_run_dir
 
     file_values = load_config_file(args.config) if args.config else {}
     config = resolve_config(None, file_values, overrides_from_args(args), override_source="flag",

@@ -6,7 +6,7 @@
 >>> x, y = next(iter(loaders.train))                          # float32 (128, 1, 224, 224), int64 (128,)
 """
 
-from .augment import AUGMENTS, ColourPCA, flip_tta, pre_crop_size, ten_crop
+from .augment import AUGMENTS, ColourPCA, pre_crop_size
 from .formats import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
 from .loaders import (
     DeviceLoader,
@@ -33,7 +33,6 @@ __all__ = [
     "StoreLoader",
     "StreamingLoader",
     "build_loaders",
-    "flip_tta",
     "folder_eval_loader",
     "image_folder_root",
     "is_store",
@@ -42,5 +41,4 @@ __all__ = [
     "open_store",
     "pre_crop_size",
     "prepare",
-    "ten_crop",
 ]

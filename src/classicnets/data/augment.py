@@ -6,8 +6,7 @@ from its seed. Images are (B, C, H, W); uint8 where noted, float in [0, 1] other
 The paper's training views (Krizhevsky et al. 2012, section 4.1): shorter side 256, random 224x224 crops,
 horizontal flips, and PCA colour augmentation, adding sum_i alpha_i lambda_i p_i to every pixel with
 alpha_i ~ N(0, 0.1) drawn once per image per use. Its test view: ten 224 crops (four corners and the centre,
-and their mirrors) with the softmax averaged. ``flip_tta`` and ``ten_crop`` build those views for the
-evaluator.
+and their mirrors) with the softmax averaged: :mod:`classicnets.evaluation` cuts those views.
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 
-AUGMENTS = ("none", "flip", "crop-flip", "resized-crop-flip", "paper")
 PAPER_PRE_CROP = 256 / 224  # the paper crops 224 out of 256
 
 
@@ -273,26 +271,32 @@ def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
     return (images - mean) / std
 
 
-# ------------------------------------------------------------------------------- test-time views
-
-
-def flip_tta(images: torch.Tensor) -> torch.Tensor:
-    """(2, B, C, H, W): each image and its mirror; average the model's softmax over dim 0."""
-    return torch.stack((images, images.flip(-1)))
-
-
-def ten_crop(images: torch.Tensor, size: int) -> torch.Tensor:
-    """(10, B, C, size, size): the paper's test views, four corner crops and the centre crop, then their
-    mirrors. Feed it images at ``pre_crop_size(size)`` (the loaders' ``test_uncropped``)."""
-    height, width = images.shape[-2:]
-    if size > min(height, width):
-        raise ConfigError(f"ten_crop size {size} is larger than the images ({height}x{width})")
-    corners = [(0, 0), (0, width - size), (height - size, 0), (height - size, width - size)]
-    crops = [images[..., t : t + size, s : s + size] for t, s in corners] + [center_crop(images, size)]
-    return torch.stack(crops + [crop.flip(-1) for crop in crops])
-
-
 # -------------------------------------------------------------------------------- the pipeline
+
+
+@dataclass(frozen=True)
+class AugmentPlan:
+    """What one ``augment`` mode does to a training batch; :class:`BatchTransform` carries it out.
+
+    ``crop``: "none" (a plain resize of small images, the centre crop of decoded ones); "pad" (small images:
+    a random crop of the zero-padded image at its stored size, as the CIFAR recipes; decoded ones: a random
+    crop); "grid" (the paper's random 224 of 256); "box" (Inception-style random resized crops).
+    ``flip``: random left-right mirrors. ``pca``: the paper's colour shift (needs the set's ``ColourPCA``).
+    """
+
+    crop: str = "none"
+    flip: bool = False
+    pca: bool = False
+
+
+PLANS: dict[str, AugmentPlan] = {
+    "none": AugmentPlan(),
+    "flip": AugmentPlan(flip=True),
+    "crop-flip": AugmentPlan("pad", flip=True),
+    "resized-crop-flip": AugmentPlan("box", flip=True),
+    "paper": AugmentPlan("grid", flip=True, pca=True),
+}
+AUGMENTS = tuple(PLANS)  # the choices of TrainConfig.augment and the CLI's --augment
 
 
 @dataclass
@@ -301,7 +305,7 @@ class BatchTransform:
 
     ``source="array"``: small images held in memory (28 or 32 px), resized here to ``image_size``.
     ``source="folder"``: decoded images already at ``pre_crop_size(image_size)`` (the paper's 256),
-    cropped here.
+    cropped here. Training batches follow ``PLANS[augment]``; test batches the plan "none".
     """
 
     image_size: int
@@ -313,27 +317,32 @@ class BatchTransform:
     pca: ColourPCA | None = None
     dtype: torch.dtype = torch.float32
     channels_last: bool = False
-    uncropped: bool = False  # test views at pre_crop_size, for ten_crop
+    uncropped: bool = False  # test views at pre_crop_size, for ten-crop TTA (classicnets.evaluation)
     _device_constants: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):
-        if self.augment not in AUGMENTS:
+        if self.augment not in PLANS:
             raise ConfigError(f"unknown augment {self.augment!r}; choose one of {', '.join(AUGMENTS)}")
-        if self.train and self.augment == "paper" and self.pca is None:
-            raise ConfigError("augment='paper' needs the training set's colour PCA (augment.colour_pca)")
+        if self.train and PLANS[self.augment].pca and self.pca is None:
+            raise ConfigError(f"augment={self.augment!r} needs the training set's colour PCA "
+                              "(augment.colour_pca)")
+
+    @property
+    def plan(self) -> AugmentPlan:
+        return PLANS[self.augment if self.train else "none"]
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        mode = self.augment if self.train else "none"
-        if mode != "none" and generator is None:
+        plan = self.plan
+        if plan != PLANS["none"] and generator is None:
             raise ConfigError("random augmentation needs a torch.Generator on the batch's device")
         layout = torch.channels_last if self.channels_last else torch.contiguous_format
         if self.source == "folder":
-            x = self._colour(self._folder_views(images, mode, generator), mode, generator, layout)
+            x = self._colour(self._folder_views(images, plan, generator), plan, generator, layout)
         else:
-            x = self._array_views(images, mode, generator, layout)
+            x = self._array_views(images, plan, generator, layout)
         return x.to(dtype=self.dtype, memory_format=layout)
 
-    def _colour(self, images: torch.Tensor, mode: str, generator, layout=None) -> torch.Tensor:
+    def _colour(self, images: torch.Tensor, plan: AugmentPlan, generator, layout=None) -> torch.Tensor:
         """uint8 (or [0, 1] float) -> float: /255, PCA colour, normalisation, fused into one multiply-add.
 
         All three are per-image, per-channel affine maps, so they commute with bilinear resampling and
@@ -343,7 +352,7 @@ class BatchTransform:
         mean, std = self._on(images.device, "stats")
         scale = (1 / 255 if images.dtype == torch.uint8 else 1.0) / std  # C
         offset = (-mean / std).expand(images.shape[0], -1)  # B x C
-        if mode == "paper":  # the shift is in [0, 1] units, so normalisation divides it by std too
+        if plan.pca:  # the shift is in [0, 1] units, so normalisation divides it by std too
             offset = offset + pca_shift(len(images), self._on(images.device, "pca"), generator) / std
         if layout is None:
             return torch.addcmul(offset[:, :, None, None], images, scale[:, None, None])
@@ -367,29 +376,29 @@ class BatchTransform:
             self._device_constants[key] = value
         return self._device_constants[key]
 
-    def _array_views(self, images, mode, generator, layout):
+    def _array_views(self, images, plan: AugmentPlan, generator, layout):
         size = self.image_size
-        if mode == "crop-flip":
+        if plan.crop == "pad":
             # crop with padding at the stored size (4 px at 32, as in the CIFAR recipes), before the resize
             padding = max(1, round(images.shape[-1] / 8))
             images = random_crop(images, images.shape[-1], generator, padding=padding)
-        if mode in ("flip", "crop-flip"):  # on the small images: the resize stays one matrix for all
+        if plan.flip and plan.crop in ("none", "pad"):  # on the small images: the resize stays one matrix
             images = random_flip(images, generator)
-        x = self._colour(images, mode, generator)  # on the small images
+        x = self._colour(images, plan, generator)  # on the small images
         height, width = x.shape[-2:]
         target = pre_crop_size(size) if self.uncropped else size
         if target < max(height, width):  # shrinking: anti-aliased F.interpolate (the matrices do not filter)
-            return self._shrunk_views(x, mode, generator, layout)
-        rows, cols = self._geometry(x, mode, generator, target)
+            return self._shrunk_views(x, plan, generator, layout)
+        rows, cols = self._geometry(x, plan, generator, target)
         return resample(x, rows, cols, self.dtype, self.channels_last)
 
-    def _geometry(self, x, mode, generator, target):
+    def _geometry(self, x, plan: AugmentPlan, generator, target):
         """The row and column matrices of this batch's views (resize, paper crop or resized crop; flips)."""
         count, device = x.shape[0], x.device
         (height, width), size = x.shape[-2:], target
-        if mode == "resized-crop-flip":
+        if plan.crop == "box":
             rows, cols = box_matrices(random_boxes(count, generator), height, width, size)
-        elif mode == "paper" and not self.uncropped:
+        elif plan.crop == "grid" and not self.uncropped:
             # shorter side to 256, a random 224 crop (the same proportions at other sizes): as boxes in the
             # small image, at the whole-pixel offsets of the 256 grid
             grid = pre_crop_size(size)
@@ -400,30 +409,36 @@ class BatchTransform:
         else:
             rows = self._on(device, ("resize", height, size))
             cols = self._on(device, ("resize", width, size))
-        if mode in ("paper", "resized-crop-flip") and not self.uncropped:  # per-image matrices: flip them
+        if plan.flip and plan.crop in ("grid", "box") and not self.uncropped:  # per-image matrices: flip them
             flip = torch.rand(count, device=device, generator=generator) < 0.5
             cols = torch.where(flip[:, None, None], cols.flip(1), cols)  # reversed output columns = a mirror
         return rows, cols
 
-    def _shrunk_views(self, x, mode, generator, layout):
+    def _shrunk_views(self, x, plan: AugmentPlan, generator, layout):
         size = self.image_size
         x = x.contiguous(memory_format=layout)
         if self.uncropped:
             return resize(x, pre_crop_size(size))
-        if mode == "resized-crop-flip":
-            return random_flip(random_resized_crop(x, size, generator), generator)
-        if mode == "paper":
-            return random_crop_flip(resize(x, pre_crop_size(size)), size, generator)
-        return resize(x, size)  # flips, if any, were done on the small images
+        if plan.crop == "box":
+            x = random_resized_crop(x, size, generator)
+        elif plan.crop == "grid":
+            x = resize(x, pre_crop_size(size))
+            return random_crop_flip(x, size, generator) if plan.flip else random_crop(x, size, generator)
+        else:
+            return resize(x, size)  # flips, if any, were done on the small images
+        return random_flip(x, generator) if plan.flip else x
 
-    def _folder_views(self, x, mode, generator):
+    def _folder_views(self, x, plan: AugmentPlan, generator):
         """Views of uint8 images decoded at pre_crop_size: the paper's random or centre crops."""
         size = self.image_size
         if self.uncropped:
             return x
-        if mode == "resized-crop-flip":
-            return random_flip(random_resized_crop(to_float(x), size, generator), generator)
-        if mode in ("crop-flip", "paper"):  # crops and flips on the uint8 bytes: a quarter of the traffic
-            return random_crop_flip(x, size, generator)
-        x = center_crop(x, size)
-        return random_flip(x, generator) if mode == "flip" else x
+        if plan.crop == "box":
+            x = random_resized_crop(to_float(x), size, generator)
+        elif plan.crop in ("pad", "grid"):  # crops and flips on the uint8 bytes: a quarter of the traffic
+            if plan.flip:
+                return random_crop_flip(x, size, generator)
+            x = random_crop(x, size, generator)
+        else:
+            x = center_crop(x, size)
+        return random_flip(x, generator) if plan.flip else x

@@ -22,6 +22,7 @@ import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -438,6 +439,44 @@ class StoreLoader:
 # -------------------------------------------------------------------------------------- the builder
 
 
+@dataclass(frozen=True)
+class LoaderSpec:
+    """How to batch a data set, whatever its kind: every setting of :func:`build_loaders` but where the
+    data are. Each data set kind (arrays in memory, an image folder, a prepared store) is a :class:`_Parts`
+    that :func:`_assemble` turns into loaders; a new kind adds a ``_Parts`` subclass and one branch there."""
+
+    image_size: int
+    batch_size: int
+    eval_batch_size: int
+    augment: str = "none"
+    normalize: bool = True
+    device: torch.device | str = "cpu"
+    dtype: torch.dtype = torch.float32
+    channels_last: bool = False
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    subset: int | None = None
+    test_subset: int | None = None  # that many test images, balanced, the same for every seed
+    num_workers: int = 2  # image folders: decoding processes
+    on_bad: str = "skip"  # image folders: "skip" or "error" on a file that is not an image
+    max_pixels: int | None = formats.DEFAULT_MAX_PIXELS  # image folders: decompression-bomb guard
+    stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # (mean, std) instead of the set's
+
+    def __post_init__(self):
+        if self.augment not in aug.PLANS:
+            raise ConfigError(f"unknown augment {self.augment!r}; choose one of {', '.join(aug.AUGMENTS)}")
+        if self.on_bad not in ("skip", "error"):
+            raise ConfigError(f"on_bad must be 'skip' or 'error', found {self.on_bad!r}")
+        if self.image_size < 1 or self.batch_size < 1:
+            raise ConfigError(f"image_size and batch_size must be positive, found {self.image_size} and "
+                              f"{self.batch_size}")
+
+    @property
+    def needs_pca(self) -> bool:
+        return aug.PLANS[self.augment].pca
+
+
 @dataclass
 class Loaders:
     """What ``build_loaders`` returns: the two loaders and what a model and a checkpoint need to know."""
@@ -454,7 +493,7 @@ class Loaders:
     dataset: str  # the name, or the image folder's path (either can be passed back to build_loaders)
     train_size: int  # images in the training split used (after ``subset``), all ranks together
     test_size: int
-    # at pre_crop_size, for augment.ten_crop
+    # at pre_crop_size, for ten-crop TTA
     test_uncropped: DeviceLoader | StreamingLoader | StoreLoader | None = None
     pca: aug.ColourPCA | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)  # files left out while scanning folders
@@ -496,35 +535,17 @@ def build_loaders(
     balanced across classes; ``test_subset``: only that many test images, balanced, the same ones for every
     seed.
     """
-    if augment not in aug.AUGMENTS:
-        raise ConfigError(f"unknown augment {augment!r}; choose one of {', '.join(aug.AUGMENTS)}")
-    if on_bad not in ("skip", "error"):
-        raise ConfigError(f"on_bad must be 'skip' or 'error', found {on_bad!r}")
-    if image_size < 1 or batch_size < 1:
-        raise ConfigError(f"image_size and batch_size must be positive, found {image_size} and {batch_size}")
-    common = dict(
-        image_size=image_size,
-        batch_size=batch_size,
-        eval_batch_size=eval_batch_size or batch_size,
-        augment=augment,
-        normalize=normalize,
-        device=device,
-        dtype=dtype,
-        channels_last=channels_last,
-        seed=seed,
-        rank=rank,
-        world_size=world_size,
-        subset=subset,
-        test_subset=test_subset,
-        stats=stats,
+    spec = LoaderSpec(
+        image_size=image_size, batch_size=batch_size, eval_batch_size=eval_batch_size or batch_size,
+        augment=augment, normalize=normalize, device=device, dtype=dtype, channels_last=channels_last,
+        seed=seed, rank=rank, world_size=world_size, subset=subset, test_subset=test_subset,
+        num_workers=num_workers, on_bad=on_bad, max_pixels=max_pixels, stats=stats,
     )
     folder = image_folder_root(dataset, data_dir)
     if folder is not None and store_format.is_store(folder):
-        return _store_loaders(folder, **common)
+        return _assemble(spec, _StoreParts.open(folder, spec))
     if folder is not None:
-        return _folder_loaders(
-            folder, num_workers=num_workers, on_bad=on_bad, max_pixels=max_pixels, **common
-        )
+        return _assemble(spec, _FolderParts.scan(folder, spec))
     if isinstance(dataset, str):
         name = canonical_name(dataset)
         load = dict(data_dir=data_dir, download=download, mirrors=mirrors, cache_dir=cache_dir)
@@ -533,7 +554,7 @@ def build_loaders(
         train_set, test_set = load_dataset(name, "train", **load), load_dataset(name, "test", **load)
     else:
         train_set, test_set = dataset
-    return _array_loaders(train_set, test_set, **common)
+    return _assemble(spec, _ArrayParts.of(train_set, test_set, spec))
 
 
 def image_folder_root(dataset, data_dir=None) -> Path | None:
@@ -569,33 +590,9 @@ def _floored_std(std, source: str) -> tuple[float, ...]:
         f"channel(s) {[c for c, s in enumerate(std) if s < MIN_STD]} of the {source} training images "
         f"hardly vary (std {[round(s, 6) for s in std]}); normalising divides by at least {MIN_STD:.4f}. "
         "Check the images, or pass --no-normalize",
-        stacklevel=4,
+        stacklevel=3,  # build_loaders, which called _assemble
     )
     return tuple(max(s, MIN_STD) for s in std)
-
-
-def _transforms(common: dict, source: str, mean, std, pca, channels: int):
-    if common.get("stats") is not None:  # given (a pretrained model's): fitted to the images' channels
-        mean, std = (_fit_channels(tuple(v), channels) for v in common["stats"])
-    elif common["normalize"]:
-        std = _floored_std(std, source)
-    keep = dict(
-        image_size=common["image_size"],
-        augment=common["augment"],
-        source=source,
-        dtype=common["dtype"],
-        channels_last=common["channels_last"],
-        pca=pca,
-    )
-    if common["normalize"]:
-        keep.update(mean=tuple(mean), std=tuple(std))
-    stats = (tuple(mean), tuple(std)) if common["normalize"] else ((0.0,) * channels, (1.0,) * channels)
-    return (
-        aug.BatchTransform(train=True, **keep),
-        aug.BatchTransform(train=False, **keep),
-        aug.BatchTransform(train=False, uncropped=True, **keep),
-        stats,
-    )
 
 
 def _fit_channels(values: tuple[float, ...], channels: int) -> tuple[float, ...]:
@@ -606,153 +603,168 @@ def _fit_channels(values: tuple[float, ...], channels: int) -> tuple[float, ...]
     return tuple(values[i % len(values)] for i in range(channels))
 
 
-def _array_loaders(train_set: ArrayDataset, test_set: ArrayDataset, **common) -> Loaders:
-    if train_set.images.shape[1:] != test_set.images.shape[1:] or train_set.classes != test_set.classes:
-        raise DatasetError(
-            f"{train_set.name}: the train and test splits differ in image shape "
-            f"({tuple(train_set.images.shape[1:])} vs {tuple(test_set.images.shape[1:])}) or classes"
-        )
-    images, labels = train_set.images, train_set.labels
-    keep = training_subset(labels, common["subset"], common["seed"], list(train_set.classes), train_set.name)
-    if keep is not None:
-        images, labels = images[keep], labels[keep]
-    test_images, test_labels = test_set.images, test_set.labels
-    if common["test_subset"] is not None:
-        keep = balanced_subset(test_labels, common["test_subset"], TEST_SUBSET_SEED)
-        test_images, test_labels = test_images[keep], test_labels[keep]
-    mean, std = aug.channel_stats(images)
-    pca = aug.colour_pca(images, seed=common["seed"]) if common["augment"] == "paper" else None
-    channels = images.shape[1]
-    train_tf, test_tf, uncropped_tf, (mean, std) = _transforms(common, "array", mean, std, pca, channels)
-    placement = dict(
-        device=common["device"], seed=common["seed"], rank=common["rank"], world_size=common["world_size"]
-    )
-    train = DeviceLoader(
-        images, labels, batch_size=common["batch_size"], transform=train_tf, shuffle=True, **placement
-    )
-    test = DeviceLoader(
-        test_images,
-        test_labels,
-        batch_size=common["eval_batch_size"],
-        transform=test_tf,
-        shuffle=False,
-        **placement,
-    )
-    # shares the test loader's device tensors: no second copy
-    uncropped = DeviceLoader(
-        test.images,
-        test.labels,
-        batch_size=common["eval_batch_size"],
-        transform=uncropped_tf,
-        shuffle=False,
-        **placement,
+@dataclass
+class _Parts:
+    """What a data set kind supplies to :func:`_assemble`: its facts, its training-set statistics, and
+    ``loader(split, transform, batch_size, shuffle)`` that batches one split ("train" or "test")."""
+
+    source: str  # BatchTransform's: "array" (small images resized on the device) or "folder" (decoded)
+    classes: list[str]
+    channels: int
+    name: str
+    train_size: int
+    test_size: int
+    mean: list[float]  # of the training images, in [0, 1] units
+    std: list[float]
+    pca: aug.ColourPCA | None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def loader(self, split: str, transform: aug.BatchTransform, batch_size: int, shuffle: bool):
+        raise NotImplementedError
+
+
+def _assemble(spec: LoaderSpec, parts: _Parts) -> Loaders:
+    """The train, test and uncropped-test (ten-crop) loaders of any data set kind, and their facts."""
+    mean, std = tuple(parts.mean), tuple(parts.std)
+    if spec.stats is not None:  # given (a pretrained model's): fitted to the images' channels
+        mean, std = (_fit_channels(tuple(v), parts.channels) for v in spec.stats)
+    elif spec.normalize:
+        std = _floored_std(std, parts.source)
+    stats = (mean, std) if spec.normalize else ((0.0,) * parts.channels, (1.0,) * parts.channels)
+    transform = partial(
+        aug.BatchTransform, image_size=spec.image_size, augment=spec.augment, source=parts.source,
+        dtype=spec.dtype, channels_last=spec.channels_last, pca=parts.pca,
+        **(dict(mean=stats[0], std=stats[1]) if spec.normalize else {}),
     )
     return Loaders(
-        train,
-        test,
-        list(train_set.classes),
-        channels,
-        len(train_set.classes),
-        mean,
-        std,
-        common["image_size"],
-        common["augment"],
-        train_set.name,
-        len(labels),
-        len(test_labels),
-        uncropped,
-        pca,
+        train=parts.loader("train", transform(train=True), spec.batch_size, shuffle=True),
+        test=parts.loader("test", transform(train=False), spec.eval_batch_size, shuffle=False),
+        test_uncropped=parts.loader("test", transform(train=False, uncropped=True), spec.eval_batch_size,
+                                    shuffle=False),
+        classes=list(parts.classes), in_channels=parts.channels, num_classes=len(parts.classes),
+        mean=stats[0], std=stats[1], image_size=spec.image_size, augment=spec.augment, dataset=parts.name,
+        train_size=parts.train_size, test_size=parts.test_size, pca=parts.pca, skipped=parts.skipped,
     )
 
 
-def _folder_loaders(root: Path, *, num_workers: int, on_bad: str, max_pixels, **common) -> Loaders:
-    train_scan, test_scan = formats.scan_splits(root, on_bad=on_bad)
-    paths, labels = train_scan.paths, train_scan.labels
-    keep = training_subset(torch.tensor(labels), common["subset"], common["seed"], train_scan.classes,
-                           str(train_scan.root))
-    if keep is not None:
-        paths, labels = [paths[i] for i in keep.tolist()], [labels[i] for i in keep.tolist()]
-    test_paths, test_labels = test_scan.paths, test_scan.labels
-    if common["test_subset"] is not None:
-        keep = balanced_subset(torch.tensor(test_labels), common["test_subset"], TEST_SUBSET_SEED).tolist()
-        test_paths, test_labels = [test_paths[i] for i in keep], [test_labels[i] for i in keep]
-    size = aug.pre_crop_size(common["image_size"])
-    mean, std, pca = _folder_stats(paths, labels, max_pixels, num_workers, common["seed"],
-                                   classes=train_scan.classes)
-    train_tf, test_tf, uncropped_tf, (mean, std) = _transforms(
-        common, "folder", mean, std, pca if common["augment"] == "paper" else None, 3
-    )
-    stream = dict(
-        device=common["device"],
-        seed=common["seed"],
-        rank=common["rank"],
-        world_size=common["world_size"],
-        num_workers=num_workers,
-        on_bad=on_bad,
-    )
-    train = StreamingLoader(
-        FolderDataset(paths, labels, size, max_pixels),
-        batch_size=common["batch_size"],
-        transform=train_tf,
-        shuffle=True,
-        **stream,
-    )
-    test_data = FolderDataset(test_paths, test_labels, size, max_pixels)
-    test = StreamingLoader(
-        test_data, batch_size=common["eval_batch_size"], transform=test_tf, shuffle=False, **stream
-    )
-    uncropped = StreamingLoader(
-        test_data, batch_size=common["eval_batch_size"], transform=uncropped_tf, shuffle=False, **stream
-    )
-    skipped = [(str(p), why) for p, why in train_scan.skipped + test_scan.skipped]
-    if skipped:
-        warnings.warn(
-            f"{root}: left out {len(skipped)} file(s) that are not images (first: {skipped[0][0]})",
-            stacklevel=3,
+@dataclass
+class _ArrayParts(_Parts):
+    """A set held in memory: each split one uint8 tensor, batched on the device by :class:`DeviceLoader`."""
+
+    spec: LoaderSpec | None = None
+    splits: dict = field(default_factory=dict)  # split -> (images, labels)
+
+    @classmethod
+    def of(cls, train_set: ArrayDataset, test_set: ArrayDataset, spec: LoaderSpec) -> _ArrayParts:
+        if train_set.images.shape[1:] != test_set.images.shape[1:] or train_set.classes != test_set.classes:
+            raise DatasetError(
+                f"{train_set.name}: the train and test splits differ in image shape "
+                f"({tuple(train_set.images.shape[1:])} vs {tuple(test_set.images.shape[1:])}) or classes"
+            )
+        images, labels = train_set.images, train_set.labels
+        keep = training_subset(labels, spec.subset, spec.seed, list(train_set.classes), train_set.name)
+        if keep is not None:
+            images, labels = images[keep], labels[keep]
+        test_images, test_labels = test_set.images, test_set.labels
+        if spec.test_subset is not None:
+            keep = balanced_subset(test_labels, spec.test_subset, TEST_SUBSET_SEED)
+            test_images, test_labels = test_images[keep], test_labels[keep]
+        mean, std = aug.channel_stats(images)
+        return cls(
+            source="array", classes=list(train_set.classes), channels=images.shape[1], name=train_set.name,
+            train_size=len(labels), test_size=len(test_labels), mean=mean, std=std,
+            pca=aug.colour_pca(images, seed=spec.seed) if spec.needs_pca else None, spec=spec,
+            splits={"train": (images, labels), "test": (test_images, test_labels)},
         )
-    return Loaders(
-        train,
-        test,
-        train_scan.classes,
-        3,
-        len(train_scan.classes),
-        mean,
-        std,
-        common["image_size"],
-        common["augment"],
-        str(root),
-        len(paths),
-        len(test_paths),
-        uncropped,
-        pca,
-        skipped,
-    )
+
+    def loader(self, split, transform, batch_size, shuffle):
+        images, labels = self.splits[split]
+        spec = self.spec
+        loader = DeviceLoader(images, labels, batch_size=batch_size, transform=transform, shuffle=shuffle,
+                              device=spec.device, seed=spec.seed, rank=spec.rank, world_size=spec.world_size)
+        self.splits[split] = (loader.images, loader.labels)  # later loaders of the split share these copies
+        return loader
 
 
-def _store_loaders(root: Path, **common) -> Loaders:
-    train_split = store_format.open_store(root, "train")
-    test_split = store_format.open_store(root, "val")
-    keep = training_subset(train_split.labels, common["subset"], common["seed"], train_split.classes,
-                           str(root))
-    indices = None if keep is None else keep.numpy()
-    test_indices = None
-    if common["test_subset"] is not None:
-        test_indices = balanced_subset(test_split.labels, common["test_subset"], TEST_SUBSET_SEED).numpy()
-    mean, std, pca = _store_stats(train_split, common["seed"])
-    train_tf, test_tf, uncropped_tf, (mean, std) = _transforms(
-        common, "folder", mean, std, pca if common["augment"] == "paper" else None, 3
-    )
-    place = dict(device=common["device"], seed=common["seed"], rank=common["rank"],
-                 world_size=common["world_size"], resize_to=_store_resize(train_split, common["image_size"]))
-    train = StoreLoader(train_split, batch_size=common["batch_size"], transform=train_tf, shuffle=True,
-                        indices=indices, **place)
-    test = StoreLoader(test_split, batch_size=common["eval_batch_size"], transform=test_tf, shuffle=False,
-                       indices=test_indices, **place)
-    uncropped = StoreLoader(test_split, batch_size=common["eval_batch_size"], transform=uncropped_tf,
-                            shuffle=False, indices=test_indices, **place)  # fmt: skip
-    classes = train_split.classes
-    return Loaders(train, test, classes, 3, len(classes), mean, std, common["image_size"], common["augment"],
-                   str(root), len(train.indices), len(test.indices), uncropped, pca)
+@dataclass
+class _FolderParts(_Parts):
+    """An image folder: worker processes decode each split at the pre-crop size (:class:`StreamingLoader`)."""
+
+    spec: LoaderSpec | None = None
+    splits: dict = field(default_factory=dict)  # split -> FolderDataset
+
+    @classmethod
+    def scan(cls, root: Path, spec: LoaderSpec) -> _FolderParts:
+        train_scan, test_scan = formats.scan_splits(root, on_bad=spec.on_bad)
+        paths, labels = train_scan.paths, train_scan.labels
+        keep = training_subset(torch.tensor(labels), spec.subset, spec.seed, train_scan.classes,
+                               str(train_scan.root))
+        if keep is not None:
+            paths, labels = [paths[i] for i in keep.tolist()], [labels[i] for i in keep.tolist()]
+        test_paths, test_labels = test_scan.paths, test_scan.labels
+        if spec.test_subset is not None:
+            keep = balanced_subset(torch.tensor(test_labels), spec.test_subset, TEST_SUBSET_SEED).tolist()
+            test_paths, test_labels = [test_paths[i] for i in keep], [test_labels[i] for i in keep]
+        size = aug.pre_crop_size(spec.image_size)
+        mean, std, pca = _folder_stats(paths, labels, spec.max_pixels, spec.num_workers, spec.seed,
+                                       classes=train_scan.classes)
+        skipped = [(str(p), why) for p, why in train_scan.skipped + test_scan.skipped]
+        if skipped:
+            warnings.warn(
+                f"{root}: left out {len(skipped)} file(s) that are not images (first: {skipped[0][0]})",
+                stacklevel=3,  # the caller of build_loaders
+            )
+        return cls(
+            source="folder", classes=train_scan.classes, channels=3, name=str(root), train_size=len(paths),
+            test_size=len(test_paths), mean=mean, std=std, pca=pca if spec.needs_pca else None,
+            skipped=skipped, spec=spec,
+            splits={"train": FolderDataset(paths, labels, size, spec.max_pixels),
+                    "test": FolderDataset(test_paths, test_labels, size, spec.max_pixels)},
+        )
+
+    def loader(self, split, transform, batch_size, shuffle):
+        spec = self.spec
+        return StreamingLoader(
+            self.splits[split], batch_size=batch_size, transform=transform, shuffle=shuffle,
+            device=spec.device, seed=spec.seed, rank=spec.rank, world_size=spec.world_size,
+            num_workers=spec.num_workers, on_bad=spec.on_bad,
+        )
+
+
+@dataclass
+class _StoreParts(_Parts):
+    """A store prepared by ``classicnets prepare``: NHWC uint8 shards gathered by :class:`StoreLoader`."""
+
+    spec: LoaderSpec | None = None
+    splits: dict = field(default_factory=dict)  # split -> (store split, indices or None: all)
+    resize_to: int | None = None
+
+    @classmethod
+    def open(cls, root: Path, spec: LoaderSpec) -> _StoreParts:
+        train_split = store_format.open_store(root, "train")
+        test_split = store_format.open_store(root, "val")
+        keep = training_subset(train_split.labels, spec.subset, spec.seed, train_split.classes, str(root))
+        indices = None if keep is None else keep.numpy()
+        test_indices = None
+        if spec.test_subset is not None:
+            test_indices = balanced_subset(test_split.labels, spec.test_subset, TEST_SUBSET_SEED).numpy()
+        mean, std, pca = _store_stats(train_split, spec.seed)
+        classes = train_split.classes
+        return cls(
+            source="folder", classes=classes, channels=3, name=str(root),
+            train_size=len(train_split) if indices is None else len(indices),
+            test_size=len(test_split) if test_indices is None else len(test_indices),
+            mean=mean, std=std, pca=pca if spec.needs_pca else None, spec=spec,
+            splits={"train": (train_split, indices), "test": (test_split, test_indices)},
+            resize_to=_store_resize(train_split, spec.image_size),
+        )
+
+    def loader(self, split, transform, batch_size, shuffle):
+        data, indices = self.splits[split]
+        spec = self.spec
+        return StoreLoader(data, batch_size=batch_size, transform=transform, shuffle=shuffle, indices=indices,
+                           device=spec.device, seed=spec.seed, rank=spec.rank, world_size=spec.world_size,
+                           resize_to=self.resize_to)
 
 
 def _store_resize(split, image_size: int) -> int | None:

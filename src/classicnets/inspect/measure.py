@@ -29,6 +29,7 @@ import torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..errors import ConfigError
+from ..runtime import resolve_device
 from .trace import ModuleStack, ModuleStats, module_stats, tensors_in
 
 OPTIMIZERS = ("sgd", "sgd_momentum", "adam")
@@ -71,13 +72,7 @@ def measure_step(model: nn.Module, shape: tuple[int, ...], dtype: torch.dtype, d
 
 
 def _resolve_device(device) -> torch.device:
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise ConfigError(f"device {device!r} is not a device PyTorch knows ({error}); try cpu or cuda") \
-            from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device cuda was asked for but PyTorch sees no CUDA GPU here; use --device cpu")
+    device = resolve_device(device)
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"--measure supports cpu and cuda devices; got {device.type!r}")
     return device

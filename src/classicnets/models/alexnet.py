@@ -43,17 +43,9 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
-from ..layers import (
-    ClassicNet,
-    PaperLRN,
-    check_dropout,
-    init_xavier,
-    make_activation,
-    paper_lrn,
-    scaled,
-    valid_input_sizes,
-)
 from ..registry import ModelInfo, register_model
+from .base import ClassicNet, check_dropout, init_xavier, make_activation, scaled, valid_input_sizes
+from .lrn import PaperLRN, paper_lrn
 
 D2L_MEAN, D2L_STD = (0.0,), (1.0,)  # d2l feeds pixels in [0, 1] with no normalisation
 
@@ -84,10 +76,6 @@ class AlexNet(ClassicNet):
             self.avgpool = None
             self.input_sizes = valid_input_sizes(features, final_size)
         self.classifier = classifier
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
-        return self.features(x)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         if self.avgpool is not None:

@@ -31,8 +31,9 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
-from ..layers import ClassicNet, PaperLRN
 from .alexnet import AlexNet
+from .base import ClassicNet
+from .lrn import PaperLRN
 
 
 class AlexNetTowers(ClassicNet):

@@ -1,4 +1,4 @@
-"""The four-layer net of the AlexNet paper's Fig. 1: cuda-convnet's CIFAR-10 example.
+"""The four-layer net of the AlexNet paper's Fig. 1: cuda-convnet's CIFAR-10 example net.
 
 Krizhevsky et al. 2012, section 3.1: "A four-layer convolutional neural network with ReLUs (solid line)
 reaches a 25% training error rate on CIFAR-10 six times faster than an equivalent network with tanh neurons".
@@ -22,8 +22,8 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 
-from ..layers import ClassicNet, make_activation, scaled, valid_input_sizes
 from ..registry import ModelInfo, register_model
+from .base import ClassicNet, make_activation, scaled, valid_input_sizes
 
 FINAL_SIZE = 4  # three ceil-mode 3/2 pools: 32 -> 16 -> 8 -> 4
 
@@ -50,10 +50,6 @@ class CudaConvnet(ClassicNet):
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.normal_(m.weight, std=1e-4 if name == "conv1" else 1e-2)
                 nn.init.zeros_(m.bias)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
-        return self.features(x)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(features, 1))

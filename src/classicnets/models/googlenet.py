@@ -21,14 +21,15 @@ Two builders:
 from __future__ import annotations
 
 from collections import namedtuple
+from collections.abc import Callable
 from functools import partial
 
 import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
-from ..layers import BasicConv2d, ClassicNet, ConvReLU, Inception, check_dropout, init_xavier, scaled
 from ..registry import ModelInfo, register_model
+from .base import ClassicNet, check_dropout, init_xavier, scaled
 
 GoogLeNetOutputs = namedtuple("GoogLeNetOutputs", ["logits", "aux_logits2", "aux_logits1"])
 
@@ -47,6 +48,63 @@ INCEPTION_ROWS: dict[str, tuple[int, int, int, int, int, int]] = {
 }
 MIN_SIZE = 15  # 7x7/2 conv then three ceil-mode 3/2 pools must each see at least 2 pixels
 D2L_MIN_SIZE = 1  # padded pools never shrink below 1x1
+
+
+class BasicConv2d(nn.Module):
+    """Conv (no bias) -> BatchNorm(eps=1e-3) -> ReLU: torchvision's GoogLeNet unit (keys ``conv``, ``bn``).
+
+    The BatchNorm is not in the 2014 paper (it came in 2015); torchvision's weights were trained with it.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, **conv_kwargs):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, bias=False, **conv_kwargs)
+        self.bn = nn.BatchNorm2d(out_channels, eps=0.001)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.bn(self.conv(x)))
+
+
+class ConvReLU(nn.Module):
+    """Conv (with bias) -> ReLU: the paper's GoogLeNet unit, as d2l builds it."""
+
+    def __init__(self, in_channels: int, out_channels: int, **conv_kwargs):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, **conv_kwargs)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.conv(x))
+
+
+class Inception(nn.Module):
+    """Four parallel branches concatenated on channels: 1x1 | 1x1->3x3 | 1x1->5x5 | 3x3 max-pool->1x1.
+
+    Keys follow torchvision (``branch1``, ``branch2.0/1``, ``branch3.0/1``, ``branch4.1``). ``branch3_kernel``
+    is 5 in the paper; torchvision's GoogLeNet uses 3 (a bug kept for its weights, vision#906).
+    """
+
+    def __init__(self, in_channels: int, ch1x1: int, ch3x3red: int, ch3x3: int, ch5x5red: int, ch5x5: int,
+                 pool_proj: int, conv_block: Callable[..., nn.Module] = BasicConv2d, branch3_kernel: int = 5):
+        super().__init__()
+        self.branch1 = conv_block(in_channels, ch1x1, kernel_size=1)
+        self.branch2 = nn.Sequential(
+            conv_block(in_channels, ch3x3red, kernel_size=1),
+            conv_block(ch3x3red, ch3x3, kernel_size=3, padding=1),
+        )
+        self.branch3 = nn.Sequential(
+            conv_block(in_channels, ch5x5red, kernel_size=1),
+            conv_block(ch5x5red, ch5x5, kernel_size=branch3_kernel, padding=branch3_kernel // 2),
+        )
+        self.branch4 = nn.Sequential(
+            nn.MaxPool2d(kernel_size=3, stride=1, padding=1, ceil_mode=True),
+            conv_block(in_channels, pool_proj, kernel_size=1),
+        )
+        self.out_channels = ch1x1 + ch3x3 + ch5x5 + pool_proj
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)], 1)
 
 
 def _inception_blocks(in_channels: int, width_mult: float, conv_block, branch3_kernel: int) -> dict:
@@ -163,12 +221,6 @@ class GoogLeNetD2L(ClassicNet):
                                   nn.Linear(blocks["5b"].out_channels, num_classes))
         init_xavier(self)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
-        return self.features(x)
-
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.head(features)
 
 
 PAPER = "Szegedy et al.: Going Deeper with Convolutions"

@@ -12,13 +12,22 @@ class-map block and the global average.
 
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 
-from ..layers import ClassicNet, check_dropout, init_xavier, nin_block, scaled
 from ..registry import ModelInfo, register_model
+from .base import ClassicNet, check_dropout, init_xavier, scaled
 
 MIN_SIZE = 67  # 11x11/4 conv and three 3/2 pools: 67 -> 15 -> 7 -> 3 -> 1
+
+
+def nin_block(in_channels: int, out_channels: int, kernel_size: int, stride: int,
+              padding: int) -> nn.Sequential:
+    """A conv followed by two 1x1 convs, each with ReLU: the "mlpconv" layer (a small MLP at every pixel)."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding), nn.ReLU(),
+        nn.Conv2d(out_channels, out_channels, kernel_size=1), nn.ReLU(),
+        nn.Conv2d(out_channels, out_channels, kernel_size=1), nn.ReLU(),
+    )
 
 
 class NiN(ClassicNet):
@@ -43,12 +52,6 @@ class NiN(ClassicNet):
         )
         init_xavier(self)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
-        return self.features(x)
-
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.head(features)
 
 
 @register_model(ModelInfo(

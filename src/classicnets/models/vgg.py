@@ -26,8 +26,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..layers import ClassicNet, check_dropout, paper_lrn, scaled
 from ..registry import ModelInfo, register_model
+from .base import ClassicNet, check_dropout, scaled
+from .lrn import paper_lrn
 
 # The paper's Table 1: conv3 output channels, "M" = 2x2 max-pool, "LRN" = local response normalisation
 # (AlexNet's constants), (channels, 1) = a 1x1 conv ("conv1-256" in the table).
@@ -91,11 +92,7 @@ class VGG(ClassicNet):
                 nn.init.normal_(m.weight, 0, 0.01)
                 nn.init.zeros_(m.bias)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
-        return self.features(x)  # N x 512 x H/32 x W/32
-
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:  # features: N x 512 x H/32 x W/32
         return self.classifier(torch.flatten(self.avgpool(features), 1))  # N x 512*7*7 -> N x classes
 
 

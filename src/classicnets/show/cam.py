@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..inference import MissingDependencyError
+from ..errors import MissingDependencyError
 from .common import (
     Picture,
     class_index,

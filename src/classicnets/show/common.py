@@ -2,7 +2,7 @@
 ``predict`` reads it, the layers a forward pass runs through, and where the PNG and its JSON go.
 
 A *subject* is a run directory or checkpoint (the model is rebuilt from its header, as ``predict`` does), a
-:class:`~classicnets.inference.LoadedCheckpoint`, or a bare ``nn.Module`` (tests, notebooks); a bare module
+:class:`~classicnets.checkpoint.LoadedCheckpoint`, or a bare ``nn.Module`` (tests, notebooks); a bare module
 has no preprocessing, so its images are passed as prepared tensors.
 """
 
@@ -42,8 +42,8 @@ class Subject:
     model: nn.Module
     name: str
     classes: list[str]
-    preprocessing: Any = None  # inference.Preprocessing, or None for a bare module
-    loaded: Any = None  # inference.LoadedCheckpoint, or None for a bare module
+    preprocessing: Any = None  # checkpoint.Preprocessing, or None for a bare module
+    loaded: Any = None  # checkpoint.LoadedCheckpoint, or None for a bare module
     out_dir: Path | None = None  # where pictures go unless told: the run directory
 
     @property
@@ -53,15 +53,15 @@ class Subject:
 
 def subject_of(run: str | Path | nn.Module | Any, classes: Sequence[str] | None = None) -> Subject:
     """A run directory, checkpoint file, LoadedCheckpoint or nn.Module as a :class:`Subject` in eval mode."""
-    from ..inference import LoadedCheckpoint, default_output_dir, load_checkpoint
+    from ..checkpoint import LoadedCheckpoint, load_model
 
     if isinstance(run, nn.Module):
         info = getattr(run, "info", None)
         name = info.name if info is not None else type(run).__name__
         return Subject(run.eval(), name, list(classes) if classes is not None else [])
-    loaded = run if isinstance(run, LoadedCheckpoint) else load_checkpoint(run)
+    loaded = run if isinstance(run, LoadedCheckpoint) else load_model(run)
     return Subject(loaded.model.eval(), loaded.metadata["model"], loaded.classes, loaded.preprocessing,
-                   loaded, default_output_dir(loaded))
+                   loaded, loaded.run_dir)
 
 
 def model_input(subject: Subject, image: str | Path | Any, invert: bool = False) -> torch.Tensor:
@@ -75,7 +75,8 @@ def model_input(subject: Subject, image: str | Path | Any, invert: bool = False)
     if subject.preprocessing is None:
         raise ConfigError("a bare model has no preprocessing to read an image file with; pass a run "
                           "directory or checkpoint, or the image as a prepared (C, H, W) tensor")
-    from ..inference import _square_image, eval_transform
+    from ..inference.predict import _square_image
+    from ..inference.prepare import eval_transform
 
     prep = subject.preprocessing
     return eval_transform(prep)(_square_image(image, prep.in_channels, invert)[None])

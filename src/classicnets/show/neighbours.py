@@ -110,7 +110,8 @@ def neighbours(run: str | Path | Any, out: str | Path | None = None, *, k: int =
     Writes ``neighbours.png`` and ``neighbours.json`` (per query: its test index, class, prediction, and
     each neighbour's training index, class and distance).
     """
-    from ..inference import _eval_batches, _resolve_device
+    from ..inference.evaluate import _eval_batches
+    from ..runtime import resolve_device
 
     for name, value in (("k", k), ("queries", queries), ("batch_size", batch_size), ("limit", limit)):
         if value is not None and value < 1:
@@ -122,7 +123,7 @@ def neighbours(run: str | Path | Any, out: str | Path | None = None, *, k: int =
     dataset = dataset or loaded.metadata.get("dataset")
     if not dataset:
         raise ConfigError(f"{loaded.source} does not name its dataset; pass dataset=")
-    run_device = _resolve_device(device)
+    run_device = resolve_device(device)
     model = subject.model.to(run_device)
 
     def split(name: str, limit=None):

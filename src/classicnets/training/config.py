@@ -45,19 +45,20 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ..data.augment import AUGMENTS
 from ..data.formats import DEFAULT_MAX_PIXELS
 from ..errors import ConfigError, refuse_url
+from ..evaluation import TTA_MODES
+from ..registry import MAX_IMAGE_SIZE, parse_model_options
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "plateau", "cosine", "onecycle")
 PRECISIONS = ("auto", "fp32", "bf16")
-AUGMENTS = ("none", "flip", "crop-flip", "resized-crop-flip", "paper")
-TTAS = ("none", "flip", "ten-crop")
 INITS = ("model", "xavier")
 ON_BAD = ("skip", "error")
 LOG_TO = ("files", "tensorboard")
 CHOICES = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "precision": PRECISIONS, "augment": AUGMENTS,
-           "tta": TTAS, "init": INITS, "on_bad": ON_BAD, "log_to": LOG_TO}
+           "tta": TTA_MODES, "init": INITS, "on_bad": ON_BAD, "log_to": LOG_TO}
 
 
 def _f(default: Any, help: str, **kwargs) -> Any:
@@ -85,7 +86,7 @@ class TrainConfig:
     normalize: bool = _f(False, "subtract the dataset mean and divide by its std (the default recipe); "
                                 "off in d2l's, which feeds pixels in [0, 1]")
     augment: str = _f("none", f"training augmentation: {', '.join(AUGMENTS)}")
-    tta: str = _f("none", f"test-time augmentation: {', '.join(TTAS)} (ten-crop is the paper's test)")
+    tta: str = _f("none", f"test-time augmentation: {', '.join(TTA_MODES)} (ten-crop is the paper's test)")
     on_bad: str = _f("skip", "image folders: 'skip' skips unreadable or non-image files and counts them "
                              "(a warning each epoch); 'error' stops at the first one")
     max_pixels: int | None = _f(DEFAULT_MAX_PIXELS, "image folders: refuse images with more pixels than this "
@@ -225,9 +226,6 @@ def default_out(recipe: str | None, model: str) -> str:
 # ------------------------------------------------------------------------------------------- checks
 
 
-# Bounds that keep a typo from allocating the machine: a side of 4,096 px is 18x the 224 of the classic
-# nets (one float32 batch of 128 such 3-channel images is already 25 GB).
-MAX_IMAGE_SIZE = 4096
 MAX_SEED = 2**32 - 1  # numpy's legacy seeding, which seed_everything also drives, takes 32 bits
 _AT_LEAST_1 = ("epochs", "batch_size", "grad_accum_steps", "log_every", "step_epochs", "plateau_patience")
 _OPTIONAL_AT_LEAST_1 = ("subset", "test_subset", "eval_batch_size", "cpu_threads", "max_pixels")
@@ -403,16 +401,7 @@ def _parse_mapping(value: Any) -> dict:
         if not isinstance(parsed, dict):
             raise ValueError
         return parsed
-    out: dict[str, Any] = {}
-    for item in filter(None, text.split(",")):
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ValueError
-        try:
-            out[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key.strip()] = raw.strip()
-    return out
+    return parse_model_options(text)  # a ModelOptionError is a TypeError: the caller names the field
 
 
 @functools.cache

@@ -33,6 +33,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..errors import ClassicnetsError, ConfigError
+from ..runtime import resolve_device
 
 # How long a collective may wait for a missing rank before every other rank fails with an error.
 # Long enough for rank 0 to write a checkpoint or evaluate while the others wait at a barrier;
@@ -85,7 +86,7 @@ def launcher_env(env: dict[str, str] | None = None) -> dict[str, int] | None:
     because ``srun`` sets neither and the ``env://`` rendezvous needs both.
     """
     env = os.environ if env is None else env
-    if "RANK" in env and "WORLD_SIZE" in env:
+    if _started_by_torchrun(env):
         return {
             "rank": _int_var(env, "RANK"),
             "world_size": _int_var(env, "WORLD_SIZE"),
@@ -109,6 +110,19 @@ def launcher_env(env: dict[str, str] | None = None) -> dict[str, int] | None:
             "local_rank": _int_var(env, "SLURM_LOCALID", default="0"),
         }
     return None
+
+
+def under_launcher(env: dict[str, str] | None = None) -> bool:
+    """True inside a process started by torchrun, or by SLURM as one of several tasks: ``--nproc`` then
+    must not start torchrun again."""
+    env = os.environ if env is None else env
+    if "TORCHELASTIC_RUN_ID" in env or _started_by_torchrun(env):
+        return True
+    return int(env.get("SLURM_NTASKS", "1") or 1) > 1
+
+
+def _started_by_torchrun(env) -> bool:
+    return "RANK" in env and "WORLD_SIZE" in env
 
 
 def launcher_rank() -> int:
@@ -164,16 +178,11 @@ def _timeout() -> datetime.timedelta:
     return datetime.timedelta(seconds=seconds)
 
 
-def _resolve_device(device: str, local_rank: int, distributed: bool) -> torch.device:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+def _process_device(device: str, local_rank: int, distributed: bool) -> torch.device:
+    """The device of this process: :func:`~classicnets.runtime.resolve_device`, then under a launcher the
+    GPU of its LOCAL_RANK."""
+    resolved = resolve_device(device)
     if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {device!r} asks for CUDA but torch sees no GPU; use --device cpu")
         if distributed or resolved.index is None:
             # one process per GPU: the launcher's LOCAL_RANK picks it, whatever index was asked for;
             # srun --gpus-per-task=1 instead binds one GPU to each task, the only one it sees
@@ -206,11 +215,11 @@ def init_distributed(device: str = "auto") -> DistContext:
     found = launcher_env()
     if found is None or found["world_size"] <= 1:
         local_rank = 0 if found is None else found["local_rank"]
-        return DistContext(0, 1, local_rank, _resolve_device(device, local_rank, False), None)
+        return DistContext(0, 1, local_rank, _process_device(device, local_rank, False), None)
     rank, world_size, local_rank = found["rank"], found["world_size"], found["local_rank"]
     if not 0 <= rank < world_size:
         raise ConfigError(f"RANK={rank} is outside 0..{world_size - 1} (WORLD_SIZE={world_size})")
-    resolved = _resolve_device(device, local_rank, True)
+    resolved = _process_device(device, local_rank, True)
     backend = "nccl" if resolved.type == "cuda" else "gloo"
     if not dist.is_initialized():
         for name in ("MASTER_ADDR", "MASTER_PORT"):

@@ -1,6 +1,6 @@
 """The training loop for any ``nn.Module``: optimizer, schedule, steps, evaluation, checkpoints, resume.
 
-The hot loop never waits for the device: loss and hits accumulate as device tensors (metrics.RunningSums)
+The hot loop never waits for the device: loss and hits accumulate as device tensors (evaluation.RunningSums)
 and are read only every ``log_every`` steps and at the end of an epoch. The same reads check that the loss
 is finite, so a diverging run stops within ``log_every`` steps and never saves a non-finite state.
 
@@ -29,47 +29,20 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from .. import checkpoint as ckpt
 from ..errors import ClassicnetsError, ConfigError, DatasetError
-from . import checkpoint as ckpt
-from .config import TrainConfig, config_from_dict
-from .distributed import DistContext, all_gather_objects, all_reduce_, barrier, wrap_model
-from .host_memory import reused_host_memory
-from .logging import (
-    CONFIG_JSON,
-    CURVES_PNG,
-    METRICS_CSV,
-    METRICS_JSONL,
-    TENSORBOARD_DIR,
-    TensorBoardLog,
-    epoch_line,
-    plot_curves,
-    write_logs,
-    write_text_atomic,
-)
-from .metrics import RunningSums
+from ..evaluation import NO_TTA, EvalViews, RunningSums, evaluate_batches, to_device
+from ..inference.plots import plot_curves
+from ..runtime import autocast, reused_host_memory
+from .config import TrainConfig
+from .distributed import DistContext, all_reduce_, barrier, wrap_model
+from .logging import TensorBoardLog, epoch_line, write_logs
+from .rundir import REPLACED_RUN, PartialEpoch, ResumePoint, prepare_run_dir, settle_replaced_run
 from .speed import resolve_speed
-
-# Settings that may change when a run resumes; any other difference is refused.
-RESUMABLE_CHANGES = {"epochs", "progress", "log_every", "num_workers", "out", "resume", "overwrite",
-                     "device", "data_dir", "eval_batch_size", "compile", "cpu_threads",
-                     # the global batch stays batch_size when a run resumes on another number of processes
-                     # with more or fewer accumulation steps per process
-                     "grad_accum_steps", "sync_batchnorm",
-                     # a resumed run takes its weights from its checkpoint, not from --weights again
-                     "weights", "log_to"}
-
-# --overwrite moves the old run's files here; they are deleted when the new run's first checkpoint has
-# landed, and put back if the new run stops before that (or is killed: the next start puts them back).
-REPLACED_RUN = ".replaced-run"
-RUN_FILES = (ckpt.LAST, ckpt.BEST, CONFIG_JSON, METRICS_JSONL, METRICS_CSV, CURVES_PNG, TENSORBOARD_DIR)
 
 # Without a terminal (logs, CI, nohup, notebooks) a progress line is printed at most this often.
 PROGRESS_LINE_SECONDS = 30.0
-
-# Test-time augmentation: a batch -> the views to average (each a batch the model accepts).
-TTA = Callable[[torch.Tensor], list[torch.Tensor]]
 
 
 class NonFiniteLossError(ClassicnetsError):
@@ -137,11 +110,6 @@ def torch_settings(config: TrainConfig, device: torch.device) -> Iterator[None]:
         torch.set_float32_matmul_precision(saved[1])
         torch.backends.cudnn.benchmark = saved[2]
         torch.set_num_threads(saved[3])
-
-
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast on CPU or CUDA when asked; weights and optimizer state stay in fp32."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig,
@@ -310,38 +278,17 @@ class StopSignals:
 # ------------------------------------------------------------------------------------- evaluation
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, loader, *, device: torch.device, precision: str = "fp32",
-             channels_last: bool = False, tta: TTA | None = None,
+             channels_last: bool = False, views: EvalViews = NO_TTA,
              ctx: DistContext | None = None) -> dict[str, float]:
-    """Mean loss, top-1 and top-5 accuracy over ``loader`` (summed over all ranks)."""
-    model.eval()
-    sums = RunningSums(device, ks=(1, 5))
-    for x, y in loader:
-        x, y = _to_device(x, y, device, channels_last)
-        with autocast(device, precision):
-            logits = _logits(model, x, tta)
-        sums.add(F.cross_entropy(logits, y), logits, y)
+    """Mean loss, top-1 and top-5 accuracy over ``loader`` (summed over all ranks): the evaluation of
+    :mod:`classicnets.evaluation`, as ``classicnets eval`` runs it."""
+    sums = evaluate_batches(model, loader, device=device, views=views, bf16=precision == "bf16",
+                            channels_last=channels_last)
     if ctx is not None:
         all_reduce_(sums.sums, ctx)
     values = sums.values()
     return {"loss": values["loss"], "acc": values["top1"], "top5": values["top5"], "count": values["count"]}
-
-
-def _logits(model: nn.Module, x: torch.Tensor, tta: TTA | None) -> torch.Tensor:
-    if tta is None:
-        return model(x).float()
-    # average the softmax over the views (the paper's 10-crop test); log turns it back into logits
-    probs = torch.stack([model(view).float().softmax(dim=1) for view in tta(x)]).mean(dim=0)
-    return probs.clamp_min(1e-12).log()
-
-
-def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device,
-               channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    memory_format = torch.channels_last if channels_last and x.dim() == 4 else torch.preserve_format
-    # no-ops when the loader already delivers device tensors in the right layout
-    x = x.to(device, non_blocking=True, memory_format=memory_format)
-    return x, y.to(device, non_blocking=True)
 
 
 # ---------------------------------------------------------------------------------------- trainer
@@ -350,18 +297,18 @@ def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device,
 class Trainer:
     """Trains ``model`` on ``train_loader`` and evaluates on ``test_loader`` after every epoch.
 
-    ``metadata`` is the header for ``model.safetensors`` (checkpoint.model_metadata); ``tta`` maps a test
-    batch to the views whose softmax is averaged. ``head`` names the head's parameters, which fine-tuning
-    (``freeze_epochs``, ``backbone_lr_mult``) treats apart from the backbone. Only rank 0 prints, plots and
-    writes files.
+    ``metadata`` is the header for ``model.safetensors`` (checkpoint.model_metadata); ``views`` is the
+    test-time augmentation of the per-epoch test (:class:`~classicnets.evaluation.EvalViews`). ``head`` names
+    the head's parameters, which fine-tuning (``freeze_epochs``, ``backbone_lr_mult``) treats apart from the
+    backbone. Only rank 0 prints, plots and writes files.
     """
 
     def __init__(self, model: nn.Module, train_loader, test_loader, config: TrainConfig, *,
-                 ctx: DistContext, metadata: dict[str, str], tta: TTA | None = None,
+                 ctx: DistContext, metadata: dict[str, str], views: EvalViews = NO_TTA,
                  print_fn: Callable[[str], None] = print, stop: StopSignals | None = None,
                  head: Collection[str] | None = None) -> None:
         config = resolve_speed(config, ctx.device)  # auto precision, channels_last, compile
-        self.config, self.ctx, self.metadata, self.tta = config, ctx, metadata, tta
+        self.config, self.ctx, self.metadata, self.views = config, ctx, metadata, views
         self.stop = stop  # installed by the caller to cover its setup too; else fit installs its own
         self.train_loader, self.test_loader = train_loader, test_loader
         self.device = ctx.device
@@ -385,9 +332,11 @@ class Trainer:
         self.step_losses: list[tuple[float, float, float]] = []
         self._last_sums: tuple[float, float] = (0.0, 0.0)
         self.best_acc, self.best_epoch = -1.0, 0
-        self.start_epoch, self.start_step = 0, 0
-        self.partial: dict[str, Any] | None = None
-        self.train_model = self.eval_model = self.model
+        self.start_epoch = 0
+        self.partial = PartialEpoch()  # of the epoch a resumed run starts in
+        self.images_before = 0  # images of the current epoch trained before a resume
+        # the model as trained (DDP, torch.compile) and as evaluated; wrapped once the weights are loaded
+        self.ddp_model = self.train_model = self.eval_model = self.model
         self.saver = ckpt.BackgroundSaver()
         self.board: TensorBoardLog | None = None  # opened by fit with log_to="tensorboard"
 
@@ -395,10 +344,12 @@ class Trainer:
 
     def fit(self) -> list[dict[str, Any]]:
         """Train for the configured epochs (continuing a checkpoint with ``resume``); return the history."""
-        self._prepare_run_dir()
+        point = prepare_run_dir(self.run_dir, self.config, self.ctx, self.metadata, self.print)
+        if point is not None:
+            self._resume(point)
         self._freeze_backbone(self._frozen_in(self.start_epoch))  # before DDP, which keeps trainable ones
         if self.config.log_to == "tensorboard" and self.ctx.is_main:
-            resumed_at = self.start_epoch * len(self.train_loader) + self.start_step
+            resumed_at = self.start_epoch * len(self.train_loader) + self.partial.step
             self.board = TensorBoardLog.open(self.run_dir, resumed_at)
         stop_signals = contextlib.nullcontext(self.stop) if self.stop else StopSignals()
         try:
@@ -451,60 +402,17 @@ class Trainer:
                     f"{name}.{p}" in self.head for p, _ in module.named_parameters()):
                 module.eval()
 
-    # ------------------------------------------------------------------------------ run directory
+    # ------------------------------------------------------------------------------------- resuming
 
-    def _prepare_run_dir(self) -> None:
-        if self.ctx.is_main:
-            settle_replaced_run(self.run_dir)  # an earlier --overwrite run was killed
-        barrier(self.ctx)
-        has_run = check_run_dir(self.config)
-        if self.config.resume and has_run:
-            self._resume()
-        elif self.config.resume:
-            self.print(f"no checkpoint in {self.run_dir}; starting a new run there")
-        if self.ctx.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            if self.config.overwrite and not self.config.resume and has_run:
-                set_aside_run(self.run_dir)
-            write_text_atomic(self.run_dir / CONFIG_JSON, json.dumps(self.config.to_dict(), indent=1) + "\n")
-        barrier(self.ctx)
-
-    def _resume(self) -> None:
-        source = self.run_dir / ckpt.LAST
-        state = ckpt.load_trainer_state(self.run_dir)
-        weights, metadata = ckpt.load_model_weights(ckpt.resolve_checkpoint_dir(self.run_dir, (ckpt.LAST,)))
-        identity = ckpt.parse_metadata(self.metadata)
-        ckpt.check_same_model(metadata, model=identity["model"], model_options=identity["model_options"],
-                              num_classes=identity["num_classes"], in_channels=identity["in_channels"],
-                              source=source)
-        self._check_config_matches(state["config"], source)
-        ckpt.load_into_model(self.model, weights, source)
-        load_optimizer_state(self.optimizer, state["optimizer"])
-        self.schedule.load_state_dict(state["scheduler"])
-        self.history = list(state["history"])
-        self.step_losses = [tuple(point) for point in state.get("step_losses", [])]
-        self.best_acc, self.best_epoch = state["best_acc"], state["best_epoch"]
-        self.start_epoch, self.start_step = state["epoch"], state["step_in_epoch"]
-        # The step counts micro-batches, and a stop comes only after a whole optimizer step. With other
-        # accumulation steps the same optimizer steps (the same images: every micro-batch of a step comes
-        # from that step's slice of the epoch's order) are other micro-batches.
-        saved_accum = state["config"].get("grad_accum_steps", 1)
-        self.start_step = self.start_step // saved_accum * self.config.grad_accum_steps
-        self.partial = state.get("partial")
-        self.print(f"resuming {source} at epoch {self.start_epoch + 1}"
-                   + (f", step {self.start_step}" if self.start_step else ""))
-
-    def _check_config_matches(self, saved: dict[str, Any], source: Path) -> None:
-        before = config_from_dict(saved, f"{source}/trainer.json").to_dict()
-        now = self.config.to_dict()
-        changed = {k for k in now if now[k] != before.get(k)} - RESUMABLE_CHANGES
-        if "epochs" in {k for k in now if now[k] != before.get(k)} and self.config.schedule in (
-                "onecycle", "cosine"):
-            changed.add("epochs")  # these schedules are laid out over the whole run
-        if changed:
-            diffs = "; ".join(f"{k}: saved {before.get(k)!r}, now {now[k]!r}" for k in sorted(changed))
-            raise ConfigError(f"--resume with other settings than {source} was trained with ({diffs}); "
-                              "use the saved settings (see config.json) or start a new run")
+    def _resume(self, point: ResumePoint) -> None:
+        ckpt.load_into_model(self.model, point.weights, point.source)
+        load_optimizer_state(self.optimizer, point.optimizer)
+        self.schedule.load_state_dict(point.scheduler)
+        self.history, self.best_acc, self.best_epoch = point.history, point.best_acc, point.best_epoch
+        self.step_losses = point.step_losses
+        self.start_epoch, self.partial = point.epoch, point.partial
+        self.print(f"resuming {point.source} at epoch {self.start_epoch + 1}"
+                   + (f", step {point.partial.step}" if point.partial.step else ""))
 
     def _wrap_model(self) -> None:
         self.ddp_model = self.train_model = wrap_model(self.model, self.ctx, self.config.sync_batchnorm)
@@ -527,7 +435,7 @@ class Trainer:
         eval_start = time.perf_counter()
         test = evaluate(self.eval_model, self.test_loader, device=self.device,
                         precision=self.config.precision, channels_last=self.config.channels_last,
-                        tta=self.tta, ctx=self.ctx)
+                        views=self.views, ctx=self.ctx)
         if not test["count"]:  # every test image failed to decode: an accuracy of 0 would mean nothing
             raise DatasetError("no test image could be evaluated (each was skipped as unreadable); fix the "
                                "test images, or check the warnings above for the files")
@@ -568,8 +476,8 @@ class Trainer:
             loader.set_epoch(epoch)
         seed_everything(config.seed, epoch, self.ctx.rank)
         sums = RunningSums(self.device, ks=(1,))
-        self.images_before = 0
-        skip = self._restore_partial(sums) if epoch == self.start_epoch else 0
+        resumed = epoch == self.start_epoch
+        skip, self.images_before = self.partial.restore(sums, self.ctx) if resumed else (0, 0)
         total = len(loader)
         with self._progress(epoch, total) as advance:
             for step, (x, y) in enumerate(loader):
@@ -587,14 +495,14 @@ class Trainer:
     def _train_step(self, x: torch.Tensor, y: torch.Tensor, step: int, total: int,
                     sums: RunningSums) -> None:
         config = self.config
-        x, y = _to_device(x, y, self.device, config.channels_last)
+        x, y = to_device(x, y, self.device, config.channels_last)
         accum = config.grad_accum_steps
         boundary = (step + 1) % accum == 0 or step + 1 == total
         in_step = micro_batches_in_step(step, total, accum)
         # DDP all-reduces gradients on every backward; skip that for all but the last micro-batch
         skip_sync = self.ctx.distributed and not boundary
         with self.ddp_model.no_sync() if skip_sync else contextlib.nullcontext():
-            with autocast(self.device, config.precision):
+            with autocast(self.device, config.precision == "bf16"):
                 logits = self.train_model(x)
                 loss = self.loss_fn(logits, y)
             (loss / in_step if in_step > 1 else loss).backward()  # the step's mean over its images
@@ -621,26 +529,6 @@ class Trainer:
         if signum and stop.signum is None:
             stop.signum = signum
         return bool(signum)
-
-    def _restore_partial(self, sums: RunningSums) -> int:
-        """Sums and RNG states of an epoch stopped part-way; returns the steps already done.
-
-        Each rank takes back its own share. On another number of processes the shards differ anyway (the
-        run goes on, not bit for bit): rank 0 takes the epoch's totals so far and its old RNG states.
-        """
-        self.images_before = 0
-        if not self.start_step or self.partial is None:
-            return 0
-        # checkpoints written before the ranks' shares were gathered hold rank 0's alone
-        ranks = self.partial.get("ranks", [self.partial])
-        self.images_before = int(sum(int(share["sums"][1]) for share in ranks))  # all-reduced counts
-        if len(ranks) == self.ctx.world_size:
-            sums.load_state(ranks[self.ctx.rank]["sums"])
-            _set_rng_states(ranks[self.ctx.rank]["rng"])
-        elif self.ctx.is_main:
-            sums.load_state(torch.stack([share["sums"] for share in ranks]).sum(0))
-            _set_rng_states(ranks[0]["rng"])
-        return self.start_step
 
     @contextlib.contextmanager
     def _progress(self, epoch: int, total: int) -> Iterator[Callable[[int, RunningSums], None]]:
@@ -749,8 +637,7 @@ class Trainer:
         partial = None
         if partial_sums is not None:
             # a mid-epoch stop: every rank's sums and RNG states, for an exact resume on each of them
-            mine = {"sums": partial_sums.state().cpu(), "rng": _rng_states()}
-            partial = {"ranks": all_gather_objects(mine, self.ctx)}
+            partial = PartialEpoch.capture(partial_sums, self.ctx)
         if not self.ctx.is_main:
             return
         state = {
@@ -761,6 +648,7 @@ class Trainer:
         }
         if partial is not None:
             state["partial"] = partial
+
         def landed() -> None:
             shutil.rmtree(self.run_dir / REPLACED_RUN, ignore_errors=True)  # an overwritten run: now replaced
             if then is not None:
@@ -787,52 +675,12 @@ class Trainer:
         return lambda: plot_curves(self.run_dir, history, title=title, steps=steps)
 
 
-def check_run_dir(config: TrainConfig) -> bool:
-    """Whether ``config.out`` holds a run; refuses one that would be replaced without ``overwrite``.
-
-    The CLI calls it before launching processes too, so a taken folder is one message, not one per rank.
-    """
-    run_dir = Path(config.out)
-    has_run = (run_dir / ckpt.LAST).exists() or any(run_dir.glob(f".{ckpt.LAST}.old-*"))
-    if has_run and not (config.resume or config.overwrite):
-        raise ConfigError(f"{run_dir} already holds a run; continue it with --resume, "
-                          "replace it with --overwrite, or choose another --out")
-    return has_run
-
-
 def progress_line(epoch: int, epochs: int, done: int, total: int, values: dict[str, float],
                   elapsed: float) -> str:
     """``epoch 1/2: step 100/234, loss 0.5123, train acc 0.812, 2m05s left in the epoch``."""
     left = elapsed / max(done, 1) * (total - done)
     return (f"epoch {epoch + 1}/{epochs}: step {done}/{total}, loss {values['loss']:.4f}, "
             f"train acc {values['top1']:.3f}, {int(left // 60)}m{int(left % 60):02d}s left in the epoch")
-
-
-def set_aside_run(run_dir: Path) -> None:
-    """Move a run's checkpoints and logs into ``run_dir/.replaced-run`` (renames: nothing is copied)."""
-    aside = run_dir / REPLACED_RUN
-    aside.mkdir(exist_ok=True)
-    moved_aside_saves = [p.name for p in run_dir.glob(".*.old-*")]  # a save killed between its renames
-    for name in (*RUN_FILES, *moved_aside_saves):
-        if (run_dir / name).exists():
-            os.replace(run_dir / name, aside / name)
-
-
-def settle_replaced_run(run_dir: Path) -> None:
-    """Finish what --overwrite left: once the new run has a checkpoint, the old run is deleted; while it
-    has none, the old run is moved back (so a new run failing before its first save loses nothing)."""
-    aside = run_dir / REPLACED_RUN
-    if not aside.is_dir():
-        return
-    if (run_dir / ckpt.LAST).exists():
-        shutil.rmtree(aside, ignore_errors=True)
-        return
-    for entry in aside.iterdir():
-        target = run_dir / entry.name
-        if target.is_dir():  # best/ without last/: cannot be the new run's, which saves last/ first
-            shutil.rmtree(target)
-        os.replace(entry, target)
-    aside.rmdir()
 
 
 def micro_batches_in_step(step: int, total: int, accum: int) -> int:
@@ -846,31 +694,3 @@ def _is_terminal() -> bool:
 
     return Console().is_terminal  # no live bar in logs and pipes: only the epoch lines
 
-
-def _rng_states() -> dict[str, Any]:
-    states: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                              "python": random.getstate()}
-    if torch.cuda.is_available():
-        # this process's GPU only: a resume may see fewer GPUs (another node, one GPU per task under SLURM)
-        states["cuda"] = torch.cuda.get_rng_state()
-    return states
-
-
-def _set_rng_states(states: dict[str, Any]) -> None:
-    torch.set_rng_state(states["torch"])
-    name, keys, pos, has_gauss, cached = states["numpy"]
-    np.random.set_state((name, keys.numpy() if hasattr(keys, "numpy") else keys, pos, has_gauss, cached))
-    version, internal, gauss = states["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in states and torch.cuda.is_available():
-        cuda = states["cuda"]
-        if isinstance(cuda, (list, tuple)):  # checkpoints that saved every visible GPU's state
-            cuda = cuda[torch.cuda.current_device()] if torch.cuda.current_device() < len(cuda) else None
-        if cuda is not None:
-            torch.cuda.set_rng_state(cuda)
-
-
-def fit(model: nn.Module, train_loader, test_loader, config: TrainConfig, *, ctx: DistContext,
-        metadata: dict[str, str], tta: TTA | None = None) -> list[dict[str, Any]]:
-    """Train ``model`` as ``config`` says and return the per-epoch history (see :class:`Trainer`)."""
-    return Trainer(model, train_loader, test_loader, config, ctx=ctx, metadata=metadata, tta=tta).fit()

@@ -26,7 +26,8 @@ def has_fast_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":
-        return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+        capabilities = torch.cpu.get_capabilities()
+        return bool(capabilities.get("amx_tile") or capabilities.get("avx512_bf16"))
     return False
 
 

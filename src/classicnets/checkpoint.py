@@ -1,4 +1,5 @@
-"""Checkpoints: atomic saves, loads that never execute code, and the state for an exact resume.
+"""Checkpoints: the format, atomic saves, loads that never execute code, the state for an exact resume,
+and :func:`load_model` (a checkpoint path in, the model it was saved from out).
 
 A run directory holds two checkpoint directories, ``last/`` (after every epoch) and ``best/``
 (the epoch with the best test accuracy so far)::
@@ -10,6 +11,11 @@ A run directory holds two checkpoint directories, ``last/`` (after every epoch) 
       best/  (the same three files)
 
 Everything is safetensors + JSON: a checkpoint is data, never a pickle, so loading one cannot run code.
+
+The header of ``model.safetensors`` (:func:`model_metadata`) says which model the weights belong to and how
+its inputs were prepared: model name and options, classes, input channels, image size, mean/std, dataset.
+:func:`load_model` reads it, rebuilds that model and refuses weights that do not fit it, listing the first
+mismatches, so a checkpoint of another model can never run silently.
 
 Saving is atomic: the files are written into a fresh temporary directory next to the target, fsynced,
 then renamed into place. A process killed at any moment leaves the previous checkpoint loadable; the
@@ -27,6 +33,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +41,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ..errors import CheckpointError, refuse_url
+from .errors import CheckpointError, ClassicnetsError, refuse_url
 
 MODEL_FILE = "model.safetensors"
 TRAINER_TENSORS_FILE = "trainer.safetensors"
@@ -73,7 +80,7 @@ def model_metadata(
 
     ``mean``/``std`` are None when the run did not normalise its inputs (the d2l recipe).
     """
-    from .. import __version__
+    from . import __version__
 
     return {
         "format": str(FORMAT_VERSION),
@@ -116,7 +123,7 @@ def validate_metadata(metadata: Mapping[str, Any], source: Path | str) -> dict[s
     The one place that decides what a readable header is: evaluation, prediction, export and resume read
     headers through it.
     """
-    from .config import MAX_IMAGE_SIZE
+    from .registry import MAX_IMAGE_SIZE
 
     if not isinstance(metadata, Mapping) or not all(isinstance(v, str) for v in metadata.values()):
         raise CheckpointError(f"{source}: its header metadata must map names to strings; the file is corrupt")
@@ -125,7 +132,7 @@ def validate_metadata(metadata: Mapping[str, Any], source: Path | str) -> dict[s
         raise CheckpointError(
             f"{source} is a safetensors file but not a classicnets checkpoint: its header lacks "
             f"{', '.join(missing)} (found keys: {sorted(metadata) or 'none'}). Save weights with "
-            "`classicnets train`, or write the header with classicnets.training.checkpoint.model_metadata()"
+            "`classicnets train`, or write the header with classicnets.checkpoint.model_metadata()"
         )
 
     def bad(key: str, expected: str) -> CheckpointError:
@@ -587,10 +594,158 @@ def load_trainer_state(checkpoint_dir: str | Path) -> dict[str, Any]:
                               "another checkpoint or start a new run") from None
 
 
-def load_into_model(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: Path | str) -> None:
-    """``model.load_state_dict(state, strict=True)``, with a mismatch reported as a CheckpointError."""
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        first_lines = "; ".join(str(error).splitlines()[:4])
-        raise CheckpointError(f"weights in {source} do not fit this model: {first_lines}") from None
+def load_into_model(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: Path | str,
+                    name: str | None = None) -> None:
+    """``model.load_state_dict(state, strict=True)``, after refusing weights whose names or shapes differ
+    from the model's with a :class:`CheckpointError` that lists the first differences. ``name``: the model
+    the checkpoint's header names, for the message."""
+    _check_weights_fit(model, state, source, name)
+    model.load_state_dict(state, strict=True)
+
+
+def _check_weights_fit(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: Path | str,
+                       name: str | None = None) -> None:
+    """Refuse weights whose names or shapes differ from the model's (which may live on the meta device),
+    listing the first differences."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+                for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or reshaped:
+        problems = []
+        kinds = (("missing", missing), ("unexpected", unexpected),
+                 ("shape mismatch (file vs model)", reshaped))
+        for label, items in kinds:
+            if items:
+                more = f" and {len(items) - 3} more" if len(items) > 3 else ""
+                problems.append(f"{len(items)} {label}: {', '.join(items[:3])}{more}")
+        which = f"model {name!r} that its header names" if name else "this model"
+        raise CheckpointError(
+            f"{source}: the weights do not fit {which} ({'; '.join(problems)}). The file was saved from "
+            "another model or its header was edited; use it with the model it came from"
+        )
+
+
+# -------------------------------------------------------------------------------- load_model(path)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How the training inputs were made: channels, square size, mean/std (None: pixels in [0, 1])."""
+
+    in_channels: int
+    image_size: int
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A model rebuilt from a checkpoint, in eval mode on the CPU, with its decoded metadata."""
+
+    model: torch.nn.Module
+    metadata: dict[str, Any]
+    source: Path  # the model.safetensors file (or the --weights file)
+    report: Any = None  # with --weights: the weights.LoadReport (what was loaded)
+    classes_assumed: bool = False  # a bare state_dict names no classes: ImageNet's or indices stand in
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.metadata["classes"])
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        m = self.metadata
+        mean, std = m.get("mean"), m.get("std")
+        return Preprocessing(int(m["in_channels"]), int(m["image_size"]),
+                             None if mean is None else tuple(mean), None if std is None else tuple(std))
+
+    @property
+    def run_dir(self) -> Path:
+        """Where results go unless told: the run directory (not best/ or last/, which each save replaces);
+        for a bare weights file, maybe in a download cache, runs/MODEL-STEM instead of next to it."""
+        if self.classes_assumed:
+            return Path("runs") / f"{self.metadata['model']}-{self.source.stem.split('.')[0]}"
+        return run_dir_of(self.source)
+
+
+def run_dir_of(source: Path) -> Path:
+    """The run directory of a checkpoint file: its folder, or the folder above best/ or last/."""
+    directory = source.parent
+    return directory.parent if directory.name in (BEST, LAST) else directory
+
+
+def load_model(checkpoint: str | Path | LoadedCheckpoint, *,
+               weights: str | Path | None = None) -> LoadedCheckpoint:
+    """Rebuild the model a checkpoint was saved from and load its weights (``strict``: every key and shape).
+
+    ``checkpoint`` is a run directory (best/ then last/), a checkpoint directory or a ``model.safetensors``.
+    Pickles are refused unread; weights of another model are refused with the first mismatches. The header
+    is validated field by field, and the model it names is first built on the meta device (shapes only,
+    nothing allocated) and compared with the file's tensors: a header edited to ask for a huge model is
+    refused before it can take the machine's memory.
+    With ``weights``, ``checkpoint`` is a model name and ``weights`` a torchvision/timm-style state_dict
+    (``.pth``, read with ``weights_only``), a ``.safetensors`` file or a run directory
+    (:mod:`classicnets.weights`); the model gets the file's classes and input channels, ImageNet's class
+    names for 1000 classes, and the model's default input size and mean/std.
+    """
+    from .registry import create_model
+
+    if isinstance(checkpoint, LoadedCheckpoint):
+        return checkpoint
+    if weights is not None:
+        return _load_with_weights(str(checkpoint), weights)
+    refuse_url(checkpoint, "checkpoint", CheckpointError)  # before Path() folds its "//"
+    source = _model_file(Path(checkpoint))
+    state, raw_metadata = load_model_weights(source)
+    metadata = validate_metadata(raw_metadata, source)
+    name, options = metadata["model"], metadata["model_options"]
+
+    def build() -> torch.nn.Module:
+        try:
+            return create_model(name, num_classes=metadata["num_classes"],
+                                in_channels=metadata["in_channels"], **options)
+        except (ClassicnetsError, TypeError, ValueError) as error:  # unknown name or option, bad value
+            raise CheckpointError(f"{source}: its header names model {name!r} with options {options}, "
+                                  f"which cannot be built here: {error}") from None
+
+    with torch.device("meta"):
+        shapes_only = build()
+    _check_weights_fit(shapes_only, state, source, name)
+    _check_image_size_fits(shapes_only, metadata["image_size"], name, source)
+    model = build()
+    model.load_state_dict(state, strict=True)
+    return LoadedCheckpoint(model.eval(), metadata, source)
+
+
+def _load_with_weights(name: str, weights: str | Path) -> LoadedCheckpoint:
+    from . import weights as w
+    from .registry import create_model, model_info
+
+    file = w.read_weights(weights)
+    if file.metadata:  # a classicnets run: its header says how to build and feed the model
+        options = file.metadata.get("model_options") or {}
+    else:
+        options = {}
+    num_classes, in_channels = w.infer_size(file, name, options)
+    model = create_model(name, num_classes=num_classes, in_channels=in_channels, **options)
+    report = w.load_weights(model, file, name=name, options=options, new_head=False)
+    if file.metadata:
+        metadata = validate_metadata(file.header, file.path)
+    else:
+        info = model_info(name).for_channels(in_channels)
+        metadata = {"model": name, "model_options": options, "num_classes": num_classes,
+                    "in_channels": in_channels, "classes": w.class_names(file, num_classes),
+                    "image_size": info.default_input[-1], "mean": list(info.mean), "std": list(info.std),
+                    "dataset": ""}
+    source = _model_file(file.path) if file.path.is_dir() else file.path
+    return LoadedCheckpoint(model.eval(), metadata, source, report, classes_assumed=not file.metadata)
+
+
+def _check_image_size_fits(model: torch.nn.Module, size: int, name: str, source: Path) -> None:
+    low, high = getattr(model, "input_sizes", (1, None))
+    if size < low or (high is not None and size > high):
+        sizes = f"{low} to {high}" if high is not None else f"{low} or more"
+        raise CheckpointError(f"{source}: its header's image_size {size} is not one model {name!r} takes "
+                              f"({sizes} px); the file was edited or is corrupt")
