@@ -256,7 +256,7 @@ def test_two_gloo_ranks_match_one_process_with_the_double_batch(tmp_path):
     assert "SyncBatchNorm" in result["sync_bn_error"] and "CUDA" in result["sync_bn_error"]
     # the survivor stopped by itself, well within the 20 s timeout, and said why
     assert result["lost_after_s"] < 20
-    assert "rank 0 of 2 stopped: another rank died" in result["lost"], result["lost"]
+    assert "rank 0 of 2 stopped: another rank exited" in result["lost"], result["lost"]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -533,4 +533,4 @@ def test_a_nan_loss_on_one_rank_stops_every_rank_with_the_nan_message(tmp_path):
     log = done.stdout + done.stderr
     assert done.returncode != 0, log[-3000:]
     assert "NaN or infinite in epoch 1 (by step 2)" in log, log[-3000:]
-    assert "another rank died" not in log, log[-3000:]
+    assert "another rank exited" not in log, log[-3000:]
