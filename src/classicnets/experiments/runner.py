@@ -187,7 +187,7 @@ def _results(experiment: Experiment, scale: str, n_seeds: int, out: Path,
     judged = []
     for claim in experiment.claims:
         scaled = claim.for_scale(scale)
-        entry = {"id": claim.id, "claim": claim.claim, "source": claim.source, "reference": scaled.reference,
+        entry = {"id": claim.id, "claim": scaled.claim, "source": claim.source, "reference": scaled.reference,
                  "metric": scaled.metric, "rule": scaled.rule,
                  "rule_text": claimlib.rule_text(scaled.rule, scaled.reference), "note": scaled.note}
         if scale not in claim.scales:

@@ -53,13 +53,14 @@ class Claim:
     metric: dict[str, Any]
     rule: dict[str, Any]
     scales: tuple[str, ...] = SCALES  # where the claim is judged
-    at_scale: dict[str, dict[str, Any]] = field(default_factory=dict)  # metric/rule/reference per scale
+    at_scale: dict[str, dict[str, Any]] = field(default_factory=dict)  # claim/metric/rule/reference per scale
     note: str = ""
 
     def for_scale(self, scale: str) -> Claim:
         """The claim with its overrides for ``scale`` applied."""
         over = self.at_scale.get(scale, {})
-        return Claim(self.id, self.claim, self.source, over.get("reference", self.reference),
+        return Claim(self.id, over.get("claim", self.claim), self.source,
+                     over.get("reference", self.reference),
                      merge(self.metric, over.get("metric", {})), over.get("rule", self.rule),
                      self.scales, {}, over.get("note", self.note))
 
