@@ -53,16 +53,21 @@ def train(config: TrainConfig | Mapping[str, Any] | str | Path | None = None, **
     On the CPU the run keeps freed host memory for the next step and releases it at the end: the
     host-memory policy of :mod:`classicnets.runtime`.
     """
-    config = as_config(config, overrides)
-    if restart_count() > 0 and not config.resume:
-        # torchrun (--max-restarts) started the processes again after one failed: continue from last/
-        config = config_from_dict({**config.to_dict(), "resume": True}, "settings")
+    config = resumed_after_restart(as_config(config, overrides))
     ctx = init_distributed(config.device)
     try:
         with lost_rank_errors(ctx):
             return run(config, ctx)
     finally:
         shutdown_distributed(ctx)
+
+
+def resumed_after_restart(config: TrainConfig) -> TrainConfig:
+    """``config`` with ``resume`` on when torchrun (--max-restarts) started the processes again after one
+    failed: the restarted run continues from last/ instead of refusing its own folder."""
+    if restart_count() > 0 and not config.resume:
+        return config_from_dict({**config.to_dict(), "resume": True}, "settings")
+    return config
 
 
 def as_config(config: TrainConfig | Mapping[str, Any] | str | Path | None,

@@ -45,7 +45,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..experiment import train
+    from ..experiment import resumed_after_restart, train
     from ..launch import relaunch_with_torchrun
     from ..training.distributed import launcher_rank, under_launcher
     from ..training.loop import TrainingInterrupted
@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     if args.show_settings:
         print(format_config(config, full=True))
         return 0
+    config = resumed_after_restart(config)
     check_run_dir(config)  # before loading data, and once, before any process starts
     if args.nproc is not None and not under_launcher():
         return relaunch_with_torchrun(args.nproc, device=config.device)
