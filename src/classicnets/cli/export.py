@@ -34,8 +34,6 @@ def run(args: argparse.Namespace) -> int:
     from ..text_tables import terminal_width
 
     result = export(load_for_command(args), args.format, args.out, tolerance=args.tolerance)
-    print(f"wrote {result.path} ({result.bytes / 1e6:.1f} MB, {result.format}, input "
-          f"{'x'.join(str(d) for d in result.input_shape[1:])} with a dynamic batch size)")
     allowed = f"{result.tolerance:g}" + (f" x {result.logit_scale:.3g}" if result.logit_scale > 1 else "")
     for line in (f"wrote {result.path} ({result.bytes / 1e6:.1f} MB, {result.format}, input "
                  f"{'x'.join(str(d) for d in result.input_shape[1:])} with a dynamic batch size)",
