@@ -36,12 +36,13 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..experiments import list_experiments, load_experiment, reproduce
+    from ..experiments.runner import wrapped_print
     from ..experiments.spec import ExperimentError
     from ..training.loop import TrainingInterrupted
 
     if args.list:
         for name in list_experiments():
-            print(f"{name:<18} {load_experiment(name).title}")
+            wrapped_print(f"{name:<18} {load_experiment(name).title}")
         return 0
     if not args.experiment:
         raise ExperimentError("name an experiment (`classicnets reproduce --list` lists them)")

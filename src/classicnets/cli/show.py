@@ -88,7 +88,11 @@ def run(args: argparse.Namespace) -> int:
         picture = show.neighbours(args.checkpoint, out=args.out, k=args.k, queries=args.queries,
                                   limit=args.limit, dataset=args.dataset, data_dir=args.data_dir,
                                   batch_size=args.batch_size, device=args.device)
-    print(_summary_line(picture.data))
+    import textwrap
+
+    from ..text_tables import terminal_width
+
+    print(textwrap.fill(_summary_line(picture.data), width=terminal_width(), subsequent_indent="  "))
     print(f"wrote {picture.png}")
     print(f"wrote {picture.json}")
     return 0

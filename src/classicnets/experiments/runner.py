@@ -32,9 +32,19 @@ def default_out(name: str, scale: str) -> Path:
     return Path("runs") / "reproduce" / f"{name}-{scale}"
 
 
+def wrapped_print(text: str) -> None:
+    """``print``, with long lines folded to the terminal's width (80 columns in logs)."""
+    import textwrap
+
+    from ..text_tables import terminal_width
+
+    print(textwrap.fill(text, width=terminal_width(), subsequent_indent="    ", break_long_words=False,
+                        break_on_hyphens=False))
+
+
 def reproduce(name: str | Experiment, scale: str = "cpu", out: str | Path | None = None,
               seeds: int | None = None, dataset: str | None = None, data_dir: str | None = None,
-              print_fn: Callable[[str], None] = print) -> dict[str, Any]:
+              print_fn: Callable[[str], None] = wrapped_print) -> dict[str, Any]:
     """Run experiment ``name`` (a shipped one's name, or an :class:`Experiment` of your own) at ``scale``
     into ``out`` and return its results, also written there as ``results.json``, ``report.md`` and PNG
     plots. Running it again redoes nothing that finished and resumes a run that was interrupted."""

@@ -598,10 +598,17 @@ def format_config(config: TrainConfig, requested: TrainConfig | None = None, ful
             rows.append((name, json.dumps(value), source))
     if not rows:
         return "  (all defaults)"
+    from ..text_tables import terminal_width
+
     name_width = max(len(r[0]) for r in rows)
     value_width = min(max(len(r[1]) for r in rows), 24)
-    return "\n".join(f"  {name:<{name_width}}  {value:<{value_width}}  {source}"
-                     for name, value, source in rows)
+    lines = []
+    for name, value, source in rows:
+        line = f"  {name:<{name_width}}  {value:<{value_width}}  {source}"
+        if len(line) > terminal_width():  # a long value (a path): its source goes on a line of its own
+            line = f"  {name:<{name_width}}  {value}\n  {'':<{name_width}}  ({source})"
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def _same(value: Any, default: Any) -> bool:
