@@ -121,7 +121,39 @@ def training_subset(labels: torch.Tensor, subset: int | None, seed: int, classes
 # ---------------------------------------------------------------------------------------- in memory
 
 
-class DeviceLoader:
+class _RankShare:
+    """What every loader with DistributedSampler semantics shares: this rank's share of the items, the
+    batches it makes (whole batches only when shuffling, as training drops the last partial batch), and
+    the epoch that seeds the order. A subclass says how many items it has (``item_count``)."""
+
+    shuffle: bool
+    rank: int
+    world_size: int
+    batch_size: int
+    epoch: int
+
+    @property
+    def item_count(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def num_samples(self) -> int:
+        """Images this rank sees per epoch."""
+        total = self.item_count
+        if self.shuffle:
+            return total // self.world_size
+        return len(range(self.rank, total, self.world_size))
+
+    def __len__(self) -> int:
+        if self.shuffle:
+            return self.num_samples // self.batch_size
+        return -(-self.num_samples // self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+
+class DeviceLoader(_RankShare):
     """Batches from a uint8 set held on the device. ``shuffle`` (training): a new seeded order each epoch and
     ``drop_last``; each rank takes a disjoint, equal share of every epoch. Without shuffle (testing): the set
     in order, every image once across the ranks (shares differ by at most one image)."""
@@ -151,20 +183,8 @@ class DeviceLoader:
             self.batch_size = training_batch_size(batch_size, self.num_samples, len(labels), world_size)
 
     @property
-    def num_samples(self) -> int:
-        """Images this rank sees per epoch."""
-        total = len(self.labels)
-        if self.shuffle:
-            return total // self.world_size
-        return len(range(self.rank, total, self.world_size))
-
-    def __len__(self) -> int:
-        if self.shuffle:
-            return self.num_samples // self.batch_size
-        return -(-self.num_samples // self.batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def item_count(self) -> int:
+        return len(self.labels)
 
     def epoch_indices(self, epoch: int) -> torch.Tensor:
         """The indices this rank visits in ``epoch``, in order (on the CPU)."""
@@ -316,7 +336,7 @@ class StreamingLoader:
 # ---------------------------------------------------------------------------------------- from a store
 
 
-class StoreLoader:
+class StoreLoader(_RankShare):
     """Batches from a prepared store (``classicnets prepare``): each batch's images are gathered from the
     memory-mapped shards into a reused (pinned, on CUDA) buffer by a background thread while the previous
     batch trains, copied to the device, and transformed there like an image folder's.
@@ -355,18 +375,8 @@ class StoreLoader:
             self.batch_size = training_batch_size(batch_size, self.num_samples, len(self.indices), world_size)
 
     @property
-    def num_samples(self) -> int:
-        if self.shuffle:
-            return len(self.indices) // self.world_size
-        return len(range(self.rank, len(self.indices), self.world_size))
-
-    def __len__(self) -> int:
-        if self.shuffle:
-            return self.num_samples // self.batch_size
-        return -(-self.num_samples // self.batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def item_count(self) -> int:
+        return len(self.indices)
 
     def epoch_indices(self, epoch: int) -> np.ndarray:
         """The store indices this rank visits in ``epoch``: DistributedSampler(shuffle, drop_last)'s order."""
