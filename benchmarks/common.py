@@ -44,16 +44,6 @@ def resolve_device(name: str = "auto") -> torch.device:
         sys.exit(f"error: --device: {error}")
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def cpu_flags() -> set[str]:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -80,7 +70,7 @@ def machine_info(device: torch.device) -> dict:
     info = {
         "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
         "device": str(device),
-        "cpu_model": cpu_model(),
+        "cpu_model": runtime.cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cpu_features": sorted(

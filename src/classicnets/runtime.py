@@ -127,3 +127,15 @@ def reused_host_memory(enabled: bool = True) -> Iterator[None]:
         _depth -= 1
         if _depth == 0:
             release_host_memory()
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), for records that name their machine."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -254,13 +253,9 @@ def _write_json(path: Path, value: Any) -> None:
 
 def machine() -> str:
     """The CPU model and core count, and the GPU when one is used: every figure names its machine."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    text = f"{cpu}, {os.cpu_count()} cores"
+    from ..runtime import cpu_model
+
+    text = f"{cpu_model()}, {os.cpu_count()} cores"
     if torch.cuda.is_available():
         text += f", {torch.cuda.get_device_name()}"
     return text
