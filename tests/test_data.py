@@ -30,7 +30,7 @@ from classicnets.data import (
     sources,
 )
 from classicnets.data import augment as aug
-from classicnets.data.loaders import DeviceLoader
+from classicnets.data.loaders import DeviceLoader, epoch_share
 from classicnets.errors import ClassicnetsError, ConfigError, DatasetError
 
 FASHION_CLASSES = [
@@ -517,6 +517,18 @@ def test_two_ranks_get_disjoint_equal_shards_that_cover_the_epoch():
     assert sorted(torch.cat(tests).tolist()) == list(range(30))  # test: every image once, no padding
     with pytest.raises(ConfigError, match="rank must lie"):
         build_loaders(pair, image_size=4, batch_size=8, rank=2, world_size=2)
+
+
+def test_each_seed_and_epoch_draws_its_own_order():
+    """Seeded as DistributedSampler is (seed + epoch), the run with seed 1 would replay in its first epoch
+    the order of seed 0's second: an experiment's seeds would share their data orders."""
+    def order(seed, epoch):
+        return epoch_share(1000, shuffle=True, seed=seed, epoch=epoch, rank=0, world_size=1).tolist()
+
+    orders = [order(seed, epoch) for seed in range(3) for epoch in range(3)]
+    assert all(sorted(o) == list(range(1000)) for o in orders)
+    assert len({tuple(o) for o in orders}) == 9
+    assert order(1, 0) == order(1, 0) != order(0, 1)
 
 
 def test_dtype_channels_last_and_batch_counts():

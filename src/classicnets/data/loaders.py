@@ -6,14 +6,16 @@ Three kinds, one interface (``len``, iteration, ``set_epoch``):
   is one uint8 tensor on the training device; a batch is an index into it, then whole-batch transforms there
   (airbench's CifarLoader idea). No worker processes, no per-image Python, no host round trips.
 - :class:`StreamingLoader` for image folders: worker processes decode with Pillow to uint8 at the paper's
-  256 (``torch.utils.data.DataLoader``, ``DistributedSampler`` across ranks), the crops, flips, PCA colour and
+  256 (``torch.utils.data.DataLoader``), the crops, flips, PCA colour and
   normalisation then run batched on the device like the in-memory sets.
 - :class:`StoreLoader` for image folders decoded once by ``classicnets prepare`` (``store.py``): batches are
   gathered from memory-mapped uint8 shards by a background thread, then transformed on the device as a
   folder's are.
 
-Order and augmentation are seeded from (seed, epoch, rank): same seed, same batches. A loader advances its
-epoch after each full pass; ``set_epoch(e)`` sets it explicitly (as DistributedSampler does).
+Order and augmentation are seeded from (seed, epoch, rank): same seed, same batches. All three visit the
+items in :func:`epoch_share`'s order, so a folder, its store and the same images in memory train alike. A
+loader advances its epoch after each full pass; ``set_epoch(e)`` sets it explicitly (as DistributedSampler
+does).
 """
 
 from __future__ import annotations
@@ -118,31 +120,53 @@ def training_subset(labels: torch.Tensor, subset: int | None, seed: int, classes
     return keep
 
 
-# ---------------------------------------------------------------------------------------- in memory
+# ---------------------------------------------------------------------------- every loader's order
+
+
+def epoch_share(
+    total: int, *, shuffle: bool, seed: int, epoch: int, rank: int, world_size: int
+) -> torch.Tensor:
+    """The positions in 0..total-1 that ``rank`` visits in ``epoch``, in order: every loader's order.
+
+    Shuffled (training): one permutation per (seed, epoch), the same on every rank, cut to a multiple of
+    ``world_size`` (drop_last), rank r taking every world_size-th position from r: disjoint, equal shares.
+    That is DistributedSampler's layout, but seeded with ``stream_seed(seed, epoch)`` where
+    DistributedSampler seeds with seed + epoch: with seed + epoch the run with seed 1 would see in its first
+    epoch the order the run with seed 0 sees in its second, and an experiment's seeds would not be
+    independent. In order (testing): every position once across the ranks, rank r from r in steps of
+    ``world_size``.
+    """
+    if not shuffle:
+        return torch.arange(rank, total, world_size)
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(stream_seed(seed, epoch)))
+    return order[: total // world_size * world_size][rank::world_size]
+
+
+def share_size(total: int, *, shuffle: bool, rank: int, world_size: int) -> int:
+    """How many positions :func:`epoch_share` gives ``rank`` each epoch."""
+    return total // world_size if shuffle else len(range(rank, total, world_size))
 
 
 class _RankShare:
-    """What every loader with DistributedSampler semantics shares: this rank's share of the items, the
-    batches it makes (whole batches only when shuffling, as training drops the last partial batch), and
-    the epoch that seeds the order. A subclass says how many items it has (``item_count``)."""
+    """What every loader shares: this rank's share of the ``item_count`` items in each epoch's order
+    (:func:`epoch_share`), the batches it makes (whole batches only when shuffling, as training drops the
+    last partial batch; fewer items than a batch make one smaller batch), the epoch that seeds the order."""
 
-    shuffle: bool
-    rank: int
-    world_size: int
-    batch_size: int
-    epoch: int
-
-    @property
-    def item_count(self) -> int:
-        raise NotImplementedError
+    def __init__(self, item_count: int, *, batch_size: int, shuffle: bool, seed: int, rank: int,
+                 world_size: int):  # fmt: skip
+        if not 0 <= rank < world_size:
+            raise ConfigError(f"rank must lie in 0..world_size-1, found rank {rank}, world_size {world_size}")
+        self.item_count, self.shuffle, self.seed, self.rank, self.world_size = (
+            item_count, shuffle, seed, rank, world_size)  # fmt: skip
+        self.batch_size = batch_size
+        if shuffle:
+            self.batch_size = training_batch_size(batch_size, self.num_samples, item_count, world_size)
+        self.epoch = 0
 
     @property
     def num_samples(self) -> int:
         """Images this rank sees per epoch."""
-        total = self.item_count
-        if self.shuffle:
-            return total // self.world_size
-        return len(range(self.rank, total, self.world_size))
+        return share_size(self.item_count, shuffle=self.shuffle, rank=self.rank, world_size=self.world_size)
 
     def __len__(self) -> int:
         if self.shuffle:
@@ -151,6 +175,14 @@ class _RankShare:
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def epoch_positions(self, epoch: int) -> torch.Tensor:
+        """The positions (0..item_count-1) this rank visits in ``epoch``, in order (on the CPU)."""
+        return epoch_share(self.item_count, shuffle=self.shuffle, seed=self.seed, epoch=epoch, rank=self.rank,
+                           world_size=self.world_size)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------- in memory
 
 
 class DeviceLoader(_RankShare):
@@ -171,33 +203,16 @@ class DeviceLoader(_RankShare):
         rank: int = 0,
         world_size: int = 1,
     ):
-        if not 0 <= rank < world_size:
-            raise ConfigError(f"rank must lie in 0..world_size-1, found rank {rank}, world_size {world_size}")
+        super().__init__(len(labels), batch_size=batch_size, shuffle=shuffle, seed=seed, rank=rank,
+                         world_size=world_size)  # fmt: skip
         self.device = torch.device(device)
         self.images = images.to(self.device)
         self.labels = labels.to(self.device)
-        self.batch_size, self.transform, self.shuffle = batch_size, transform, shuffle
-        self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.epoch = 0
-        if shuffle:
-            self.batch_size = training_batch_size(batch_size, self.num_samples, len(labels), world_size)
-
-    @property
-    def item_count(self) -> int:
-        return len(self.labels)
-
-    def epoch_indices(self, epoch: int) -> torch.Tensor:
-        """The indices this rank visits in ``epoch``, in order (on the CPU)."""
-        total = len(self.labels)
-        if not self.shuffle:
-            return torch.arange(self.rank, total, self.world_size)
-        # every rank draws the same permutation, then takes every world_size-th item from its own offset
-        order = torch.randperm(total, generator=torch.Generator().manual_seed(stream_seed(self.seed, epoch)))
-        return order[self.rank :: self.world_size][: self.num_samples]
+        self.transform = transform
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch = self.epoch
-        indices = self.epoch_indices(epoch).to(self.device)
+        indices = self.epoch_positions(epoch).to(self.device)
         generator = torch.Generator(device=self.device)
         generator.manual_seed(stream_seed(self.seed, epoch, self.rank, 1))
         for batch in indices.split(self.batch_size)[: len(self)]:
@@ -238,23 +253,21 @@ def _collate(items):
     return images, labels, failures
 
 
-class _Shard(torch.utils.data.Sampler):
-    """Every index once across ranks, in order (test sets: no padding, no duplicates)."""
+class _ShareSampler(torch.utils.data.Sampler):
+    """A DataLoader sampler that yields a loader's :func:`epoch_share` positions for the epoch it is set to,
+    so a folder is read in the order the in-memory and store loaders use."""
 
-    def __init__(self, size: int, rank: int, world_size: int):
-        self.indices = range(rank, size, world_size)
+    def __init__(self, share: _RankShare):
+        self.share, self.epoch = share, 0
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return self.share.num_samples
 
     def __iter__(self):
-        return iter(self.indices)
-
-    def set_epoch(self, epoch: int) -> None:
-        pass
+        return iter(self.share.epoch_positions(self.epoch).tolist())
 
 
-class StreamingLoader:
+class StreamingLoader(_RankShare):
     """Image-folder batches: DataLoader workers decode, the device does the rest (``transform``)."""
 
     def __init__(
@@ -271,23 +284,15 @@ class StreamingLoader:
         num_workers: int = 2,
         on_bad: str = "skip",
     ):
-        from torch.utils.data.distributed import DistributedSampler
-
+        super().__init__(len(dataset), batch_size=batch_size, shuffle=shuffle, seed=seed, rank=rank,
+                         world_size=world_size)  # fmt: skip
         self.device = torch.device(device)
-        self.transform, self.on_bad, self.seed, self.rank = transform, on_bad, seed, rank
-        self.epoch = 0
+        self.transform, self.on_bad = transform, on_bad
         self.skipped: list[tuple[str, str]] = []  # (file, why) over all epochs
-        if shuffle:
-            # passing num_replicas and rank: no process group needed, and one rank is the plain shuffled case
-            self.sampler = DistributedSampler(
-                dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True
-            )
-            batch_size = training_batch_size(batch_size, len(self.sampler), len(dataset), world_size)
-        else:
-            self.sampler = _Shard(len(dataset), rank, world_size)
+        self.sampler = _ShareSampler(self)
         self.loader = torch.utils.data.DataLoader(
             dataset,
-            batch_size=batch_size,
+            batch_size=self.batch_size,
             sampler=self.sampler,
             num_workers=num_workers,
             collate_fn=_collate,
@@ -296,15 +301,9 @@ class StreamingLoader:
             persistent_workers=num_workers > 0,
         )
 
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch = self.epoch
-        self.sampler.set_epoch(epoch)
+        self.sampler.epoch = epoch
         generator = torch.Generator(device=self.device)
         generator.manual_seed(stream_seed(self.seed, epoch, self.rank, 1))
         skipped_before = len(self.skipped)
@@ -341,9 +340,8 @@ class StoreLoader(_RankShare):
     memory-mapped shards into a reused (pinned, on CUDA) buffer by a background thread while the previous
     batch trains, copied to the device, and transformed there like an image folder's.
 
-    Order: ``DistributedSampler``'s, exactly (a permutation seeded by seed + epoch, ``drop_last``, rank r
-    takes every world_size-th index from r), so a store and its folder give the same batches, in the same
-    order when the store has one shard; with several shards a batch's images come grouped by shard.
+    Order: :func:`epoch_share`'s, as for a folder, so a store and its folder give the same batches, in the
+    same order when the store has one shard; with several shards a batch's images come grouped by shard.
     ``resize_to``: resize on the device first (when the store's side does not suit the image size)."""
 
     def __init__(
@@ -362,29 +360,17 @@ class StoreLoader(_RankShare):
         resize_to: int | None = None,
         prefetch: int = 2,
     ):
-        if not 0 <= rank < world_size:
-            raise ConfigError(f"rank must lie in 0..world_size-1, found rank {rank}, world_size {world_size}")
-        self.split, self.transform, self.device = split, transform, torch.device(device)
-        self.batch_size, self.shuffle, self.seed, self.rank, self.world_size = (
-            batch_size, shuffle, seed, rank, world_size)  # fmt: skip
         self.indices = np.arange(len(split)) if indices is None else np.asarray(indices, dtype=np.int64)
         self.indices = self.indices[:limit]
-        self.resize_to, self.prefetch, self.epoch = resize_to, max(1, prefetch), 0
+        super().__init__(len(self.indices), batch_size=batch_size, shuffle=shuffle, seed=seed, rank=rank,
+                         world_size=world_size)  # fmt: skip
+        self.split, self.transform, self.device = split, transform, torch.device(device)
+        self.resize_to, self.prefetch = resize_to, max(1, prefetch)
         self._buffers: list[torch.Tensor] | None = None
-        if shuffle:
-            self.batch_size = training_batch_size(batch_size, self.num_samples, len(self.indices), world_size)
-
-    @property
-    def item_count(self) -> int:
-        return len(self.indices)
 
     def epoch_indices(self, epoch: int) -> np.ndarray:
-        """The store indices this rank visits in ``epoch``: DistributedSampler(shuffle, drop_last)'s order."""
-        total = len(self.indices)
-        if not self.shuffle:
-            return self.indices[self.rank :: self.world_size]
-        order = torch.randperm(total, generator=torch.Generator().manual_seed(self.seed + epoch)).numpy()
-        return self.indices[order[: self.num_samples * self.world_size][self.rank :: self.world_size]]
+        """The store indices this rank visits in ``epoch``, in order."""
+        return self.indices[self.epoch_positions(epoch).numpy()]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch = self.epoch
