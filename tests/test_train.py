@@ -338,8 +338,8 @@ def _toy_trainer(tmp_path, train_loader, *, conv: bool = False, **changes):
     metadata = ckpt.model_metadata(model="toy", model_options={}, num_classes=4, in_channels=1,
                                    classes=list("abcd"), image_size=4, mean=None, std=None, dataset="toy")
     test_loader = _ToyLoader(train_loader.x[:64], train_loader.y[:64], 64)
-    return loop.Trainer(model, train_loader, test_loader, config, ctx=init_distributed("cpu"),
-                        metadata=metadata)
+    return loop.Trainer(model, train_loader, test_loader, speed.resolve_speed(config, torch.device("cpu")),
+                        ctx=init_distributed("cpu"), metadata=metadata)
 
 
 def _toy_data(n=256):
@@ -607,6 +607,18 @@ def test_named_speed_settings_win_over_auto(monkeypatch):
     assert speed.resolve_speed(config, torch.device("cpu")) == config
     assert speed.resolve_speed(TrainConfig(precision="bf16"), torch.device("cpu")).channels_last is True
     assert TrainConfig.from_recipe("fast").compile is None  # compiled on CUDA only
+
+
+def test_speed_settings_are_decided_once_before_the_trainer(tmp_path):
+    """classicnets.train decides them before the loaders (which need channels_last); a Trainer handed a
+    config with auto settings left says so instead of deciding them a second time."""
+    x, y = _toy_data(64)
+    trainer = _toy_trainer(tmp_path, _ToyLoader(x, y, 32), epochs=1)
+    with pytest.raises(ValueError, match="found channels_last left to auto.*resolve_speed"):
+        loop.Trainer(trainer.model, trainer.train_loader, trainer.test_loader,
+                     TrainConfig(precision="fp32", out=str(tmp_path / "auto")), ctx=trainer.ctx,
+                     metadata=trainer.metadata)  # fmt: skip
+    assert speed.left_to_auto(trainer.config) == []
 
 
 def test_the_run_records_the_decided_settings(tmp_path, monkeypatch):

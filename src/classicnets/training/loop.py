@@ -39,7 +39,7 @@ from .config import TrainConfig
 from .distributed import DistContext, all_reduce_, barrier, wrap_model
 from .logging import TensorBoardLog, epoch_line, write_logs
 from .rundir import REPLACED_RUN, PartialEpoch, ResumePoint, prepare_run_dir, settle_replaced_run
-from .speed import resolve_speed
+from .speed import left_to_auto
 
 # Without a terminal (logs, CI, nohup, notebooks) a progress line is printed at most this often.
 PROGRESS_LINE_SECONDS = 30.0
@@ -307,7 +307,10 @@ class Trainer:
                  ctx: DistContext, metadata: dict[str, str], views: EvalViews = NO_TTA,
                  print_fn: Callable[[str], None] = print, stop: StopSignals | None = None,
                  head: Collection[str] | None = None) -> None:
-        config = resolve_speed(config, ctx.device)  # auto precision, channels_last, compile
+        if auto := left_to_auto(config):  # decided once, before the loaders (which need channels_last)
+            raise ValueError(f"the Trainer needs decided speed settings, found {', '.join(auto)} left to "
+                             "auto: pass the config through training.speed.resolve_speed(config, device) "
+                             "first, as classicnets.train does")  # fmt: skip
         self.config, self.ctx, self.metadata, self.views = config, ctx, metadata, views
         self.stop = stop  # installed by the caller to cover its setup too; else fit installs its own
         self.train_loader, self.test_loader = train_loader, test_loader

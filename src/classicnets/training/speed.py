@@ -31,6 +31,13 @@ def has_fast_bf16(device: torch.device) -> bool:
     return False
 
 
+def left_to_auto(config: TrainConfig) -> list[str]:
+    """The speed settings ``config`` still leaves to :func:`resolve_speed`."""
+    auto = {"precision": config.precision == "auto", "channels_last": config.channels_last is None,
+            "compile": config.compile is None}  # fmt: skip
+    return [name for name, undecided in auto.items() if undecided]
+
+
 def resolve_speed(config: TrainConfig, device: torch.device) -> TrainConfig:
     """``config`` with its auto speed settings replaced by what pays on ``device``."""
     precision = config.precision
