@@ -214,6 +214,17 @@ def test_shared_module_is_counted_per_call(outer_summary):
     assert shared.backward_flops == 2 * shared.flops
 
 
+def test_parallel_branches_keep_their_own_backward_flops():
+    """GoogLeNet's Inception branches all read one tensor; each conv still gets its own backward FLOPs:
+    grad-input and grad-weight, twice its forward (the first conv, on the image, grad-weight only).
+    ModuleTracker's gradient hooks charged about half of them to another module."""
+    rows = summarize(meta_model("googlenet_d2l", in_channels=1), depth=None).rows
+    convs = [r for r in rows if r.type == "Conv2d"]
+    assert len(convs) == 57
+    assert convs[0].backward_flops == convs[0].flops > 0
+    assert [r.name for r in convs[1:] if r.backward_flops != 2 * r.flops] == []
+
+
 def test_depth_folds_submodules():
     model = meta_model("resnet18", num_classes=10)
     full = summarize(model, depth=None)

@@ -11,9 +11,9 @@ exact for tensors and leaves out the allocator's caching and the kernels' privat
 
 Times. Forward: global module hooks take the clock when each module's forward starts and ends; a module's
 time is its own (its submodules' subtracted). Backward: hooks before and after each autograd node, the node
-charged to the module whose forward created it (by autograd sequence number, as in :mod:`.trace`); the
-accumulation into ``.grad`` is charged to the model's own row. On CUDA every hook synchronises first. The
-first step is a warm-up; each figure is the median of ``repeats`` steps.
+charged to the module whose forward created it (found by walking the graph, as in :mod:`.trace`); the
+accumulation into a parameter's ``.grad`` goes to the innermost module using the parameter. On CUDA every
+hook synchronises first. The first step is a warm-up; each figure is the median of ``repeats`` steps.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..errors import ConfigError
 from ..runtime import resolve_device
-from .trace import ModuleStack, ModuleStats, module_stats, tensors_in
+from .trace import ModuleStack, ModuleStats, graph_nodes, module_stats, tensors_in
 
 OPTIMIZERS = ("sgd", "sgd_momentum", "adam")
 
@@ -139,7 +139,7 @@ class LiveTensorBytes(TorchDispatchMode):
 
     def _track(self, tensor: torch.Tensor) -> None:
         storage = tensor.untyped_storage()
-        key = storage._cdata
+        key = id(storage)  # torch keeps one Python object per storage; its id is free again only after _free
         if key in self.live:
             return
         self.live[key] = storage.nbytes()
@@ -226,16 +226,10 @@ def _timed_step(twin: nn.Module, example: torch.Tensor, sync):
 
 def _clock_nodes(first, stack: ModuleStack, root: ModuleStats, own_ms: dict[str, float], sync) -> None:
     """Hook every node of the graph behind ``first``: its run time goes to the module that created it."""
-    seen, todo = set(), [first]
-    while todo:
-        node = todo.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
+    for node in graph_nodes([first]):
         clock = _NodeClock(stack.owner_of_node(node, root).name, own_ms, sync)
         node.register_prehook(clock.start)
         node.register_hook(clock.stop)
-        todo.extend(next_node for next_node, _ in node.next_functions)
 
 
 class _NodeClock:

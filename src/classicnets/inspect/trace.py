@@ -1,12 +1,14 @@
 """One traced training step (forward, then backward of the summed outputs) on a copy of the model.
 
-Three PyTorch mechanisms see everything the step does, with no change to the model's code:
+Public PyTorch mechanisms see everything the step does, with no change to the model's code:
 
 - global module forward hooks keep the stack of modules whose ``forward`` is running, so an aten op is
   charged to the innermost one (functional calls inside a ``forward`` go to that module; a shared module is
-  charged once per call), and they note the range of autograd sequence numbers each call created;
-- a ``TorchDispatchMode`` sees every aten op; in backward, ``torch._C._current_autograd_node()`` names the
-  node running, and its sequence number says which module's forward created it;
+  charged once per call), and they note the autograd nodes of each call's inputs and outputs; after
+  forward, the nodes between a call's outputs and its inputs (``grad_fn.next_functions``) are the ones it
+  created, given to the innermost call that reaches them;
+- a ``TorchDispatchMode`` sees every aten op; in backward, a pre-hook on every node
+  (``Node.register_prehook``) says which node runs, hence which module's forward created it;
 - ``saved_tensors_hooks`` see every tensor autograd keeps for backward, deduplicated by storage.
 
 The hooks are global only while the step runs and are removed on exit, even after an error.
@@ -15,13 +17,16 @@ Why not ``torch.utils.module_tracker.ModuleTracker``: it keeps a set of the runn
 counts, no input shapes, no order), and in backward it enters and leaves a module by gradient hooks on its
 outputs and inputs, which cannot tell apart parallel branches that read the same tensor: in GoogLeNet's
 Inception blocks it charged the backward FLOPs of about half the 57 convs (29-30, run to run) to another
-module (the totals agreed), where the sequence numbers here charge each node to the call that created it.
+module (the totals agreed), where the graph walk here charges each node to the call that created it.
+Nor ``torch._C`` calls (autograd sequence numbers, the running graph task), which a torch upgrade may
+change; ``TorchDispatchMode`` is the documented way to extend torch (and what FlopCounterMode builds on).
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -30,8 +35,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from .costs import is_counted, matmul_flops, other_ops
 from .fastmeta import fast_meta_outputs
-
-_next_sequence_nr = torch._C._autograd._get_sequence_nr
 
 
 @dataclass
@@ -103,15 +106,33 @@ def tensors_in(value) -> list[torch.Tensor]:
     return []
 
 
+def nodes_of(value) -> list:
+    """The autograd nodes that made the tensors in ``value`` (none for leaves and tensors without grad)."""
+    return [t.grad_fn for t in tensors_in(value) if t.grad_fn is not None]
+
+
+def graph_nodes(starts: list, stop: set | frozenset = frozenset()):
+    """Each autograd node behind ``starts`` once (through ``next_functions``), not going past ``stop``."""
+    seen, todo = set(stop), list(starts)
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        yield node
+        todo.extend(next_node for next_node, _ in node.next_functions)
+
+
 class ModuleStack:
     """Which of the model's modules are running forward, innermost last; and which module owns each node."""
 
     def __init__(self, stats: dict[int, ModuleStats]):
         self.stats = stats
-        self.running: list[tuple[ModuleStats, int, list]] = []  # (module, first sequence nr, input shape)
-        self.calls: list[tuple[int, int, ModuleStats]] = []  # (first, end sequence nr, module) per call
-        self._owner_by_seq: list[ModuleStats] = []
-        self._first_seq = 0
+        self.running: list[tuple[ModuleStats, list, list]] = []  # (module, input shape, its inputs' nodes)
+        self.calls: list[tuple[ModuleStats, list, list]] = []  # (module, inputs' nodes, outputs' nodes)
+        self._owner: dict = {}  # autograd node -> the module call that created it
+        self.in_backward = False  # set by whoever runs backward
+        self.backward_owner: ModuleStats | None = None  # the module whose node is running in backward
 
     @contextlib.contextmanager
     def hooks(self):
@@ -131,36 +152,46 @@ class ModuleStack:
         entry = self.stats.get(id(module))
         if entry is not None:
             entry.calls += 1
-            self.running.append((entry, _next_sequence_nr(), shapes_of(args)))
+            self.running.append((entry, shapes_of(args), nodes_of(args)))
 
     def _leave(self, module, args, output):
         entry = self.stats.get(id(module))
         if entry is None or not self.running or self.running[-1][0] is not entry:
             return
-        _, first_seq, input_shape = self.running.pop()
-        self.calls.append((first_seq, _next_sequence_nr(), entry))
+        _, input_shape, input_nodes = self.running.pop()
+        self.calls.append((entry, input_nodes, nodes_of(output)))
         if entry.calls == 1:
             entry.output_shape, entry.input_shape = shapes_of(output), input_shape
             entry.output_bytes = sum(t.numel() * t.element_size() for t in tensors_in(output))
 
     def index_nodes(self, root: ModuleStats) -> None:
-        """After forward: map each autograd sequence number to the innermost module call that created it."""
-        if not self.calls:
-            return
-        self._first_seq = min(first for first, _, _ in self.calls)
-        end = max(last for _, last, _ in self.calls)
-        self._owner_by_seq = [root] * (end - self._first_seq)
-        # Outer calls first, so inner calls overwrite their own range. Calls are listed as they end, inner
-        # first, so of two calls with the same range (a parent that made no node itself) the later is outer.
-        order = sorted(range(len(self.calls)), key=lambda i: (self.calls[i][0], -self.calls[i][1], -i))
-        for first, last, entry in (self.calls[i] for i in order):
-            self._owner_by_seq[first - self._first_seq:last - self._first_seq] = [entry] * (last - first)
+        """After forward: give each autograd node to the innermost module call that created it. A call made
+        the nodes between its outputs and its inputs; calls are listed as they ended, inner ones first, so
+        the innermost call that reaches a node claims it. (A node a call reaches through a tensor it did not
+        get as an argument, made earlier by another module, would be claimed too; the zoo has none.)"""
+        for entry, inputs, outputs in self.calls:
+            for node in graph_nodes(outputs, stop=set(inputs)):
+                self._owner.setdefault(node, entry)
 
     def owner_of_node(self, node, root: ModuleStats) -> ModuleStats:
-        if node is None:
-            return root
-        index = node._sequence_nr() - self._first_seq
-        return self._owner_by_seq[index] if 0 <= index < len(self._owner_by_seq) else root
+        return self._owner.get(node, root) if node is not None else root
+
+    @contextlib.contextmanager
+    def backward(self, outputs: list, root: ModuleStats):
+        """While backward of ``outputs`` runs: ``in_backward`` on, and ``backward_owner`` the module whose
+        node is running (a pre-hook on every node of the graph sets it)."""
+        handles = [node.register_prehook(partial(self._node_starts, self.owner_of_node(node, root)))
+                   for node in graph_nodes(nodes_of(outputs))]  # fmt: skip
+        self.in_backward = True
+        try:
+            yield
+        finally:
+            self.in_backward, self.backward_owner = False, None
+            for handle in handles:
+                handle.remove()
+
+    def _node_starts(self, owner: ModuleStats, grad_outputs) -> None:
+        self.backward_owner = owner
 
 
 class StepCounter(TorchDispatchMode):
@@ -184,8 +215,8 @@ class StepCounter(TorchDispatchMode):
         return out
 
     def _charge(self, func, args, kwargs, out) -> None:
-        if torch._C._current_graph_task_id() != -1:  # inside backward
-            owner = self.stack.owner_of_node(torch._C._current_autograd_node(), self.root)
+        if self.stack.in_backward:
+            owner = self.stack.backward_owner or self.root
             owner.backward_flops += matmul_flops(func, args, kwargs, out)
             return
         owner = self.stack.current
@@ -199,21 +230,23 @@ class SavedActivations:
 
     def __init__(self, stack: ModuleStack, model: nn.Module):
         self.stack = stack
-        self.excluded = {t.untyped_storage()._cdata for t in [*model.parameters(), *model.buffers()]}
+        # storages are told apart by the identity of their Python object (torch keeps one per storage;
+        # data_ptr() is 0 for every meta tensor); kept referenced here, so that no id is reused meanwhile
+        self._keep = [t.untyped_storage() for t in [*model.parameters(), *model.buffers()]]
+        self.excluded = {id(storage) for storage in self._keep}
         self.seen: set[int] = set()
-        self._keep: list[torch.Tensor] = []  # keeps storages alive, so their ids stay unique
 
     def hooks(self):
         return torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor)
 
     def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
         owner = self.stack.current
-        if owner is None or torch._C._current_graph_task_id() != -1:
+        if owner is None or self.stack.in_backward:
             return tensor
         storage = tensor.untyped_storage()
-        if storage._cdata not in self.excluded and storage._cdata not in self.seen:
-            self.seen.add(storage._cdata)
-            self._keep.append(tensor)
+        if id(storage) not in self.excluded and id(storage) not in self.seen:
+            self.seen.add(id(storage))
+            self._keep.append(storage)
             owner.activation_bytes += storage.nbytes()
         return tensor
 
@@ -232,10 +265,11 @@ def trace_step(model: nn.Module, example: torch.Tensor) -> list[ModuleStats]:
             try:
                 output = model(example)
             except Exception as error:
-                failing, _, input_shape = stack.running[-1] if stack.running else (root, 0, [])
+                failing, input_shape, _ = stack.running[-1] if stack.running else (root, [], [])
                 raise LayerFailure(failing, input_shape or [list(example.shape)], error) from error
         stack.index_nodes(root)
         outputs = [t for t in tensors_in(output) if t.requires_grad and t.is_floating_point()]
         if outputs:
-            torch.autograd.backward([t.sum() for t in outputs])
+            with stack.backward(outputs, root):
+                torch.autograd.backward([t.sum() for t in outputs])
     return list(stats.values())
