@@ -302,7 +302,7 @@ class _Progress:
     """A rich progress bar over images (stderr), or nothing when ``enabled`` is off."""
 
     def __init__(self, total: int, enabled: bool):
-        self.total, self.enabled, self.bar = total, enabled, None
+        self.total, self.enabled, self.bar, self.task = total, enabled, None, None
 
     def __enter__(self):
         if self.enabled:
