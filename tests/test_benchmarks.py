@@ -99,6 +99,7 @@ TINY_RUNS = {
                          "--num-workers", "0"],
     "lrn": ["--batch-size", "2", "--steps", "1", "--reps", "1"],
     "eval_memory": ["--batch-sizes", "2"],
+    "compare_revisions": ["HEAD", "--reps", "1", "--probes", "step:alexnet_28:28"],  # vs the working tree
     "distributed_scaling": ["--nproc", "1", "2", "--", "--model", "alexnet_28", "--model-options",
                             "width_mult=0.0625", "--dataset", "synthetic", "--subset", "128", "--epochs", "1",
                             "--batch-size", "32"],
@@ -115,7 +116,7 @@ def test_benchmark_runs_end_to_end_and_records_its_machine(script, tmp_path, req
     if script in ("vs_d2l", "loader_throughput", "time_to_accuracy", "epoch_overheads"):  # real data
         fashion_mnist_dir = request.getfixturevalue("fashion_mnist_dir")
     data = ["--data-dir", str(fashion_mnist_dir)] if script in ("vs_d2l", "loader_throughput") else []
-    device = [] if script in ("epoch_overheads", "eval_memory") else ["--device", "cpu"]  # the host's costs
+    device = [] if script in ("epoch_overheads", "eval_memory", "compare_revisions") else ["--device", "cpu"]
     env = {**os.environ, "CLASSICNETS_BENCH_RESULTS": str(tmp_path), "OMP_NUM_THREADS": "1",
            "PYTHONPATH": str(benchmarks.parent / "src")}
     argv = TINY_RUNS[script]
