@@ -106,8 +106,8 @@ def render_markdown(rows: list[dict], revisions: dict, machine: dict, reps: int)
     )  # fmt: skip
     return (
         f"Before = `{revisions['before']}`, after = `{revisions['after']}`; {common.device_label(machine)}, "
-        f"{machine['date_utc']}. Median over {reps} interleaved rounds, each revision in a fresh process per "
-        f"round. `trainer:RECIPE:N` = one epoch of the recipe on N Fashion-MNIST images through "
+        f"{machine['date_utc']}. Median over {reps} interleaved rounds, each probe of each revision in "
+        f"a fresh process. `trainer:RECIPE:N` = one epoch of the recipe on N Fashion-MNIST images through "
         f"`classicnets.train` (training phase img/s); `step:MODEL:SIDE` = the bf16 + channels_last "
         f"training step at batch 32 on a fixed batch, freed host memory kept (the Trainer's CPU "
         f"step).\n\n{table}"
