@@ -109,7 +109,8 @@ def render_markdown(rows: list[dict], revisions: dict, machine: dict, reps: int)
         f"{machine['date_utc']}. Median over {reps} interleaved rounds, each revision in a fresh process per "
         f"round. `trainer:RECIPE:N` = one epoch of the recipe on N Fashion-MNIST images through "
         f"`classicnets.train` (training phase img/s); `step:MODEL:SIDE` = the bf16 + channels_last "
-        f"training step at batch 32 on a fixed batch.\n\n{table}"
+        f"training step at batch 32 on a fixed batch, freed host memory kept (the Trainer's CPU "
+        f"step).\n\n{table}"
     )
 
 

@@ -11,6 +11,7 @@ that every revision has (``classicnets.train``, ``classicnets.create_model``) an
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import tempfile
 import time
@@ -21,7 +22,9 @@ import torch.nn.functional as F
 import classicnets
 
 STEP_BATCH = 32  # the CPU batch of train_step.py
-STEP_WARMUP, STEP_COUNT = 2, 3
+STEP_WARMUP, STEP_COUNT = 3, 6
+# glibc's mallopt parameters (<malloc.h>), for the Trainer's CPU host-memory policy in the step probe
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
 
 
 def trainer_images_per_s(recipe: str, subset: int, data_dir: str | None) -> float:
@@ -35,9 +38,23 @@ def trainer_images_per_s(recipe: str, subset: int, data_dir: str | None) -> floa
     return history[-1]["images_per_sec"]
 
 
+def keep_host_memory() -> None:
+    """Freed memory kept for the next step, as the Trainer does on the CPU. Written out here rather than
+    imported from ``classicnets.runtime``, which an older revision lacks: glibc's default unmaps large
+    blocks and maps them again each step, and how many page faults that costs varied from process to
+    process by up to 30% in the paper AlexNet's step, more than the differences this probe looks for."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(M_MMAP_MAX, 0)
+        libc.mallopt(M_TRIM_THRESHOLD, -1)  # read as a size_t: never trim
+    except (OSError, AttributeError):  # not glibc: the allocator's own policy, the same for both revisions
+        pass
+
+
 def step_images_per_s(model_name: str, side: int) -> float:
-    """Forward, cross-entropy, backward and SGD on one fixed batch, bf16 autocast and channels_last (the
-    Trainer's CPU step): images/s over ``STEP_COUNT`` steps after ``STEP_WARMUP``."""
+    """Forward, cross-entropy, backward and SGD on one fixed batch, bf16 autocast and channels_last, freed
+    memory kept (the Trainer's CPU step): images/s over ``STEP_COUNT`` steps after ``STEP_WARMUP``."""
+    keep_host_memory()
     torch.manual_seed(0)
     model = classicnets.create_model(model_name, num_classes=10, in_channels=1)
     model = model.to(memory_format=torch.channels_last).train()
