@@ -40,6 +40,7 @@ pictures: $(STAMP) data
 
 models-table: $(STAMP)
 	$(BIN)/python -m classicnets.tools.readme_tables --write README.md
+	$(BIN)/python -m classicnets.tools.readme_tables --write docs/performance.md
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

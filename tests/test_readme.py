@@ -17,6 +17,13 @@ def test_readme_generated_blocks_are_current():
     assert render_blocks(text) == text, "README tables are stale: run `make models-table`"
 
 
+def test_docs_generated_blocks_are_current():
+    performance = README.parent / "docs" / "performance.md"
+    text = performance.read_text()
+    assert "<!-- BEGIN revisions -->" in text
+    assert render_blocks(text) == text, "docs/performance.md is stale: run `make models-table`"
+
+
 def test_readme_commands_are_makefile_targets():
     """Each `make TARGET` the README tells a reader to type is a Makefile target, the two commands first."""
     named = re.findall(r"^make ([\w-]+)", README.read_text(), flags=re.MULTILINE)

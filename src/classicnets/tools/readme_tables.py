@@ -1,4 +1,5 @@
-"""Regenerate the README's generated blocks: `python -m classicnets.tools.readme_tables --write README.md`.
+"""Regenerate the generated blocks of the README and docs: `python -m classicnets.tools.readme_tables --write
+README.md` (`make models-table` rewrites every file that has blocks).
 
 A block sits between `<!-- BEGIN name -->` and `<!-- END name -->`; tests fail when the README
 and the generator disagree, so the tables cannot drift from the code.
@@ -73,6 +74,20 @@ def vs_d2l_result() -> str:
     )
 
 
+def revisions_result() -> str:
+    """The recorded interleaved throughput comparison of two revisions (benchmarks/compare_revisions.py)."""
+    record = _record("compare_revisions")
+    table = (RESULTS / "compare_revisions.md").read_text().split("\n\n", 1)[1].strip()
+    worst = min(record["rows"], key=lambda row: row["ratio_median"])
+    best = max(record["rows"], key=lambda row: row["ratio_median"])
+    revisions, reps = record["revisions"], record["settings"]["reps"]
+    return (f"`python benchmarks/compare_revisions.py {revisions['before']} {revisions['after']}` "
+            f"({_machine(record)}; {reps} interleaved rounds, each probe of each revision in a fresh "
+            f"process): the medians of the per-round ratios after/before run from "
+            f"{worst['ratio_median']:.3f} (`{worst['probe']}`) to {best['ratio_median']:.3f} "
+            f"(`{best['probe']}`).\n\n{table}")
+
+
 def experiment_verdicts() -> str:
     """Every claim of the committed experiment reports (docs/experiments/*/results.json) with its verdict."""
     from ..experiments.report import verdict_table
@@ -88,6 +103,7 @@ GENERATORS = {
     "demo": demo_result,
     "vs-d2l": vs_d2l_result,
     "experiments": experiment_verdicts,
+    "revisions": revisions_result,
 }
 
 
