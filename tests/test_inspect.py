@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -223,6 +224,52 @@ def test_parallel_branches_keep_their_own_backward_flops():
     assert len(convs) == 57
     assert convs[0].backward_flops == convs[0].flops > 0
     assert [r.name for r in convs[1:] if r.backward_flops != 2 * r.flops] == []
+
+
+class ReadsStash(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.fc(x) + self.stash  # a tensor its parent made, not among its arguments
+
+
+@dataclass
+class Wrapped:
+    value: torch.Tensor
+
+
+class WrapsOutput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return Wrapped(self.fc(x))  # an output the module hooks cannot look into
+
+
+class UnusualCalls(nn.Module):
+    """A child called by keyword, one handed a tensor through an attribute, one returning an object."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 8)
+        self.c, self.d = ReadsStash(), WrapsOutput()
+
+    def forward(self, x):
+        h = self.a(x) @ torch.ones(8, 8)  # the matmul is the parent's own; the constant needs no gradient
+        h = self.b(input=h)
+        self.c.stash = h * 2
+        return self.d(self.c(h)).value
+
+
+def test_nodes_go_to_the_module_that_made_them_however_it_is_called():
+    rows = rows_by_name(summarize(UnusualCalls(), input_size=(8,), batch_size=4, depth=None))
+    assert rows[""].flops == 2 * 4 * 8 * 8 and rows[""].backward_flops == rows[""].flops  # grad-input only
+    assert rows["a"].backward_flops == rows["a"].flops  # grad-weight only: the image needs no gradient
+    for name in ("b", "c.fc", "d.fc"):
+        assert rows[name].backward_flops == 2 * rows[name].flops > 0, name
 
 
 def test_depth_folds_submodules():

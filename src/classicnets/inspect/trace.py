@@ -4,9 +4,10 @@ Public PyTorch mechanisms see everything the step does, with no change to the mo
 
 - global module forward hooks keep the stack of modules whose ``forward`` is running, so an aten op is
   charged to the innermost one (functional calls inside a ``forward`` go to that module; a shared module is
-  charged once per call), and they note the autograd nodes of each call's inputs and outputs; after
-  forward, the nodes between a call's outputs and its inputs (``grad_fn.next_functions``) are the ones it
-  created, given to the innermost call that reaches them;
+  charged once per call);
+- a ``TorchFunctionMode`` sees every torch function as it returns: the autograd nodes between its outputs
+  and its tensor arguments (``grad_fn.next_functions``) are the ones it created, given to the innermost
+  module running then, whatever the module's arguments and outputs look like;
 - a ``TorchDispatchMode`` sees every aten op; in backward, a pre-hook on every node
   (``Node.register_prehook``) says which node runs, hence which module's forward created it;
 - ``saved_tensors_hooks`` see every tensor autograd keeps for backward, deduplicated by storage.
@@ -17,7 +18,7 @@ Why not ``torch.utils.module_tracker.ModuleTracker``: it keeps a set of the runn
 counts, no input shapes, no order), and in backward it enters and leaves a module by gradient hooks on its
 outputs and inputs, which cannot tell apart parallel branches that read the same tensor: in GoogLeNet's
 Inception blocks it charged the backward FLOPs of about half the 57 convs (29-30, run to run) to another
-module (the totals agreed), where the graph walk here charges each node to the call that created it.
+module (the totals agreed), where each node here goes to the call that created it.
 Nor ``torch._C`` calls (autograd sequence numbers, the running graph task), which a torch upgrade may
 change; ``TorchDispatchMode`` is the documented way to extend torch (and what FlopCounterMode builds on).
 """
@@ -25,12 +26,14 @@ change; ``TorchDispatchMode`` is the documented way to extend torch (and what Fl
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Container
 from dataclasses import dataclass, field
 from functools import partial
 
 import torch
 import torch.nn as nn
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .costs import is_counted, matmul_flops, other_ops
@@ -111,16 +114,46 @@ def nodes_of(value) -> list:
     return [t.grad_fn for t in tensors_in(value) if t.grad_fn is not None]
 
 
-def graph_nodes(starts: list, stop: set | frozenset = frozenset()):
+def graph_nodes(starts: list, stop: Container = ()):
     """Each autograd node behind ``starts`` once (through ``next_functions``), not going past ``stop``."""
-    seen, todo = set(stop), list(starts)
+    seen, todo = set(), list(starts)
     while todo:
         node = todo.pop()
-        if node is None or node in seen:
+        if node is None or node in seen or node in stop:
             continue
         seen.add(node)
         yield node
         todo.extend(next_node for next_node, _ in node.next_functions)
+
+
+class _NodeOwners(TorchFunctionMode):
+    """Gives the autograd nodes each torch function creates to the module running it (``stack.current``):
+    the nodes between the function's outputs and its tensor arguments, read before it runs (an in-place
+    op gives its argument a new node). Nodes made outside every module stay unowned (the model's row)."""
+
+    def __init__(self, stack: ModuleStack):
+        super().__init__()
+        self.stack = stack
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        inputs = nodes_of((args, kwargs))
+        out = func(*args, **kwargs)
+        owner, owned = self.stack.current, self.stack.owner
+        if owner is not None:
+            for node in graph_nodes(nodes_of(out), stop=_Either(set(inputs), owned)):
+                owned[node] = owner
+        return out
+
+
+class _Either:
+    """``in`` either of two containers, without building their union."""
+
+    def __init__(self, first: Container, second: Container):
+        self.first, self.second = first, second
+
+    def __contains__(self, item) -> bool:
+        return item in self.first or item in self.second
 
 
 class ModuleStack:
@@ -128,9 +161,8 @@ class ModuleStack:
 
     def __init__(self, stats: dict[int, ModuleStats]):
         self.stats = stats
-        self.running: list[tuple[ModuleStats, list, list]] = []  # (module, input shape, its inputs' nodes)
-        self.calls: list[tuple[ModuleStats, list, list]] = []  # (module, inputs' nodes, outputs' nodes)
-        self._owner: dict = {}  # autograd node -> the module call that created it
+        self.running: list[tuple[ModuleStats, list]] = []  # (module, input shape)
+        self.owner: dict = {}  # autograd node -> the module whose forward created it
         self.in_backward = False  # set by whoever runs backward
         self.backward_owner: ModuleStats | None = None  # the module whose node is running in backward
 
@@ -139,7 +171,8 @@ class ModuleStack:
         pre = register_module_forward_pre_hook(self._enter)
         post = register_module_forward_hook(self._leave)
         try:
-            yield self
+            with _NodeOwners(self):
+                yield self
         finally:
             pre.remove()
             post.remove()
@@ -152,29 +185,19 @@ class ModuleStack:
         entry = self.stats.get(id(module))
         if entry is not None:
             entry.calls += 1
-            self.running.append((entry, shapes_of(args), nodes_of(args)))
+            self.running.append((entry, shapes_of(args)))
 
     def _leave(self, module, args, output):
         entry = self.stats.get(id(module))
         if entry is None or not self.running or self.running[-1][0] is not entry:
             return
-        _, input_shape, input_nodes = self.running.pop()
-        self.calls.append((entry, input_nodes, nodes_of(output)))
+        _, input_shape = self.running.pop()
         if entry.calls == 1:
             entry.output_shape, entry.input_shape = shapes_of(output), input_shape
             entry.output_bytes = sum(t.numel() * t.element_size() for t in tensors_in(output))
 
-    def index_nodes(self, root: ModuleStats) -> None:
-        """After forward: give each autograd node to the innermost module call that created it. A call made
-        the nodes between its outputs and its inputs; calls are listed as they ended, inner ones first, so
-        the innermost call that reaches a node claims it. (A node a call reaches through a tensor it did not
-        get as an argument, made earlier by another module, would be claimed too; the zoo has none.)"""
-        for entry, inputs, outputs in self.calls:
-            for node in graph_nodes(outputs, stop=set(inputs)):
-                self._owner.setdefault(node, entry)
-
     def owner_of_node(self, node, root: ModuleStats) -> ModuleStats:
-        return self._owner.get(node, root) if node is not None else root
+        return self.owner.get(node, root) if node is not None else root
 
     @contextlib.contextmanager
     def backward(self, outputs: list, root: ModuleStats):
@@ -265,9 +288,8 @@ def trace_step(model: nn.Module, example: torch.Tensor) -> list[ModuleStats]:
             try:
                 output = model(example)
             except Exception as error:
-                failing, input_shape, _ = stack.running[-1] if stack.running else (root, [], [])
+                failing, input_shape = stack.running[-1] if stack.running else (root, [])
                 raise LayerFailure(failing, input_shape or [list(example.shape)], error) from error
-        stack.index_nodes(root)
         outputs = [t for t in tensors_in(output) if t.requires_grad and t.is_floating_point()]
         if outputs:
             with stack.backward(outputs, root):
