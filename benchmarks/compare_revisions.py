@@ -2,7 +2,7 @@
 
 The check that a change meant to leave speed alone (a refactoring, a moved module) did: each round runs
 every probe of revision_probe.py once per revision, each in a fresh process with that revision's ``src``
-on PYTHONPATH, the two revisions back to back (who goes first alternates by round), so a burst of load
+on PYTHONPATH, the two revisions back to back (who goes first alternates), so a burst of load
 from other processes falls on both alike. The probe is this tree's file for both revisions: the same
 measuring code, only the library differs. Reported:
 for each probe, the median of the per-round ratios after/before, with their range, and each side's median.
@@ -72,12 +72,13 @@ def run_probe(src: Path, probes: list[str], data_dir: str | None) -> dict[str, f
 
 def interleaved_rounds(sources: dict[str, Path], probes: list[str], reps: int, data_dir: str | None) -> list:
     """Each probe in a process of its own, so none runs in a state an earlier one left (the Trainer sets
-    the host allocator's policy, for one); the revisions alternate per probe, who goes first per round."""
+    the host allocator's policy, for one); the two revisions back to back, who goes first alternating from
+    one probe and round to the next, so that each goes first equally often whatever the number of rounds."""
     rounds = []
     for rep in range(reps):
-        order = list(sources) if rep % 2 == 0 else list(reversed(sources))
         measured = {label: {} for label in sources}
-        for probe in probes:
+        for index, probe in enumerate(probes):
+            order = list(sources) if (rep + index) % 2 == 0 else list(reversed(sources))
             for label in order:
                 measured[label].update(run_probe(sources[label], [probe], data_dir))
         rounds.append(measured)
