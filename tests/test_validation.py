@@ -108,6 +108,19 @@ def test_builder_options_are_checked_before_building():
         create_model("nin", num_classes=0)
 
 
+def test_resume_with_an_out_that_is_not_a_path_is_a_clear_error():
+    """Found by the test below: the run folder was opened before the settings were checked."""
+    with pytest.raises(ConfigError, match="out"):
+        resolve_config(None, {}, {"out": True, "resume": True})
+
+
+def test_none_unsets_an_optional_setting_in_python_as_in_flags_and_files():
+    """Found by the test below: TrainConfig(data_dir="NONE") kept the word, its saved copy read None."""
+    config = TrainConfig(data_dir="NONE", subset="null")
+    assert config.data_dir is None and config.subset is None
+    assert config_from_dict(config.to_dict()) == config
+
+
 # Values of every kind a file, a flag or a Python caller might hand over.
 _ANY = st.one_of(
     st.none(), st.booleans(), st.integers(min_value=-2**70, max_value=2**70),

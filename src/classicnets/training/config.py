@@ -162,6 +162,10 @@ class TrainConfig:
                                   "nothing; from_recipe, --recipe or train(recipe=...) apply one)")
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # "none" unsets an optional setting here as in flags and files
+            value = getattr(self, f.name)
+            if isinstance(value, str) and value.lower() in NONE_WORDS and _field_type(f.name)[1]:
+                setattr(self, f.name, None)
         if self.out is None:
             self.out = default_out(self.recipe, self.model)
         validate(self)
@@ -356,12 +360,13 @@ def _check_keys(values: dict[str, Any], source: str) -> None:
 
 
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+NONE_WORDS = ("none", "null")  # what unsets an optional setting, in any case
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:
     """A value from a file or flag, checked against the field's type."""
     kind, optional = _field_type(name)
-    if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and optional):
+    if value is None or (isinstance(value, str) and value.lower() in NONE_WORDS and optional):
         if optional:
             return None
         raise ConfigError(f"{source}: {name} cannot be empty")
@@ -511,7 +516,9 @@ def _saved_run_settings(recipe: str | None, chosen: dict[str, Any]) -> dict[str,
     """The settings a run saved in OUT/config.json, when ``chosen`` resumes that run; else None."""
     if not _coerce("resume", chosen.get("resume", False), "settings"):
         return None
-    out = chosen.get("out") or default_out(recipe or DEFAULT_RECIPE, chosen.get("model") or _default("model"))
+    out = chosen.get("out")  # checked here: it is read before the settings as a whole are
+    out = _coerce("out", out, "settings") if out else default_out(recipe or DEFAULT_RECIPE,
+                                                                   chosen.get("model") or _default("model"))
     path = Path(out) / "config.json"
     if not path.is_file():
         return None
