@@ -29,6 +29,7 @@ from .common import (
     run_recording,
     subject_of,
     viewable,
+    without_ticks,
     write_picture,
 )
 
@@ -106,9 +107,7 @@ def _draw(shown: np.ndarray, heat: np.ndarray, data: dict[str, Any]):
     axes[2].imshow(shown, cmap="gray" if grey else None, vmin=0, vmax=1)
     axes[2].imshow(heat / peak, cmap="jet", alpha=0.45, vmin=0, vmax=1)
     axes[2].set_title("overlay", fontsize=9)
-    for ax in axes:
-        ax.set_xticks([])
-        ax.set_yticks([])
+    without_ticks(axes)
     fig.suptitle(f"{data['model']}: where the evidence for '{data['class']}' "
                  f"(p = {data['probability']:.2f}) lies", fontsize=10)
     return fig

@@ -283,6 +283,13 @@ def mosaic(tiles: np.ndarray, columns: int, gap: float = np.nan) -> np.ndarray:
     return grid
 
 
+def without_ticks(axes) -> None:
+    """No tick marks or numbers on these axes: pictures, not plots."""
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+
 def new_figure(width: float, height: float):
     """A bare Figure (Agg): leaves pyplot's global state and the user's backend alone."""
     from matplotlib.figure import Figure

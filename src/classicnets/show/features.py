@@ -26,6 +26,7 @@ from .common import (
     run_recording,
     subject_of,
     viewable,
+    without_ticks,
     write_picture,
 )
 
@@ -93,9 +94,7 @@ def _draw(subject, shown: np.ndarray, rows: list[dict], arrays: dict[str, np.nda
         note = f", all {row['max']:g}" if flat else ""
         ax.set_title(f"{row['layer']} ({row['type']})\n{shape}, {len(maps)} of {row['shape'][0]} maps{note}",
                      fontsize=9)
-    for ax in axes:
-        ax.set_xticks([])
-        ax.set_yticks([])
+    without_ticks(axes)
     for ax in axes[panels:]:
         ax.set_axis_off()
     fig.suptitle(f"{subject.name}: feature maps, most active first", fontsize=10)

@@ -25,7 +25,16 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
-from .common import Picture, Subject, mosaic, new_figure, output_paths, subject_of, write_picture
+from .common import (
+    Picture,
+    Subject,
+    mosaic,
+    new_figure,
+    output_paths,
+    subject_of,
+    without_ticks,
+    write_picture,
+)
 
 MAX_COLUMNS = 16  # kernels per row: Fig. 3 shows each GPU's 48 kernels in 3 rows of 16
 
@@ -138,13 +147,12 @@ def _draw(subject: Subject, data: dict[str, Any], grids: list[np.ndarray]):
     out_c, in_c, kh, kw = data["weight_shape"]
     for ax, grid, tower in zip(axes, grids, towers, strict=True):
         ax.imshow(grid, interpolation="nearest")
-        ax.set_xticks([])
-        ax.set_yticks([])
         label = f"tower {tower['tower']}: kernels {tower['kernels'][0]}-{tower['kernels'][1]}" \
             if len(towers) > 1 else f"{out_c} kernels"
         score = (f", mean colour specificity {tower['mean_colour_specificity']:.2f}" if colour
                  else ", colour specificity n/a (grey input)")
         ax.set_title(label + score, fontsize=9)
+    without_ticks(axes)
     grid_fig.suptitle(f"{subject.name}: {data['layer']} kernels ({out_c} x {in_c} x {kh} x {kw}), "
                       "each scaled on its own", fontsize=10)
     if colour:

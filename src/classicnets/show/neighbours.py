@@ -21,7 +21,17 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
-from .common import Picture, class_name, new_figure, output_paths, subject_of, trunk, viewable, write_picture
+from .common import (
+    Picture,
+    class_name,
+    new_figure,
+    output_paths,
+    subject_of,
+    trunk,
+    viewable,
+    without_ticks,
+    write_picture,
+)
 
 
 def embedding(model: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor], list[str]]:
@@ -190,9 +200,7 @@ def _draw(subject, queries: torch.Tensor, images: torch.Tensor, data: dict[str, 
             colour = "tab:green" if neighbour["class"] == row["class"] else "tab:red"
             axes[r, j + 1].set_title(f"{neighbour['class']}\nd = {neighbour['distance']:.3g}", fontsize=7,
                                      color=colour)
-        for ax in axes[r, :]:
-            ax.set_xticks([])
-            ax.set_yticks([])
+        without_ticks(axes[r, :])
         for spine in axes[r, 0].spines.values():
             spine.set_linewidth(2)
     share = data["share_of_neighbours_in_the_query_class"]
