@@ -252,14 +252,14 @@ def test_predict_reports_missing_and_broken_images(checkpoint_run, tmp_path, cap
 def test_predict_reads_a_16_bit_picture_as_its_8_bit_twin(tmp_path, channels):
     """predict decodes with the training folders' decode_image: a 16-bit grey PNG is no longer clipped to
     black and white (the same picture was a Bag at 16 bits and a Sneaker at 8)."""
-    from classicnets.inference.predict import _square_image
+    from classicnets.inference.predict import square_image
 
     picture = np.add.outer(np.arange(24) * 10, np.arange(32)).astype(np.uint8)
     Image.fromarray(picture).save(tmp_path / "8bit.png")
     Image.fromarray(picture.astype(np.uint16) * 257).save(tmp_path / "16bit.png")
-    eight = _square_image(tmp_path / "8bit.png", channels, invert=False)
-    assert torch.equal(_square_image(tmp_path / "16bit.png", channels, invert=False), eight)
-    assert torch.equal(_square_image(Image.open(tmp_path / "16bit.png"), channels, invert=False), eight)
+    eight = square_image(tmp_path / "8bit.png", channels, invert=False)
+    assert torch.equal(square_image(tmp_path / "16bit.png", channels, invert=False), eight)
+    assert torch.equal(square_image(Image.open(tmp_path / "16bit.png"), channels, invert=False), eight)
     assert torch.equal(eight[0], torch.from_numpy(picture[:, 4:28]))
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from ..errors import ClassicnetsError
+from ..training.logging import METRICS_JSONL, write_text_atomic
 from . import claims as claimlib
 from .spec import Experiment, ExperimentError, load_experiment
 
@@ -160,7 +161,7 @@ def _evaluate(run_dir: Path, view: str) -> dict[str, float]:
 
 
 def _logged_history(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "metrics.jsonl"
+    path = run_dir / METRICS_JSONL
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
@@ -246,9 +247,7 @@ def _write_outputs(experiment: Experiment, results: dict[str, Any], out: Path) -
 
 
 def _write_json(path: Path, value: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=1, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(value, indent=1, default=str) + "\n")
 
 
 def machine() -> str:

@@ -96,7 +96,7 @@ def evaluate(
         loaded.metadata["classes"] = _dataset_classes(loaded, dataset, split, data_dir, download)
     run_device = resolve_device(device)
     model = _inference_model(loaded.model, run_device, channels_last)
-    batches = _eval_batches(loaded, dataset, split, data_dir, download, limit, tta=tta,
+    batches = eval_batches(loaded, dataset, split, data_dir, download, limit, tta=tta,
                             batch_size=batch_size, device=run_device, channels_last=channels_last)
 
     start = time.perf_counter()
@@ -201,7 +201,7 @@ def _dataset_classes(loaded: LoadedCheckpoint, dataset: str, split: str, data_di
     return classes
 
 
-def _eval_batches(loaded: LoadedCheckpoint, dataset: str, split: str, data_dir, download: bool,
+def eval_batches(loaded: LoadedCheckpoint, dataset: str, split: str, data_dir, download: bool,
                   limit: int | None, *, tta: str, batch_size: int, device: torch.device,
                   channels_last: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Model inputs and labels of the split, prepared as the trainer's test loader prepared them: an

@@ -88,7 +88,7 @@ def predict(
     model = loaded.model.to(run_device)
     prepare = eval_transform(prep, uncropped=tta == "ten-crop")
     with torch.inference_mode():
-        squares = [_square_image(image, prep.in_channels, invert) for image in images]
+        squares = [square_image(image, prep.in_channels, invert) for image in images]
         x = torch.cat([prepare(square[None].to(run_device)) for square in squares])
         probabilities = scores(model, x, tta, prep.image_size)
         if tta == "none":
@@ -98,13 +98,13 @@ def predict(
         entropy = (entropy / math.log(max(len(loaded.classes), 2))).tolist()
     classes = loaded.classes
     brightness = [float(square.float().mean()) / 255 for square in squares]
-    return [Prediction(_source_name(image), [(classes[i], p) for i, p in zip(row_i, row_p, strict=True)],
+    return [Prediction(source_name(image), [(classes[i], p) for i, p in zip(row_i, row_p, strict=True)],
                        entropy=h, note=_prediction_note(row_p[0], h, light, prep, invert))
             for image, row_i, row_p, h, light in zip(images, indices.tolist(), values.tolist(), entropy,
                                                        brightness, strict=True)]
 
 
-def _square_image(image: str | Path | Any, channels: int, invert: bool) -> torch.Tensor:
+def square_image(image: str | Path | Any, channels: int, invert: bool) -> torch.Tensor:
     """An image file or PIL image as uint8 (channels, S, S): its centred square, before any resizing.
 
     Files are decoded as the training folders are (data.formats.decode_image: EXIF orientation, 16-bit
@@ -143,5 +143,6 @@ def _read_image_file(image: str | Path, mode: str):
                               "Pass a PNG, JPEG, BMP, GIF or TIFF file") from None
 
 
-def _source_name(image: Any) -> str:
+def source_name(image: Any) -> str:
+    """How an image is named in results: its path, or its type for an array or a PIL image."""
     return str(image) if isinstance(image, (str, Path)) else f"<{type(image).__name__}>"

@@ -15,11 +15,11 @@ import torch
 import torch.nn as nn
 
 from ..errors import MissingDependencyError
+from ..inference.predict import source_name
 from .common import (
     Picture,
     class_index,
     class_name,
-    image_label,
     image_stem,
     last_conv_output,
     model_input,
@@ -77,7 +77,7 @@ def cam(run: str | Path | nn.Module | Any, image: str | Path | Any, out: str | P
     coarse, upsampled, layer_name = grad_cam(model, x, chosen, layer)
     top = probabilities.topk(min(5, len(probabilities)))
     data = {
-        "kind": "cam", "model": subject.name, "checkpoint": subject.source, "image": image_label(image),
+        "kind": "cam", "model": subject.name, "checkpoint": subject.source, "image": source_name(image),
         "class": class_name(subject, chosen), "class_index": chosen,
         "probability": float(probabilities[chosen]),
         "predicted": class_name(subject, predicted), "predicted_probability": float(probabilities[predicted]),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
+from ..inference.predict import square_image
 
 # nn containers are looked into; any other module (a conv, a ReLU, a residual or Inception block) is a unit
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
@@ -75,20 +76,15 @@ def model_input(subject: Subject, image: str | Path | Any, invert: bool = False)
     if subject.preprocessing is None:
         raise ConfigError("a bare model has no preprocessing to read an image file with; pass a run "
                           "directory or checkpoint, or the image as a prepared (C, H, W) tensor")
-    from ..inference.predict import _square_image
     from ..inference.prepare import eval_transform
 
     prep = subject.preprocessing
-    return eval_transform(prep)(_square_image(image, prep.in_channels, invert)[None])
+    return eval_transform(prep)(square_image(image, prep.in_channels, invert)[None])
 
 
 def image_stem(image) -> str:
     """A file name part for pictures of ``image``."""
     return Path(image).stem if isinstance(image, (str, Path)) else "image"
-
-
-def image_label(image) -> str:
-    return str(image) if isinstance(image, (str, Path)) else f"<{type(image).__name__}>"
 
 
 def viewable(x: torch.Tensor, subject: Subject) -> np.ndarray:
@@ -143,12 +139,12 @@ class LayerCall:
         return tuple(self.output.shape[1:]) if self.output is not None else ()
 
 
-def trunk(model: nn.Module) -> nn.Module | None:
+def trunk(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """The callable that makes feature maps: ``forward_features`` where the model has one."""
     return getattr(model, "forward_features", None)
 
 
-def run_recording(model: nn.Module, x: torch.Tensor, *, grad: bool = False) -> list[LayerCall]:
+def run_recording(model: nn.Module, x: torch.Tensor) -> list[LayerCall]:
     """Run ``x`` through the model's feature trunk (the whole model without one), recording every module
     called, in the order the calls start, with its last output. Nothing stays on the model afterwards."""
     units = _unit_names(model)
@@ -169,7 +165,7 @@ def run_recording(model: nn.Module, x: torch.Tensor, *, grad: bool = False) -> l
         handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
     forward = trunk(model) or model
     try:
-        with torch.set_grad_enabled(grad):
+        with torch.no_grad():
             forward(x)
     finally:
         for handle in handles:

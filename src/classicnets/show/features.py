@@ -12,11 +12,11 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
+from ..inference.predict import source_name
 from .common import (
     LayerCall,
     Picture,
     block_ends,
-    image_label,
     image_stem,
     model_input,
     mosaic,
@@ -66,7 +66,7 @@ def features(run: str | Path | nn.Module | Any, image: str | Path | Any, out: st
                      "max": float(maps.max()), "min": float(maps.min())})
     png, json_path = output_paths(subject, out, f"features-{image_stem(image)}.png")
     data = {"kind": "features", "model": subject.name, "checkpoint": subject.source,
-            "image": image_label(image), "input_shape": list(x.shape[1:]), "layers": rows,
+            "image": source_name(image), "input_shape": list(x.shape[1:]), "layers": rows,
             "display": f"per layer: its {max_maps} most active maps (highest mean), on one colour scale"}
     fig = _draw(subject, viewable(x[0], subject), rows, arrays)
     return write_picture(fig, png, json_path, data, arrays)

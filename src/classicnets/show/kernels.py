@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
+from ..training.logging import first_conv as logged_first_conv
 from .common import (
     Picture,
     Subject,
@@ -40,10 +41,10 @@ MAX_COLUMNS = 16  # kernels per row: Fig. 3 shows each GPU's 48 kernels in 3 row
 
 
 def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
-    """The first ``nn.Conv2d`` of the model (in definition order, which is the order every zoo net runs)."""
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
-            return name, module
+    """The first ``nn.Conv2d`` of the model and its name, or a clear error for a net without one."""
+    named = logged_first_conv(model)
+    if named is not None:
+        return named
     raise ConfigError(f"{type(model).__name__} has no nn.Conv2d layer, so it has no kernels to show; "
                       "`show kernels` needs a convolutional net (`classicnets models` lists them)")
 
@@ -86,9 +87,8 @@ def scaled_kernels(weight: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.nda
     return tiles, low, high
 
 
-def kernel_grids(weight: torch.Tensor, towers: int) -> list[np.ndarray]:
+def kernel_grids(tiles: np.ndarray, towers: int) -> list[np.ndarray]:
     """One RGB mosaic per tower of the per-kernel-scaled tiles (white gaps between kernels)."""
-    tiles, _, _ = scaled_kernels(weight)
     if tiles.shape[-1] == 1:
         tiles = np.repeat(tiles, 3, axis=-1)
     return [mosaic(part, MAX_COLUMNS, gap=1.0) for part in np.array_split(tiles, towers)]
@@ -104,18 +104,20 @@ def kernels(run: str | Path | nn.Module | Any, out: str | Path | None = None) ->
     name, conv = first_conv(subject.model)
     weight = conv.weight.detach().float().cpu()
     towers = tower_count(subject.model, conv)
-    data = kernel_numbers(subject, name, weight, towers)
-    grids = kernel_grids(weight, towers)
+    tiles, low, high = scaled_kernels(weight)
+    data = kernel_numbers(subject, name, weight, towers, low, high)
+    grids = kernel_grids(tiles, towers)
     png, json_path = output_paths(subject, out, "kernels.png")
     fig = _draw(subject, data, grids)
     return write_picture(fig, png, json_path, data, {f"tower{t + 1}": g for t, g in enumerate(grids)})
 
 
-def kernel_numbers(subject: Subject, layer: str, weight: torch.Tensor, towers: int) -> dict[str, Any]:
+def kernel_numbers(subject: Subject, layer: str, weight: torch.Tensor, towers: int, low: np.ndarray,
+                   high: np.ndarray) -> dict[str, Any]:
+    """The JSON beside the picture; ``low`` and ``high`` are each kernel's scale (:func:`scaled_kernels`)."""
     out_channels, channels = weight.shape[:2]
     colour = channels >= 2
     scores = colour_specificity(weight).tolist() if colour else None
-    _, low, high = scaled_kernels(weight)
     parts = np.array_split(np.arange(out_channels), towers)
     tower_rows = []
     for t, part in enumerate(parts):

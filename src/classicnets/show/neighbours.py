@@ -120,7 +120,7 @@ def neighbours(run: str | Path | Any, out: str | Path | None = None, *, k: int =
     Writes ``neighbours.png`` and ``neighbours.json`` (per query: its test index, class, prediction, and
     each neighbour's training index, class and distance).
     """
-    from ..inference.evaluate import _eval_batches
+    from ..inference.evaluate import eval_batches
     from ..runtime import resolve_device
 
     for name, value in (("k", k), ("queries", queries), ("batch_size", batch_size), ("limit", limit)):
@@ -137,7 +137,7 @@ def neighbours(run: str | Path | Any, out: str | Path | None = None, *, k: int =
     model = subject.model.to(run_device)
 
     def split(name: str, limit=None):
-        return _eval_batches(loaded, dataset, name, data_dir, download, limit, tta="none",
+        return eval_batches(loaded, dataset, name, data_dir, download, limit, tta="none",
                              batch_size=batch_size, device=run_device, channels_last=False)
 
     query_x, query_y, query_index = _pick_queries(split("test"), queries)

@@ -106,17 +106,18 @@ class TensorBoardLog:
                     "images_per_sec", "train_time", "eval_time"):
             if key in record:
                 self.writer.add_scalar(f"epoch/{key}", record[key], epoch)
-        conv = first_conv(model)
-        if conv is not None:
-            self.writer.add_image("kernels/first_conv", kernel_grid(conv.weight), epoch)
+        named = first_conv(model)
+        if named is not None:
+            self.writer.add_image("kernels/first_conv", kernel_grid(named[1].weight), epoch)
         self.writer.flush()
 
     def close(self) -> None:
         self.writer.close()
 
 
-def first_conv(model: nn.Module) -> nn.Conv2d | None:
-    return next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d] | None:
+    """The first ``nn.Conv2d`` and its name (definition order, the order every zoo net runs), or None."""
+    return next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
 
 
 def kernel_grid(weight: torch.Tensor, pad: int = 1) -> torch.Tensor:
