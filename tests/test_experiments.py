@@ -284,6 +284,9 @@ def test_shipped_experiment_at_smoke_scale(name, fashion_mnist_dir, tmp_path, ca
     results = json.loads((out / "results.json").read_text())
     assert {r["status"] for r in results["runs"]} <= {"done", "skipped"}
     assert all(c["verdict"] for c in results["claims"]) and (out / "report.md").exists()
+    verdicts = {cl.REPRODUCED, cl.NOT_REPRODUCED, cl.INCONCLUSIVE, cl.NOT_AT_SCALE,
+                cl.NO_DATA}
+    assert {c["verdict"] for c in results["claims"]} <= verdicts
     capsys.readouterr()
     assert main(args) == 0  # a second invocation trains nothing
     assert "settings" not in capsys.readouterr().out

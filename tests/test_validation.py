@@ -110,7 +110,7 @@ def test_builder_options_are_checked_before_building():
 
 def test_resume_with_an_out_that_is_not_a_path_is_a_clear_error():
     """Found by the test below: the run folder was opened before the settings were checked."""
-    with pytest.raises(ConfigError, match="out"):
+    with pytest.raises(ConfigError, match="out=True should be a string or none"):
         resolve_config(None, {}, {"out": True, "resume": True})
 
 
