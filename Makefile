@@ -34,7 +34,7 @@ test-fast: $(STAMP)
 bench: $(STAMP) data
 	$(BIN)/python benchmarks/run_all.py
 
-# The README's pictures (docs/pictures/*.png): trains two small runs under runs/pictures/ first.
+# The README's pictures (docs/pictures/*.png): trains one small run under runs/pictures/ first.
 pictures: $(STAMP) data
 	$(BIN)/python -m classicnets.tools.pictures
 

@@ -32,8 +32,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"recipe {args.name}: {RECIPE_NOTES.get(args.name, '')}")
     print(f"settings{'' if args.all else ' that differ from the defaults'}:")
     print(format_config(config, full=args.all))
-    print(f"train with: classicnets train --recipe {args.name}   (writes {config.out}; flags override any "
-          "setting, e.g. --epochs 1)")
+    print(f"train with: classicnets train --recipe {args.name}   (writes {config.out})")
+    print("flags override any setting, e.g. --epochs 1")
     return 0
 
 

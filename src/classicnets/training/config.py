@@ -26,8 +26,9 @@ Recipes (``--recipe``):
   statistics too) for the first epoch while the head learns, cosine schedule, Inception-style random
   resized crops and flips, normalised with the weights' ImageNet mean/std, batch 16, 5 epochs.
 - ``quick``: what ``make demo`` runs on a 2-core CPU: alexnet_28 (d2l's 28x28 AlexNet, the book's exercise)
-  at quarter width (2.9M parameters), bf16 autocast + channels_last, AdamW with a one-cycle schedule,
-  batch 256, 2 epochs on all 60,000 images: 0.90 test accuracy (measured 0.901) in about 2 minutes.
+  at quarter width (2.9M parameters), the auto speed settings (bf16 + channels_last where the CPU has bf16
+  arithmetic), AdamW with a one-cycle schedule, batch 256, 2 epochs on all 60,000 images: 0.90 test
+  accuracy (measured 0.901) in about 2 minutes.
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ class TrainConfig:
 
     # --- output
     out: str | None = _f(None, "run directory: checkpoints (last/, best/), logs, curves.png, config.json; "
-                               "None: runs/RECIPE, or runs/MODEL without a recipe")
+                               "None: runs/RECIPE (runs/default when no recipe is named)")
     resume: bool = _f(False, "continue the run in --out from its last checkpoint, with the settings it "
                              "saved (flags change only what they name)")
     overwrite: bool = _f(False, "replace an existing run in --out instead of refusing to (the old run is "
@@ -208,8 +209,7 @@ RECIPES: dict[str, dict[str, Any]] = {
                      normalize=True, augment="resized-crop-flip", tta="none", init="model", image_size=224),
     "quick": dict(model="alexnet_28", model_options={"width_mult": 0.25}, epochs=2, batch_size=256,
                   optimizer="adamw", lr=3e-3, weight_decay=0.05, schedule="onecycle", onecycle_pct=0.25,
-                  label_smoothing=0.0, init="model", normalize=True, augment="none", tta="none",
-                  precision="bf16", channels_last=True),
+                  label_smoothing=0.0, init="model", normalize=True, augment="none", tta="none"),
 }
 
 
@@ -219,6 +219,8 @@ RECIPE_NOTES: dict[str, str] = {
     "paper": "Krizhevsky et al. 2012, for image folders; GPU-sized",
     "fast": "one-cycle, bf16, flips (0.92); GPU-sized",
     "quick": "make demo: 1/4-width, 28 px (0.90); minutes on a CPU",
+    "default": "no recipe named: momentum 0.9, normalised",
+    "finetune": "--weights on a small folder, head first",
 }
 
 
@@ -566,8 +568,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         common = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text)
         if kind is bool:
             parser.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, **common)
-        elif f.name in CHOICES:
-            parser.add_argument(_flag(f.name), choices=CHOICES[f.name], **common)
+        elif f.name in CHOICES:  # the choices listed in the help, so that the usage fits 80 columns
+            common["help"] = f"one of {', '.join(CHOICES[f.name])}: {help_text}"
+            parser.add_argument(_flag(f.name), choices=CHOICES[f.name], metavar=f.name.upper(), **common)
         elif f.name == "recipe":
             parser.add_argument(_flag(f.name), choices=list(RECIPES), **common)
         else:
