@@ -264,13 +264,6 @@ def pca_colour(
     return images + pca_shift(images.shape[0], pca, generator, std).to(images.dtype)[:, :, None, None]
 
 
-def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
-    """(x - mean) / std per channel (sequences or tensors of C values)."""
-    mean = torch.as_tensor(mean, device=images.device, dtype=images.dtype)[:, None, None]
-    std = torch.as_tensor(std, device=images.device, dtype=images.dtype)[:, None, None]
-    return (images - mean) / std
-
-
 # -------------------------------------------------------------------------------- the pipeline
 
 

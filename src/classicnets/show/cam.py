@@ -27,6 +27,7 @@ from .common import (
     output_paths,
     pick_layers,
     run_recording,
+    show_image,
     subject_of,
     viewable,
     without_ticks,
@@ -95,8 +96,7 @@ def cam(run: str | Path | nn.Module | Any, image: str | Path | Any, out: str | P
 def _draw(shown: np.ndarray, heat: np.ndarray, data: dict[str, Any]):
     fig = new_figure(11, 4)
     axes = fig.subplots(1, 3)
-    grey = shown.ndim == 2
-    axes[0].imshow(shown, cmap="gray" if grey else None, vmin=0, vmax=1)
+    show_image(axes[0], shown)
     axes[0].set_title(f"input as the model sees it\npredicted {data['predicted']} "
                       f"({data['predicted_probability']:.0%})", fontsize=9)
     peak = heat.max() if heat.max() > 0 else 1.0
@@ -104,7 +104,7 @@ def _draw(shown: np.ndarray, heat: np.ndarray, data: dict[str, Any]):
     fig.colorbar(image, ax=axes[1], fraction=0.046, pad=0.02, label="share of the map's peak")
     h, w = data["layer_map_shape"]
     axes[1].set_title(f"Grad-CAM at {data['layer']} ({h} x {w})", fontsize=9)
-    axes[2].imshow(shown, cmap="gray" if grey else None, vmin=0, vmax=1)
+    show_image(axes[2], shown)
     axes[2].imshow(heat / peak, cmap="jet", alpha=0.45, vmin=0, vmax=1)
     axes[2].set_title("overlay", fontsize=9)
     without_ticks(axes)

@@ -279,6 +279,11 @@ def mosaic(tiles: np.ndarray, columns: int, gap: float = np.nan) -> np.ndarray:
     return grid
 
 
+def show_image(ax, image: np.ndarray, **options) -> None:
+    """A viewable image (:func:`viewable`: H x W grey or H x W x 3 in [0, 1]) on ``ax``, grey as grey."""
+    ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1, **options)
+
+
 def without_ticks(axes) -> None:
     """No tick marks or numbers on these axes: pictures, not plots."""
     for ax in axes:

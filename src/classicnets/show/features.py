@@ -24,6 +24,7 @@ from .common import (
     output_paths,
     pick_layers,
     run_recording,
+    show_image,
     subject_of,
     viewable,
     without_ticks,
@@ -68,11 +69,12 @@ def features(run: str | Path | nn.Module | Any, image: str | Path | Any, out: st
     data = {"kind": "features", "model": subject.name, "checkpoint": subject.source,
             "image": source_name(image), "input_shape": list(x.shape[1:]), "layers": rows,
             "display": f"per layer: its {max_maps} most active maps (highest mean), on one colour scale"}
-    fig = _draw(subject, viewable(x[0], subject), rows, arrays)
+    fig = _draw(subject, viewable(x[0], subject), data["input_shape"], rows, arrays)
     return write_picture(fig, png, json_path, data, arrays)
 
 
-def _draw(subject, shown: np.ndarray, rows: list[dict], arrays: dict[str, np.ndarray]):
+def _draw(subject, shown: np.ndarray, input_shape: list[int], rows: list[dict],
+          arrays: dict[str, np.ndarray]):
     from matplotlib import colormaps
 
     panels = len(rows) + 1
@@ -80,8 +82,8 @@ def _draw(subject, shown: np.ndarray, rows: list[dict], arrays: dict[str, np.nda
     lines = math.ceil(panels / columns)
     fig = new_figure(4 * columns, 3.9 * lines)
     axes = np.atleast_1d(fig.subplots(lines, columns)).ravel()
-    axes[0].imshow(shown, cmap="gray" if shown.ndim == 2 else None, vmin=0, vmax=1)
-    axes[0].set_title(f"input ({' x '.join(map(str, _input_shape(shown)))})", fontsize=9)
+    show_image(axes[0], shown)
+    axes[0].set_title(f"input ({' x '.join(map(str, input_shape))})", fontsize=9)
     for ax, row in zip(axes[1:], rows, strict=False):
         maps = arrays[row["layer"]]
         grid = mosaic(maps, math.ceil(math.sqrt(len(maps))))
@@ -100,6 +102,3 @@ def _draw(subject, shown: np.ndarray, rows: list[dict], arrays: dict[str, np.nda
     fig.suptitle(f"{subject.name}: feature maps, most active first", fontsize=10)
     return fig
 
-
-def _input_shape(shown: np.ndarray) -> tuple[int, ...]:
-    return shown.shape if shown.ndim == 2 else (shown.shape[2], *shown.shape[:2])

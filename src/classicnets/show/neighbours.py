@@ -26,6 +26,7 @@ from .common import (
     class_name,
     new_figure,
     output_paths,
+    show_image,
     subject_of,
     trunk,
     viewable,
@@ -192,11 +193,11 @@ def _draw(subject, queries: torch.Tensor, images: torch.Tensor, data: dict[str, 
     fig = new_figure(1.35 * (k + 1) + 0.4, 1.55 * rows + 0.6)
     axes = np.atleast_2d(fig.subplots(rows, k + 1))
     for r, row in enumerate(data["queries"]):
-        _show(axes[r, 0], viewable(queries[r], subject))
+        show_image(axes[r, 0], viewable(queries[r], subject))
         axes[r, 0].set_title(f"test: {row['class']}\n(predicted {row['predicted']})", fontsize=7,
                              color="black")
         for j, neighbour in enumerate(row["neighbours"]):
-            _show(axes[r, j + 1], viewable(images[r, j], subject))
+            show_image(axes[r, j + 1], viewable(images[r, j], subject))
             colour = "tab:green" if neighbour["class"] == row["class"] else "tab:red"
             axes[r, j + 1].set_title(f"{neighbour['class']}\nd = {neighbour['distance']:.3g}", fontsize=7,
                                      color=colour)
@@ -210,5 +211,3 @@ def _draw(subject, queries: torch.Tensor, images: torch.Tensor, data: dict[str, 
     return fig
 
 
-def _show(ax, image: np.ndarray) -> None:
-    ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1)

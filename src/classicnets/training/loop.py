@@ -578,7 +578,7 @@ class Trainer:
     # ------------------------------------------------------------------------------- safety, saving
 
     def _num_classes(self) -> int:
-        return int(ckpt.parse_metadata(self.metadata)["num_classes"])
+        return int(self.metadata["num_classes"])  # written by checkpoint.model_metadata as a decimal string
 
     def _record_step_loss(self, sums: RunningSums, epoch: int, done: int, total: int) -> None:
         """A point of curves.png's per-step loss: the mean since the last point. Called right after the
